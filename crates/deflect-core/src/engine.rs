@@ -1,0 +1,461 @@
+//! The per-partition streaming engine.
+//!
+//! Accepted events wait in a pending buffer until the interval they belong to closes (the watermark
+//! passes `interval_end + grace`). Closing an interval processes every pending event and due timer
+//! before its end in one total order (event time, lifecycle rank, event id; events before timers at
+//! the same instant). The figures therefore depend only on *which* events were accepted, never on the
+//! order or batching in which they arrived, and equal a batch computation over the sorted events.
+//!
+//! The engine holds no I/O. Journeys not in its cache are fetched through [`JourneyStore`]; what
+//! changed is handed out by [`PartitionEngine::take_changes`] and [`PartitionEngine::snapshot`] so
+//! the caller can write it, with the consumed offset, in one atomic batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Millis};
+use crate::journey::{Figures, Journey, JourneyConfig};
+use crate::metrics::{Counters, Metric};
+use crate::time::{Interval, IntervalSpec};
+use crate::watermark::Watermark;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub intervals: IntervalSpec,
+    pub grace_ms: Millis,
+    pub idle_timeout_ms: Millis,
+    pub heatmap_days: u32,
+    pub journey: JourneyConfig,
+}
+
+/// Reads journeys that are not in the engine's cache (the RocksDB store in production).
+pub trait JourneyStore {
+    fn load(&mut self, key: &str) -> Option<Journey>;
+}
+
+/// A store with nothing in it (tests and fresh state).
+pub struct NoStore;
+impl JourneyStore for NoStore {
+    fn load(&mut self, _key: &str) -> Option<Journey> {
+        None
+    }
+}
+
+pub type PendingKey = (Millis, u8, String);
+pub type TimerKey = (Millis, String);
+
+/// Heat-map sums of one local (date, hour).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeatCell {
+    pub arrivals: u64,
+    pub answered: u64,
+    pub wait_ms: u64,
+}
+
+/// One row of the heat map: local weekday (0 = Monday) × hour, summed over the trailing range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeatRow {
+    pub weekday: u8,
+    pub hour: u8,
+    pub cell: HeatCell,
+    pub days_observed: u64,
+}
+
+/// Everything about a partition except journeys, pending events and timers (which are stored
+/// per key): small, and rewritten with every batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// Next Kafka offset to consume.
+    pub next_offset: i64,
+    pub watermark: Watermark,
+    /// Every event and timer before this instant has been processed.
+    pub frontier: Option<Millis>,
+    /// Running totals of every closed interval (what Prometheus sees).
+    pub totals: Counters,
+    /// Heat-map sums per local (date, hour) over the trailing range.
+    pub heat: BTreeMap<(jiff::civil::Date, u8), HeatCell>,
+    /// Local (date, hour) slots the closed frontier has passed through.
+    pub observed: BTreeSet<(jiff::civil::Date, u8)>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub rejected: u64,
+    pub intervals_closed: u64,
+}
+
+/// What happened to one consumed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    Accepted,
+    /// Same event id as an event still pending.
+    Duplicate,
+    /// Its interval already closed (`interval_end + grace <= watermark`).
+    Late,
+    /// Offset below the one stored with the state: already applied before a restart.
+    AlreadyApplied,
+}
+
+/// The figures of one interval, as it closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedInterval {
+    pub interval: Interval,
+    pub counters: Counters,
+    pub heat: HeatCell,
+}
+
+/// State writes produced since the last call to `take_changes`.
+#[derive(Debug, Default)]
+pub struct StateChanges {
+    pub pending_put: Vec<Event>,
+    pub pending_del: Vec<PendingKey>,
+    pub timers_put: Vec<TimerKey>,
+    pub timers_del: Vec<TimerKey>,
+    /// New value of each changed journey; `None` deletes it.
+    pub journeys: Vec<(String, Option<Journey>)>,
+}
+
+impl StateChanges {
+    pub fn is_empty(&self) -> bool {
+        self.pending_put.is_empty()
+            && self.pending_del.is_empty()
+            && self.timers_put.is_empty()
+            && self.timers_del.is_empty()
+            && self.journeys.is_empty()
+    }
+}
+
+struct Acc {
+    interval: Interval,
+    counters: Counters,
+    heat: HeatCell,
+}
+
+impl Figures for Acc {
+    fn count(&mut self, metric: Metric, labels: Vec<String>, v: u64) {
+        self.counters.add(metric, labels, v);
+    }
+    fn heat_arrival(&mut self) {
+        self.heat.arrivals += 1;
+    }
+    fn heat_answer(&mut self, wait_ms: i64) {
+        self.heat.answered += 1;
+        self.heat.wait_ms += wait_ms.max(0) as u64;
+    }
+}
+
+pub struct PartitionEngine {
+    cfg: Arc<EngineConfig>,
+    snap: PartitionSnapshot,
+    pending: BTreeMap<PendingKey, Event>,
+    pending_ids: HashSet<String>,
+    timers: BTreeSet<TimerKey>,
+    cache: HashMap<String, Journey>,
+    dirty: BTreeSet<String>,
+    changes: StateChanges,
+}
+
+impl PartitionEngine {
+    pub fn new(cfg: Arc<EngineConfig>) -> Self {
+        Self::restore(cfg, PartitionSnapshot::default(), Vec::new(), Vec::new())
+    }
+
+    /// Rebuilds an engine from stored state.
+    pub fn restore(
+        cfg: Arc<EngineConfig>,
+        snap: PartitionSnapshot,
+        pending: Vec<Event>,
+        timers: Vec<TimerKey>,
+    ) -> Self {
+        let pending_ids = pending.iter().map(|e| e.event_id.clone()).collect();
+        let pending = pending.into_iter().map(|e| (pending_key(&e), e)).collect();
+        PartitionEngine {
+            cfg,
+            snap,
+            pending,
+            pending_ids,
+            timers: timers.into_iter().collect(),
+            cache: HashMap::new(),
+            dirty: BTreeSet::new(),
+            changes: StateChanges::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.snap.next_offset
+    }
+    pub fn watermark(&self) -> Option<Millis> {
+        self.snap.watermark.value
+    }
+    pub fn watermark_state(&self) -> &Watermark {
+        &self.snap.watermark
+    }
+    pub fn frontier(&self) -> Option<Millis> {
+        self.snap.frontier
+    }
+    pub fn totals(&self) -> &Counters {
+        &self.snap.totals
+    }
+    pub fn stats(&self) -> Stats {
+        self.snap.stats
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn timers_len(&self) -> usize {
+        self.timers.len()
+    }
+    pub fn snapshot(&self) -> &PartitionSnapshot {
+        &self.snap
+    }
+
+    /// Instants before this are closed: events there are late.
+    fn closed_before(&self) -> Option<Millis> {
+        let by_wm = self.snap.watermark.value.map(|wm| {
+            self.cfg
+                .intervals
+                .interval_of(wm.saturating_sub(self.cfg.grace_ms))
+                .start
+        });
+        match (by_wm, self.snap.frontier) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Marks a record that could not be decoded as consumed.
+    pub fn reject(&mut self, offset: i64) -> Ingest {
+        if offset < self.snap.next_offset {
+            return Ingest::AlreadyApplied;
+        }
+        self.snap.next_offset = offset + 1;
+        self.snap.stats.rejected += 1;
+        Ingest::Accepted
+    }
+
+    /// Takes one decoded record at `offset`, read at wall-clock time `now_wall`.
+    pub fn ingest(&mut self, offset: i64, event: Event, now_wall: Millis) -> Ingest {
+        if offset < self.snap.next_offset {
+            return Ingest::AlreadyApplied;
+        }
+        self.snap.next_offset = offset + 1;
+        if let Some(c) = self.closed_before() {
+            if event.occurred_at < c {
+                self.snap.stats.late += 1;
+                return Ingest::Late;
+            }
+        }
+        if !self.pending_ids.insert(event.event_id.clone()) {
+            self.snap.stats.duplicates += 1;
+            return Ingest::Duplicate;
+        }
+        self.snap.watermark.observe(event.occurred_at, now_wall);
+        self.snap.stats.accepted += 1;
+        self.changes.pending_put.push(event.clone());
+        self.pending.insert(pending_key(&event), event);
+        Ingest::Accepted
+    }
+
+    /// Advances the watermark (idleness included) and closes every interval it allows.
+    pub fn advance(&mut self, now_wall: Millis, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
+        let Some(wm) = self.snap.watermark.tick(now_wall, self.cfg.idle_timeout_ms) else {
+            return Vec::new();
+        };
+        let target = self
+            .cfg
+            .intervals
+            .interval_of(wm.saturating_sub(self.cfg.grace_ms))
+            .start;
+        self.process_until(target, store)
+    }
+
+    /// Closes everything: processes every pending event and every timer, however far ahead
+    /// (end of a replay). Events arriving afterwards before the new frontier are late.
+    pub fn finalize(&mut self, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
+        let mut out = Vec::new();
+        loop {
+            let last_event = self.pending.keys().next_back().map(|k| k.0);
+            let last_timer = self.timers.iter().next_back().map(|k| k.0);
+            let Some(last) = last_event.max(last_timer) else {
+                break;
+            };
+            let target = self.cfg.intervals.interval_of(last).end;
+            out.extend(self.process_until(target, store));
+        }
+        out
+    }
+
+    fn process_until(&mut self, target: Millis, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
+        let mut closed = Vec::new();
+        if self.snap.frontier.is_some_and(|f| f >= target) {
+            return closed;
+        }
+        let mut acc: Option<Acc> = None;
+        loop {
+            let next_event = self.pending.keys().next().filter(|k| k.0 < target).cloned();
+            let next_timer = self.timers.iter().next().filter(|k| k.0 < target).cloned();
+            let t = match (&next_event, &next_timer) {
+                (None, None) => break,
+                (Some(e), Some(tm)) => e.0.min(tm.0),
+                (Some(e), None) => e.0,
+                (None, Some(tm)) => tm.0,
+            };
+            if acc.as_ref().is_none_or(|a| t >= a.interval.end) {
+                if let Some(a) = acc.take() {
+                    closed.push(self.close(a));
+                }
+                let interval = self.cfg.intervals.interval_of(t);
+                self.observe_until(interval.start);
+                acc = Some(Acc {
+                    interval,
+                    counters: Counters::default(),
+                    heat: HeatCell::default(),
+                });
+            }
+            let a = acc.as_mut().expect("set above");
+            match next_event.filter(|e| e.0 == t) {
+                Some(key) => {
+                    let e = self.pending.remove(&key).expect("key from map");
+                    self.pending_ids.remove(&e.event_id);
+                    self.changes.pending_del.push(key);
+                    let jk = e.journey_key();
+                    self.with_journey(&jk, store, |cfg, j| j.apply(cfg, &e, a));
+                }
+                None => {
+                    let key = next_timer.expect("one of the two is due");
+                    self.timers.remove(&key);
+                    self.changes.timers_del.push(key.clone());
+                    self.with_journey(&key.1, store, |cfg, j| j.fire(cfg, t, a));
+                }
+            }
+        }
+        if let Some(a) = acc.take() {
+            closed.push(self.close(a));
+        }
+        self.observe_until(target);
+        closed
+    }
+
+    fn close(&mut self, a: Acc) -> ClosedInterval {
+        self.snap.totals.merge(&a.counters);
+        let lh = self.cfg.intervals.local_hour(a.interval.start);
+        let cell = self.snap.heat.entry((lh.date, lh.hour)).or_default();
+        cell.arrivals += a.heat.arrivals;
+        cell.answered += a.heat.answered;
+        cell.wait_ms += a.heat.wait_ms;
+        self.snap.stats.intervals_closed += 1;
+        ClosedInterval {
+            interval: a.interval,
+            counters: a.counters,
+            heat: a.heat,
+        }
+    }
+
+    /// Moves the frontier to `until`, marking the local hours it passes as observed.
+    fn observe_until(&mut self, until: Millis) {
+        let spec = &self.cfg.intervals;
+        let range_ms = i64::from(self.cfg.heatmap_days) * 86_400_000 + 86_400_000;
+        let from = self.snap.frontier.unwrap_or(until).max(until - range_ms);
+        let mut t = from;
+        while t < until {
+            let lh = spec.local_hour(t);
+            self.snap.observed.insert((lh.date, lh.hour));
+            t = spec.interval_of(t).end;
+        }
+        if self.snap.frontier.is_none_or(|f| until > f) {
+            self.snap.frontier = Some(until);
+            let today = spec.local_hour(until - 1).date;
+            let cutoff = today
+                .checked_sub(jiff::Span::new().days(i64::from(self.cfg.heatmap_days) - 1))
+                .unwrap_or(today);
+            self.snap.observed.retain(|(d, _)| *d >= cutoff);
+            self.snap.heat.retain(|(d, _), _| *d >= cutoff);
+        }
+    }
+
+    fn with_journey(
+        &mut self,
+        key: &str,
+        store: &mut dyn JourneyStore,
+        f: impl FnOnce(&JourneyConfig, &mut Journey),
+    ) {
+        let cfg = &self.cfg.journey;
+        let j = self.cache.entry(key.to_string()).or_insert_with(|| {
+            store
+                .load(key)
+                .unwrap_or_else(|| Journey::new(key.starts_with("c:")))
+        });
+        let before = j.next_wake(cfg);
+        f(cfg, j);
+        let after = j.next_wake(cfg);
+        if before != after {
+            if let Some(b) = before {
+                let k = (b, key.to_string());
+                if self.timers.remove(&k) {
+                    self.changes.timers_del.push(k);
+                }
+            }
+            if let Some(a) = after {
+                let k = (a, key.to_string());
+                self.timers.insert(k.clone());
+                self.changes.timers_put.push(k);
+            }
+        }
+        self.dirty.insert(key.to_string());
+    }
+
+    /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
+    /// `keep_cached` entries afterwards (everything written is in the store).
+    pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
+        let mut ch = std::mem::take(&mut self.changes);
+        for key in std::mem::take(&mut self.dirty) {
+            let j = self.cache.get(&key).expect("dirty journeys are cached");
+            if j.is_empty() {
+                self.cache.remove(&key);
+                ch.journeys.push((key, None));
+            } else {
+                ch.journeys.push((key, Some(j.clone())));
+            }
+        }
+        if self.cache.len() > keep_cached {
+            self.cache.clear();
+        }
+        ch
+    }
+
+    /// The heat map over the trailing range, one row per (weekday, hour) with data or observation.
+    pub fn heatmap(&self) -> Vec<HeatRow> {
+        let mut rows: BTreeMap<(u8, u8), HeatRow> = BTreeMap::new();
+        let wd = |d: &jiff::civil::Date| crate::time::weekday_index(d.weekday());
+        for (d, h) in &self.snap.observed {
+            let r = rows.entry((wd(d), *h)).or_default();
+            r.days_observed += 1;
+        }
+        for ((d, h), c) in &self.snap.heat {
+            let r = rows.entry((wd(d), *h)).or_default();
+            r.cell.arrivals += c.arrivals;
+            r.cell.answered += c.answered;
+            r.cell.wait_ms += c.wait_ms;
+        }
+        rows.into_iter()
+            .map(|((w, h), mut r)| {
+                r.weekday = w;
+                r.hour = h;
+                r
+            })
+            .collect()
+    }
+}
+
+pub fn pending_key(e: &Event) -> PendingKey {
+    (e.occurred_at, e.kind.rank(), e.event_id.clone())
+}

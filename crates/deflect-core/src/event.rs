@@ -1,0 +1,213 @@
+//! Contact events as the core sees them (see `shared/reference/events.md`).
+//!
+//! Wire formats (protobuf, JSON) are decoded into these types by `deflect-proto`; free-form
+//! `attributes` and agent ids are dropped at decoding because no metric may use them.
+
+use serde::{Deserialize, Serialize};
+
+/// Event time in milliseconds since the Unix epoch (UTC).
+pub type Millis = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub tenant: String,
+    pub contact_id: String,
+    pub parent_contact_id: Option<String>,
+    /// Pseudonymous customer key; `None` when the customer is unknown (the journey is then per contact
+    /// and re-contact figures report it as unverifiable).
+    pub customer_id: Option<String>,
+    pub channel: Channel,
+    pub occurred_at: Millis,
+    pub intent: Option<String>,
+    pub queue: Option<String>,
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The key of the journey this event belongs to: the customer, or the contact when the customer is
+    /// unknown (prefixed so the two can never collide).
+    pub fn journey_key(&self) -> String {
+        match &self.customer_id {
+            Some(c) => format!("c:{c}"),
+            None => format!("k:{}", self.contact_id),
+        }
+    }
+
+    /// Total order used to process events deterministically: event time, then lifecycle rank (so a
+    /// contact's start sorts before its end at the same millisecond), then event id.
+    pub fn order_key(&self) -> (Millis, u8, &str) {
+        (self.occurred_at, self.kind.rank(), self.event_id.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Channel {
+    Voice,
+    Chat,
+    Sms,
+    Email,
+    Web,
+    App,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 6] = [
+        Channel::Voice,
+        Channel::Chat,
+        Channel::Sms,
+        Channel::Email,
+        Channel::Web,
+        Channel::App,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Voice => "voice",
+            Channel::Chat => "chat",
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+            Channel::Web => "web",
+            Channel::App => "app",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+string_enum!(Direction { Inbound => "inbound", Outbound => "outbound" });
+string_enum!(Initiation {
+    Customer => "customer",
+    Transfer => "transfer",
+    Callback => "callback",
+    Proactive => "proactive",
+    Api => "api",
+});
+string_enum!(IvrExitReason {
+    SelfServed => "self_served",
+    ToQueue => "to_queue",
+    ToAgent => "to_agent",
+    HangUp => "hang_up",
+    Error => "error",
+});
+string_enum!(AiOutcome {
+    Success => "success",
+    Failed => "failed",
+    Dropped => "dropped",
+    Escalated => "escalated",
+});
+string_enum!(EscalationSource { Ivr => "ivr", AiAgent => "ai_agent", SelfService => "self_service" });
+string_enum!(QueueExitReason {
+    Answered => "answered",
+    Abandoned => "abandoned",
+    Callback => "callback",
+    FlowOut => "flow_out",
+    Transferred => "transferred",
+});
+string_enum!(DisconnectParty { Customer => "customer", Agent => "agent", System => "system" });
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    ContactStarted { direction: Direction, initiation: Initiation },
+    IntentIdentified { intent: String, confidence: f32 },
+    IvrEntered { node: String },
+    IvrMenuSelected { node: String, option: String },
+    IvrExited { node: String, reason: IvrExitReason },
+    SelfServiceViewed { item: String },
+    SelfServiceResolved { confirmed: bool },
+    AiAgentStarted,
+    AiAgentEnded { outcome: AiOutcome, turns: u32 },
+    EscalationRequested { from: EscalationSource, reason: String, context_passed: bool },
+    QueueEntered { queue: String, priority: i32 },
+    QueueExited { reason: QueueExitReason },
+    AgentConnected { context_received: bool },
+    AgentDisconnected { talk_ms: Option<u64>, hold_ms: Option<u64> },
+    AfterContactWorkEnded { acw_ms: Option<u64> },
+    CallbackRequested { callback_id: String },
+    CallbackCompleted { callback_id: String },
+    CallbackCanceled { callback_id: String },
+    CallbackExpired { callback_id: String },
+    ContactEnded { party: Option<DisconnectParty>, resolved: bool },
+    SurveyResponse { score: f64, scale_min: f64, scale_max: f64 },
+    NotificationSent { campaign: String, topic: String },
+}
+
+// `f32`/`f64` payloads have no NaN in practice (the decoder rejects them), so equality is total.
+impl Eq for EventKind {}
+
+impl EventKind {
+    /// Lifecycle rank used to order events that share a millisecond.
+    pub fn rank(&self) -> u8 {
+        use EventKind::*;
+        match self {
+            ContactStarted { .. } => 0,
+            IntentIdentified { .. } => 1,
+            IvrEntered { .. } => 2,
+            IvrMenuSelected { .. } => 3,
+            SelfServiceViewed { .. } => 4,
+            AiAgentStarted => 5,
+            SelfServiceResolved { .. } => 6,
+            AiAgentEnded { .. } => 7,
+            EscalationRequested { .. } => 8,
+            IvrExited { .. } => 9,
+            QueueEntered { .. } => 10,
+            CallbackRequested { .. } => 11,
+            QueueExited { .. } => 12,
+            AgentConnected { .. } => 13,
+            AgentDisconnected { .. } => 14,
+            AfterContactWorkEnded { .. } => 15,
+            CallbackCompleted { .. } => 16,
+            CallbackCanceled { .. } => 17,
+            CallbackExpired { .. } => 18,
+            ContactEnded { .. } => 20,
+            SurveyResponse { .. } => 21,
+            NotificationSent { .. } => 22,
+        }
+    }
+
+    /// The snake_case name used on the wire and in the `type` field of JSON events.
+    pub fn type_name(&self) -> &'static str {
+        use EventKind::*;
+        match self {
+            ContactStarted { .. } => "contact_started",
+            IntentIdentified { .. } => "intent_identified",
+            IvrEntered { .. } => "ivr_entered",
+            IvrMenuSelected { .. } => "ivr_menu_selected",
+            IvrExited { .. } => "ivr_exited",
+            SelfServiceViewed { .. } => "self_service_viewed",
+            SelfServiceResolved { .. } => "self_service_resolved",
+            AiAgentStarted => "ai_agent_started",
+            AiAgentEnded { .. } => "ai_agent_ended",
+            EscalationRequested { .. } => "escalation_requested",
+            QueueEntered { .. } => "queue_entered",
+            QueueExited { .. } => "queue_exited",
+            AgentConnected { .. } => "agent_connected",
+            AgentDisconnected { .. } => "agent_disconnected",
+            AfterContactWorkEnded { .. } => "after_contact_work_ended",
+            CallbackRequested { .. } => "callback_requested",
+            CallbackCompleted { .. } => "callback_completed",
+            CallbackCanceled { .. } => "callback_canceled",
+            CallbackExpired { .. } => "callback_expired",
+            ContactEnded { .. } => "contact_ended",
+            SurveyResponse { .. } => "survey_response",
+            NotificationSent { .. } => "notification_sent",
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Metric definitions: every business metric's name, labels and meaning, in one place.
+//!
+//! All business metrics are additive counters (numerators and denominators); ratios are computed in
+//! PromQL. The exporter adds a `partition` label so that series of a partition this instance no
+//! longer owns can disappear. Wait sums are integer milliseconds so that they are exact.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds (seconds) of the queue-wait histogram buckets; `+Inf` is implied.
+pub const WAIT_BUCKETS_SECONDS: [u64; 10] = [5, 10, 20, 30, 60, 120, 180, 300, 600, 1800];
+
+/// Re-contact windows for containment, in hours, with their label values.
+pub const RECONTACT_WINDOWS: [(&str, i64); 3] = [("24h", 24), ("72h", 72), ("7d", 168)];
+
+/// Outcomes of a contact, decided when it ends (a bounded label set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    Deflected,
+    Assisted,
+    Abandoned,
+    /// Ended with none of the signals above (for example a contact that only requested a callback).
+    Unresolved,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deflected => "deflected",
+            Outcome::Assisted => "assisted",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Unresolved => "unresolved",
+        }
+    }
+}
+
+macro_rules! metrics_table {
+    ($($variant:ident => $name:literal, [$($label:literal),*], $help:literal;)+) => {
+        /// Every business counter deflect exports.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum Metric { $($variant),+ }
+        impl Metric {
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant),+];
+            pub fn name(self) -> &'static str { match self { $(Metric::$variant => $name),+ } }
+            pub fn labels(self) -> &'static [&'static str] { match self { $(Metric::$variant => &[$($label),*]),+ } }
+            pub fn help(self) -> &'static str { match self { $(Metric::$variant => $help),+ } }
+        }
+    };
+}
+
+metrics_table! {
+    PotentialCalls => "deflect_potential_calls_total", ["tenant", "channel", "intent"],
+        "Inbound, customer-initiated contacts (the deflection denominator), counted at contact_started.";
+    ContactOutcomes => "deflect_contact_outcomes_total", ["tenant", "channel", "intent", "outcome"],
+        "Potential calls by outcome, counted when the contact ends (contact_ended or contact timeout).";
+    Containment => "deflect_containment_total", ["tenant", "channel", "intent", "window", "result"],
+        "Deflected potential calls of known customers, counted when containment is decided: result=recontacted when the customer opens a new potential call within the window, result=contained at contact end + window.";
+    ContainmentUnverifiable => "deflect_containment_unverifiable_total", ["tenant", "channel", "intent"],
+        "Deflected potential calls without a customer id, whose containment cannot be verified.";
+    QueueEntered => "deflect_queue_entered_total", ["tenant", "channel", "queue"],
+        "Contacts entering a queue (offered), counted at queue_entered.";
+    QueueAnswered => "deflect_queue_answered_total", ["tenant", "channel", "queue"],
+        "Queued contacts answered by an agent, counted at agent_connected.";
+    QueueWaitMs => "deflect_queue_answered_wait_milliseconds_total", ["tenant", "channel", "queue"],
+        "Sum of queue waits (answer - enqueue) of answered queued contacts, in milliseconds; ASA = this / answered.";
+    QueueWaitBucket => "deflect_queue_answered_wait_seconds_bucket", ["tenant", "channel", "queue", "le"],
+        "Cumulative histogram buckets of queue waits of answered contacts (seconds).";
+    QueueAbandoned => "deflect_queue_abandoned_total", ["tenant", "channel", "queue"],
+        "Queued contacts that abandoned (queue_exited reason=abandoned).";
+    QueueAbandonWaitMs => "deflect_queue_abandoned_wait_milliseconds_total", ["tenant", "channel", "queue"],
+        "Sum of waits of abandoned queued contacts, in milliseconds.";
+}
+
+/// One counter series: the metric and its label values in the order of `Metric::labels`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CounterKey {
+    pub metric: Metric,
+    pub labels: Vec<String>,
+}
+
+/// A set of counter values (an interval's figures, or a partition's running totals).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters(pub BTreeMap<CounterKey, u64>);
+
+impl Counters {
+    pub fn add(&mut self, metric: Metric, labels: Vec<String>, v: u64) {
+        debug_assert_eq!(labels.len(), metric.labels().len(), "{metric:?}");
+        *self.0.entry(CounterKey { metric, labels }).or_insert(0) += v;
+    }
+    pub fn merge(&mut self, other: &Counters) {
+        for (k, v) in &other.0 {
+            *self.0.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    pub fn get(&self, metric: Metric, labels: &[&str]) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.metric == metric && k.labels.iter().zip(labels).all(|(a, b)| a == b))
+            .map(|(_, v)| v)
+            .sum()
+    }
+    /// Sum of a metric over all label values.
+    pub fn total(&self, metric: Metric) -> u64 {
+        self.get(metric, &[])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The bucket label values of `WAIT_BUCKETS_SECONDS` plus `+Inf`, cumulative as Prometheus wants.
+pub fn wait_bucket_labels(wait_ms: i64) -> impl Iterator<Item = String> {
+    let w = wait_ms.max(0) as u64;
+    WAIT_BUCKETS_SECONDS
+        .iter()
+        .filter(move |b| w <= *b * 1000)
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_prefixed() {
+        let mut names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Metric::ALL.len());
+        assert!(names.iter().all(|n| n.starts_with("deflect_")));
+    }
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let b: Vec<_> = wait_bucket_labels(20_000).collect();
+        assert_eq!(b, ["20", "30", "60", "120", "180", "300", "600", "1800", "+Inf"]);
+        assert_eq!(wait_bucket_labels(3_600_000).collect::<Vec<_>>(), ["+Inf"]);
+    }
+
+    #[test]
+    fn counters_add_and_filter() {
+        let mut c = Counters::default();
+        c.add(Metric::QueueAnswered, vec!["a".into(), "voice".into(), "q1".into()], 2);
+        c.add(Metric::QueueAnswered, vec!["a".into(), "chat".into(), "q1".into()], 3);
+        assert_eq!(c.total(Metric::QueueAnswered), 5);
+        assert_eq!(c.get(Metric::QueueAnswered, &["a", "chat"]), 3);
+    }
+}
