@@ -1,0 +1,394 @@
+//! Wire formats of contact events.
+//!
+//! Protobuf (`proto/deflect/v1/events.proto`, compiled with prost + protox) is the native format;
+//! JSON with the same snake_case field names decodes to the same events. Both paths end in one
+//! validation step ([`envelope`]) so that a record means the same thing whatever its format.
+
+use deflect_core::event::{
+    AiOutcome, Channel, Direction, DisconnectParty, EscalationSource, Event, EventKind, Initiation,
+    IvrExitReason, QueueExitReason,
+};
+use prost::Message;
+
+mod json;
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/deflect.v1.rs"));
+}
+
+pub use json::{decode_json, encode_json};
+
+/// Why a record was rejected: a bounded set, used as the `reason` label and in dead-letter headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    EmptyRecord,
+    NotProtobufOrJson,
+    InvalidProtobuf,
+    InvalidJson,
+    BadJsonShape,
+    UnknownEventType,
+    MissingField,
+    BadValue,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::EmptyRecord,
+        RejectReason::NotProtobufOrJson,
+        RejectReason::InvalidProtobuf,
+        RejectReason::InvalidJson,
+        RejectReason::BadJsonShape,
+        RejectReason::UnknownEventType,
+        RejectReason::MissingField,
+        RejectReason::BadValue,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::EmptyRecord => "empty_record",
+            RejectReason::NotProtobufOrJson => "not_protobuf_or_json",
+            RejectReason::InvalidProtobuf => "invalid_protobuf",
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::BadJsonShape => "bad_json_shape",
+            RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::BadValue => "bad_value",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct DecodeError {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl DecodeError {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        DecodeError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+    fn missing(field: &str) -> Self {
+        Self::new(RejectReason::MissingField, format!("required field {field} is missing"))
+    }
+}
+
+/// How the records of a topic are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// JSON if the record starts with `{` (after white space), protobuf otherwise. A protobuf
+    /// record of this schema never starts with `{` (it would be a deprecated group of field 15).
+    #[default]
+    Auto,
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "auto" => Some(Format::Auto),
+            "protobuf" => Some(Format::Protobuf),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes one record.
+pub fn decode(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::new(RejectReason::EmptyRecord, "record has no value"));
+    }
+    match format {
+        Format::Protobuf => decode_protobuf(bytes),
+        Format::Json => decode_json(bytes),
+        Format::Auto => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            if first == Some(&b'{') {
+                decode_json(bytes)
+            } else {
+                decode_protobuf(bytes).map_err(|e| match e.reason {
+                    RejectReason::InvalidProtobuf => DecodeError::new(
+                        RejectReason::NotProtobufOrJson,
+                        format!("neither JSON nor protobuf ({})", e.detail),
+                    ),
+                    _ => e,
+                })
+            }
+        }
+    }
+}
+
+/// The envelope fields common to both formats, before validation.
+pub struct Envelope<'a> {
+    pub event_id: &'a str,
+    pub tenant: &'a str,
+    pub contact_id: &'a str,
+    pub parent_contact_id: &'a str,
+    pub customer_id: &'a str,
+    pub channel: Option<Channel>,
+    pub occurred_at: Option<i64>,
+    pub intent: &'a str,
+    pub queue: &'a str,
+}
+
+/// Validates the envelope and builds the event.
+pub fn envelope(env: Envelope<'_>, kind: EventKind) -> Result<Event, DecodeError> {
+    let req = |v: &str, name: &str| {
+        if v.is_empty() {
+            Err(DecodeError::missing(name))
+        } else {
+            Ok(v.to_string())
+        }
+    };
+    let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let kind = match kind {
+        // A survey refers to a contact; the intent payload also sets the envelope's intent.
+        EventKind::IntentIdentified { intent, confidence } if intent.is_empty() => {
+            if env.intent.is_empty() {
+                return Err(DecodeError::missing("intent_identified.intent"));
+            }
+            EventKind::IntentIdentified {
+                intent: env.intent.to_string(),
+                confidence,
+            }
+        }
+        k => k,
+    };
+    Ok(Event {
+        event_id: req(env.event_id, "event_id")?,
+        tenant: req(env.tenant, "tenant")?,
+        contact_id: req(env.contact_id, "contact_id")?,
+        parent_contact_id: opt(env.parent_contact_id),
+        customer_id: opt(env.customer_id),
+        channel: env.channel.ok_or_else(|| DecodeError::missing("channel"))?,
+        occurred_at: match env.occurred_at {
+            Some(t) if t > 0 => t,
+            _ => return Err(DecodeError::missing("occurred_at")),
+        },
+        intent: opt(env.intent),
+        queue: opt(env.queue),
+        kind,
+    })
+}
+
+fn bad(field: &str, v: i32) -> DecodeError {
+    DecodeError::new(RejectReason::BadValue, format!("{field}: unknown or unspecified value {v}"))
+}
+
+fn channel_from_pb(v: i32) -> Option<Channel> {
+    use pb::Channel as C;
+    Some(match C::try_from(v).ok()? {
+        C::Unspecified => return None,
+        C::Voice => Channel::Voice,
+        C::Chat => Channel::Chat,
+        C::Sms => Channel::Sms,
+        C::Email => Channel::Email,
+        C::Web => Channel::Web,
+        C::App => Channel::App,
+    })
+}
+
+fn channel_to_pb(c: Channel) -> pb::Channel {
+    match c {
+        Channel::Voice => pb::Channel::Voice,
+        Channel::Chat => pb::Channel::Chat,
+        Channel::Sms => pb::Channel::Sms,
+        Channel::Email => pb::Channel::Email,
+        Channel::Web => pb::Channel::Web,
+        Channel::App => pb::Channel::App,
+    }
+}
+
+/// Maps a protobuf enum value to the core enum through their shared snake_case name
+/// (`DIRECTION_INBOUND` ↔ `inbound`), so the two cannot drift apart silently.
+fn pb_enum<T>(field: &str, v: i32, pb_name: Option<&str>, parse: fn(&str) -> Option<T>) -> Result<T, DecodeError> {
+    let name = pb_name.ok_or_else(|| bad(field, v))?;
+    let lower = name.split_once('_').map(|(_, rest)| rest).unwrap_or(name).to_ascii_lowercase();
+    parse(&lower).ok_or_else(|| bad(field, v))
+}
+
+macro_rules! pb_enum_name {
+    ($ty:ty, $v:expr) => {
+        <$ty>::try_from($v).ok().map(|e| e.as_str_name())
+    };
+}
+
+pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
+    use pb::contact_event::Payload as P;
+    let m = pb::ContactEvent::decode(bytes)
+        .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?;
+    let payload = m.payload.clone().ok_or_else(|| {
+        DecodeError::new(
+            RejectReason::UnknownEventType,
+            "no known event payload (unknown event type or none set)",
+        )
+    })?;
+    let kind = match payload {
+        P::ContactStarted(p) => EventKind::ContactStarted {
+            direction: pb_enum("contact_started.direction", p.direction, pb_enum_name!(pb::contact_started::Direction, p.direction), Direction::parse)?,
+            initiation: pb_enum("contact_started.initiation", p.initiation, pb_enum_name!(pb::contact_started::Initiation, p.initiation), Initiation::parse)?,
+        },
+        P::IntentIdentified(p) => EventKind::IntentIdentified {
+            intent: p.intent,
+            confidence: finite32("intent_identified.confidence", p.confidence)?,
+        },
+        P::IvrEntered(p) => EventKind::IvrEntered { node: p.node },
+        P::IvrMenuSelected(p) => EventKind::IvrMenuSelected { node: p.node, option: p.option },
+        P::IvrExited(p) => EventKind::IvrExited {
+            node: p.node,
+            reason: pb_enum("ivr_exited.reason", p.reason, pb_enum_name!(pb::ivr_exited::Reason, p.reason), IvrExitReason::parse)?,
+        },
+        P::SelfServiceViewed(p) => EventKind::SelfServiceViewed { item: p.item },
+        P::SelfServiceResolved(p) => EventKind::SelfServiceResolved { confirmed: p.confirmed },
+        P::AiAgentStarted(_) => EventKind::AiAgentStarted,
+        P::AiAgentEnded(p) => EventKind::AiAgentEnded {
+            outcome: pb_enum("ai_agent_ended.outcome", p.outcome, pb_enum_name!(pb::ai_agent_ended::Outcome, p.outcome), AiOutcome::parse)?,
+            turns: p.turns,
+        },
+        P::EscalationRequested(p) => EventKind::EscalationRequested {
+            from: pb_enum("escalation_requested.from", p.from, pb_enum_name!(pb::escalation_requested::From, p.from), EscalationSource::parse)?,
+            reason: p.reason,
+            context_passed: p.context_passed,
+        },
+        P::QueueEntered(p) => EventKind::QueueEntered {
+            queue: if p.queue.is_empty() { m.queue.clone() } else { p.queue },
+            priority: p.priority,
+        },
+        P::QueueExited(p) => EventKind::QueueExited {
+            reason: pb_enum("queue_exited.reason", p.reason, pb_enum_name!(pb::queue_exited::Reason, p.reason), QueueExitReason::parse)?,
+        },
+        P::AgentConnected(p) => EventKind::AgentConnected { context_received: p.context_received },
+        P::AgentDisconnected(p) => EventKind::AgentDisconnected { talk_ms: p.talk_ms, hold_ms: p.hold_ms },
+        P::AfterContactWorkEnded(p) => EventKind::AfterContactWorkEnded { acw_ms: p.acw_ms },
+        P::CallbackRequested(p) => EventKind::CallbackRequested { callback_id: p.callback_id },
+        P::CallbackCompleted(p) => EventKind::CallbackCompleted { callback_id: p.callback_id },
+        P::CallbackCanceled(p) => EventKind::CallbackCanceled { callback_id: p.callback_id },
+        P::CallbackExpired(p) => EventKind::CallbackExpired { callback_id: p.callback_id },
+        P::ContactEnded(p) => EventKind::ContactEnded {
+            party: match p.party {
+                0 => None,
+                v => Some(pb_enum("contact_ended.party", v, pb_enum_name!(pb::contact_ended::Party, v), DisconnectParty::parse)?),
+            },
+            resolved: p.resolved,
+        },
+        P::SurveyResponse(p) => survey(p.score, p.scale_min, p.scale_max)?,
+        P::NotificationSent(p) => EventKind::NotificationSent { campaign: p.campaign, topic: p.topic },
+    };
+    if let EventKind::QueueEntered { queue, .. } = &kind {
+        if queue.is_empty() {
+            return Err(DecodeError::missing("queue_entered.queue"));
+        }
+    }
+    envelope(
+        Envelope {
+            event_id: &m.event_id,
+            tenant: &m.tenant,
+            contact_id: &m.contact_id,
+            parent_contact_id: &m.parent_contact_id,
+            customer_id: &m.customer_id,
+            channel: match m.channel {
+                0 => None,
+                v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
+            },
+            occurred_at: Some(m.occurred_at),
+            intent: &m.intent,
+            queue: &m.queue,
+        },
+        kind,
+    )
+}
+
+fn finite32(field: &str, v: f32) -> Result<f32, DecodeError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(DecodeError::new(RejectReason::BadValue, format!("{field} is not a finite number")))
+    }
+}
+
+pub(crate) fn survey(score: f64, min: f64, max: f64) -> Result<EventKind, DecodeError> {
+    if !(score.is_finite() && min.is_finite() && max.is_finite()) || min >= max || score < min || score > max {
+        return Err(DecodeError::new(
+            RejectReason::BadValue,
+            format!("survey_response: score {score} outside scale [{min}, {max}]"),
+        ));
+    }
+    Ok(EventKind::SurveyResponse { score, scale_min: min, scale_max: max })
+}
+
+fn enum_to_pb(core_name: &str, pb_prefix: &str) -> String {
+    format!("{pb_prefix}_{}", core_name.to_ascii_uppercase())
+}
+
+macro_rules! to_pb_enum {
+    ($ty:ty, $prefix:literal, $v:expr) => {
+        <$ty>::from_str_name(&enum_to_pb($v.as_str(), $prefix)).expect("core and proto enums agree") as i32
+    };
+}
+
+/// Encodes an event as protobuf (the generator and replays use this).
+pub fn encode_protobuf(e: &Event) -> Vec<u8> {
+    use pb::contact_event::Payload as P;
+    let payload = match &e.kind {
+        EventKind::ContactStarted { direction, initiation } => P::ContactStarted(pb::ContactStarted {
+            direction: to_pb_enum!(pb::contact_started::Direction, "DIRECTION", direction),
+            initiation: to_pb_enum!(pb::contact_started::Initiation, "INITIATION", initiation),
+        }),
+        EventKind::IntentIdentified { intent, confidence } => P::IntentIdentified(pb::IntentIdentified { intent: intent.clone(), confidence: *confidence }),
+        EventKind::IvrEntered { node } => P::IvrEntered(pb::IvrEntered { node: node.clone() }),
+        EventKind::IvrMenuSelected { node, option } => P::IvrMenuSelected(pb::IvrMenuSelected { node: node.clone(), option: option.clone() }),
+        EventKind::IvrExited { node, reason } => P::IvrExited(pb::IvrExited {
+            node: node.clone(),
+            reason: to_pb_enum!(pb::ivr_exited::Reason, "REASON", reason),
+        }),
+        EventKind::SelfServiceViewed { item } => P::SelfServiceViewed(pb::SelfServiceViewed { item: item.clone() }),
+        EventKind::SelfServiceResolved { confirmed } => P::SelfServiceResolved(pb::SelfServiceResolved { confirmed: *confirmed }),
+        EventKind::AiAgentStarted => P::AiAgentStarted(pb::AiAgentStarted {}),
+        EventKind::AiAgentEnded { outcome, turns } => P::AiAgentEnded(pb::AiAgentEnded {
+            outcome: to_pb_enum!(pb::ai_agent_ended::Outcome, "OUTCOME", outcome),
+            turns: *turns,
+        }),
+        EventKind::EscalationRequested { from, reason, context_passed } => P::EscalationRequested(pb::EscalationRequested {
+            from: to_pb_enum!(pb::escalation_requested::From, "FROM", from),
+            reason: reason.clone(),
+            context_passed: *context_passed,
+        }),
+        EventKind::QueueEntered { queue, priority } => P::QueueEntered(pb::QueueEntered { queue: queue.clone(), priority: *priority }),
+        EventKind::QueueExited { reason } => P::QueueExited(pb::QueueExited { reason: to_pb_enum!(pb::queue_exited::Reason, "REASON", reason) }),
+        EventKind::AgentConnected { context_received } => P::AgentConnected(pb::AgentConnected { agent: String::new(), context_received: *context_received }),
+        EventKind::AgentDisconnected { talk_ms, hold_ms } => P::AgentDisconnected(pb::AgentDisconnected { talk_ms: *talk_ms, hold_ms: *hold_ms }),
+        EventKind::AfterContactWorkEnded { acw_ms } => P::AfterContactWorkEnded(pb::AfterContactWorkEnded { acw_ms: *acw_ms }),
+        EventKind::CallbackRequested { callback_id } => P::CallbackRequested(pb::CallbackRequested { callback_id: callback_id.clone() }),
+        EventKind::CallbackCompleted { callback_id } => P::CallbackCompleted(pb::CallbackCompleted { callback_id: callback_id.clone() }),
+        EventKind::CallbackCanceled { callback_id } => P::CallbackCanceled(pb::CallbackCanceled { callback_id: callback_id.clone() }),
+        EventKind::CallbackExpired { callback_id } => P::CallbackExpired(pb::CallbackExpired { callback_id: callback_id.clone() }),
+        EventKind::ContactEnded { party, resolved } => P::ContactEnded(pb::ContactEnded {
+            party: party.map_or(0, |p| to_pb_enum!(pb::contact_ended::Party, "PARTY", p)),
+            resolved: *resolved,
+        }),
+        EventKind::SurveyResponse { score, scale_min, scale_max } => P::SurveyResponse(pb::SurveyResponse { score: *score, scale_min: *scale_min, scale_max: *scale_max }),
+        EventKind::NotificationSent { campaign, topic } => P::NotificationSent(pb::NotificationSent { campaign: campaign.clone(), topic: topic.clone() }),
+    };
+    pb::ContactEvent {
+        event_id: e.event_id.clone(),
+        tenant: e.tenant.clone(),
+        contact_id: e.contact_id.clone(),
+        parent_contact_id: e.parent_contact_id.clone().unwrap_or_default(),
+        customer_id: e.customer_id.clone().unwrap_or_default(),
+        channel: channel_to_pb(e.channel) as i32,
+        occurred_at: e.occurred_at,
+        intent: e.intent.clone().unwrap_or_default(),
+        queue: e.queue.clone().unwrap_or_default(),
+        attributes: Default::default(),
+        payload: Some(payload),
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests;

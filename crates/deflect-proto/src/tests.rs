@@ -1,0 +1,144 @@
+use super::*;
+use proptest::prelude::*;
+
+fn arb_kind() -> impl Strategy<Value = EventKind> {
+    let s = "[a-z0-9]{1,8}";
+    prop_oneof![
+        (prop::sample::select(Direction::ALL), prop::sample::select(Initiation::ALL))
+            .prop_map(|(direction, initiation)| EventKind::ContactStarted { direction, initiation }),
+        (s, 0u8..=100).prop_map(|(intent, c)| EventKind::IntentIdentified { intent, confidence: f32::from(c) / 100.0 }),
+        s.prop_map(|node| EventKind::IvrEntered { node }),
+        (s, s).prop_map(|(node, option)| EventKind::IvrMenuSelected { node, option }),
+        (s, prop::sample::select(IvrExitReason::ALL)).prop_map(|(node, reason)| EventKind::IvrExited { node, reason }),
+        s.prop_map(|item| EventKind::SelfServiceViewed { item }),
+        any::<bool>().prop_map(|confirmed| EventKind::SelfServiceResolved { confirmed }),
+        Just(EventKind::AiAgentStarted),
+        (prop::sample::select(AiOutcome::ALL), any::<u32>()).prop_map(|(outcome, turns)| EventKind::AiAgentEnded { outcome, turns }),
+        (prop::sample::select(EscalationSource::ALL), s, any::<bool>())
+            .prop_map(|(from, reason, context_passed)| EventKind::EscalationRequested { from, reason, context_passed }),
+        (s, -5i32..5).prop_map(|(queue, priority)| EventKind::QueueEntered { queue, priority }),
+        prop::sample::select(QueueExitReason::ALL).prop_map(|reason| EventKind::QueueExited { reason }),
+        any::<bool>().prop_map(|context_received| EventKind::AgentConnected { context_received }),
+        (any::<Option<u64>>(), any::<Option<u64>>()).prop_map(|(talk_ms, hold_ms)| EventKind::AgentDisconnected { talk_ms, hold_ms }),
+        any::<Option<u64>>().prop_map(|acw_ms| EventKind::AfterContactWorkEnded { acw_ms }),
+        s.prop_map(|callback_id| EventKind::CallbackRequested { callback_id }),
+        s.prop_map(|callback_id| EventKind::CallbackCompleted { callback_id }),
+        s.prop_map(|callback_id| EventKind::CallbackCanceled { callback_id }),
+        s.prop_map(|callback_id| EventKind::CallbackExpired { callback_id }),
+        (prop::option::of(prop::sample::select(DisconnectParty::ALL)), any::<bool>())
+            .prop_map(|(party, resolved)| EventKind::ContactEnded { party, resolved }),
+        (1u8..=5).prop_map(|score| EventKind::SurveyResponse { score: f64::from(score), scale_min: 1.0, scale_max: 5.0 }),
+        (s, s).prop_map(|(campaign, topic)| EventKind::NotificationSent { campaign, topic }),
+    ]
+}
+
+pub(crate) fn arb_event() -> impl Strategy<Value = Event> {
+    (
+        "[a-z0-9-]{1,12}",
+        "[a-z]{1,6}",
+        "[a-z0-9]{1,10}",
+        prop::option::of("[a-z0-9]{1,10}"),
+        prop::option::of("[a-z0-9]{1,10}"),
+        prop::sample::select(Channel::ALL.to_vec()),
+        1i64..4_000_000_000_000,
+        prop::option::of("[a-z_]{1,10}"),
+        prop::option::of("[a-z_]{1,10}"),
+        arb_kind(),
+    )
+        .prop_map(|(event_id, tenant, contact_id, parent_contact_id, customer_id, channel, occurred_at, intent, queue, kind)| Event {
+            event_id,
+            tenant,
+            contact_id,
+            parent_contact_id,
+            customer_id,
+            channel,
+            occurred_at,
+            intent: intent.clone(),
+            queue,
+            kind: match kind {
+                // An empty payload intent falls back to the envelope's; keep the round trip exact.
+                EventKind::IntentIdentified { intent: i, confidence } => EventKind::IntentIdentified { intent: i, confidence },
+                k => k,
+            },
+        })
+}
+
+proptest! {
+    #[test]
+    fn protobuf_round_trip(e in arb_event()) {
+        prop_assert_eq!(decode(&encode_protobuf(&e), Format::Auto).unwrap(), e.clone());
+        prop_assert_eq!(decode(&encode_protobuf(&e), Format::Protobuf).unwrap(), e);
+    }
+
+    #[test]
+    fn json_round_trip_and_same_event_as_protobuf(e in arb_event()) {
+        let j = encode_json(&e);
+        prop_assert_eq!(decode(&j, Format::Auto).unwrap(), decode(&encode_protobuf(&e), Format::Auto).unwrap());
+        prop_assert_eq!(decode(&j, Format::Json).unwrap(), e);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&b, Format::Auto);
+        let _ = decode(&b, Format::Json);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(s in "\\{[ -~]{0,80}\\}") {
+        let _ = decode(s.as_bytes(), Format::Auto);
+    }
+}
+
+fn reason(bytes: &[u8]) -> RejectReason {
+    decode(bytes, Format::Auto).unwrap_err().reason
+}
+
+#[test]
+fn json_example_from_the_schema_decodes() {
+    let e = decode(
+        br#"{"event_id": "e1", "tenant": "acme", "contact_id": "c1", "customer_id": "u1",
+            "channel": "VOICE", "occurred_at": "2024-01-02T03:04:05.678Z", "unknown_field": [1,2],
+            "contact_started": {"direction": "DIRECTION_INBOUND", "initiation": "customer"}}"#,
+        Format::Auto,
+    )
+    .unwrap();
+    assert_eq!(e.occurred_at, 1_704_164_645_678);
+    assert_eq!(e.customer_id.as_deref(), Some("u1"));
+    assert_eq!(
+        e.kind,
+        EventKind::ContactStarted { direction: Direction::Inbound, initiation: Initiation::Customer }
+    );
+}
+
+#[test]
+fn rejects_with_reasons() {
+    assert_eq!(reason(b""), RejectReason::EmptyRecord);
+    assert_eq!(reason(b"\xff\xfe garbage"), RejectReason::NotProtobufOrJson);
+    assert_eq!(reason(b"{not json"), RejectReason::InvalidJson);
+    assert_eq!(reason(b"[1,2]"), RejectReason::NotProtobufOrJson);
+    assert_eq!(decode(b"[1,2]", Format::Json).unwrap_err().reason, RejectReason::BadJsonShape);
+    assert_eq!(reason(br#"{"event_id": 5}"#), RejectReason::MissingField);
+    assert_eq!(
+        reason(br#"{"event_id":"e","tenant":"t","contact_id":"c","channel":"voice","occurred_at":1,"teleported":{}}"#),
+        RejectReason::UnknownEventType
+    );
+    let missing_tenant = br#"{"event_id":"e","contact_id":"c","channel":"voice","occurred_at":1,"ai_agent_started":{}}"#;
+    let err = decode(missing_tenant, Format::Auto).unwrap_err();
+    assert_eq!(err.reason, RejectReason::MissingField);
+    assert!(err.detail.contains("tenant"), "{err}");
+    assert_eq!(
+        reason(br#"{"event_id":"e","tenant":"t","contact_id":"c","channel":"fax","occurred_at":1,"ai_agent_started":{}}"#),
+        RejectReason::BadValue
+    );
+    assert_eq!(
+        reason(br#"{"event_id":"e","tenant":"t","contact_id":"c","channel":"voice","occurred_at":1,"contact_started":{"direction":"inbound"}}"#),
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        reason(br#"{"event_id":"e","tenant":"t","contact_id":"c","channel":"voice","occurred_at":1,"survey_response":{"score":9}}"#),
+        RejectReason::BadValue
+    );
+    // a protobuf record with no payload (e.g. an event type newer than this schema)
+    let no_payload = pb::ContactEvent { event_id: "e".into(), ..Default::default() }.encode_to_vec();
+    assert_eq!(reason(&no_payload), RejectReason::UnknownEventType);
+}
