@@ -1,0 +1,315 @@
+//! RocksDB state of deflect, laid out per Kafka partition.
+//!
+//! Column families, every key prefixed with the partition (u32 big-endian) so a partition's state
+//! is one contiguous range that can be scanned, deleted or handed to another instance:
+//!
+//! | cf | key | value |
+//! |---|---|---|
+//! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, watermark, frontier, totals, heat map |
+//! | `pending` | partition, event time, rank, event id | an accepted event waiting for its interval to close |
+//! | `timers` | partition, fire time, journey key | (empty) |
+//! | `journeys` | partition, journey key | [`Journey`] |
+//!
+//! Everything one poll produced, for every partition, is written in one `WriteBatch`: the state and
+//! the offsets it corresponds to are durable together or not at all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use deflect_core::engine::{JourneyStore, PartitionSnapshot, PendingKey, StateChanges, TimerKey};
+use deflect_core::event::{Event, Millis};
+use deflect_core::journey::Journey;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
+
+const CF_META: &str = "meta";
+const CF_PENDING: &str = "pending";
+const CF_TIMERS: &str = "timers";
+const CF_JOURNEYS: &str = "journeys";
+const CFS: [&str; 4] = [CF_META, CF_PENDING, CF_TIMERS, CF_JOURNEYS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Rocks {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("corrupt {what} in state store: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: postcard::Error,
+    },
+}
+
+/// Memory bounds of the store (all column families share them).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// One LRU block cache for every column family, index and filter blocks included.
+    pub block_cache_bytes: usize,
+    /// Cap on all memtables together (a `WriteBufferManager` charged to the block cache).
+    pub write_buffer_bytes: usize,
+    /// fsync the WAL on every batch (survives power loss, not only process crashes).
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: 128 << 20,
+            write_buffer_bytes: 64 << 20,
+            sync_writes: false,
+        }
+    }
+}
+
+pub struct Store {
+    db: Arc<DB>,
+    path: String,
+    sync: bool,
+}
+
+fn ts_key(t: Millis) -> [u8; 8] {
+    // flip the sign bit so big-endian byte order equals numeric order for negative times too
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ts_from(b: &[u8]) -> Millis {
+    (u64::from_be_bytes(b.try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+}
+
+fn prefix(p: i32) -> [u8; 4] {
+    (p as u32).to_be_bytes()
+}
+
+fn pending_key(p: i32, k: &PendingKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(13 + k.2.len());
+    v.extend_from_slice(&prefix(p));
+    v.extend_from_slice(&ts_key(k.0));
+    v.push(k.1);
+    v.extend_from_slice(k.2.as_bytes());
+    v
+}
+
+fn timer_key(p: i32, k: &TimerKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + k.1.len());
+    v.extend_from_slice(&prefix(p));
+    v.extend_from_slice(&ts_key(k.0));
+    v.extend_from_slice(k.1.as_bytes());
+    v
+}
+
+fn journey_key(p: i32, k: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + k.len());
+    v.extend_from_slice(&prefix(p));
+    v.extend_from_slice(k.as_bytes());
+    v
+}
+
+/// Everything a partition needs to resume.
+pub struct RestoredPartition {
+    pub snapshot: PartitionSnapshot,
+    pub pending: Vec<Event>,
+    pub timers: Vec<TimerKey>,
+}
+
+impl Store {
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            opts.write_buffer_bytes,
+            false,
+            cache.clone(),
+        );
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o
+        };
+        let mut db_opts = cf_opts();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_write_buffer_manager(&wbm);
+        db_opts.set_atomic_flush(true);
+        db_opts.set_max_background_jobs(2);
+        let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok(Store {
+            db: Arc::new(db),
+            path: shown,
+            sync: opts.sync_writes,
+        })
+    }
+
+    fn err(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// Loads a partition's state, or `None` when this store has never seen the partition.
+    pub fn load_partition(&self, p: i32) -> Result<Option<RestoredPartition>, StoreError> {
+        let Some(meta) = self.db.get_cf(self.cf(CF_META), prefix(p)).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let snapshot: PartitionSnapshot = postcard::from_bytes(&meta)
+            .map_err(|source| StoreError::Corrupt { what: "partition snapshot", source })?;
+        let mut pending = Vec::new();
+        for item in self.scan(CF_PENDING, p) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            pending.push(
+                postcard::from_bytes(&v)
+                    .map_err(|source| StoreError::Corrupt { what: "pending event", source })?,
+            );
+        }
+        let mut timers = Vec::new();
+        for item in self.scan(CF_TIMERS, p) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let t = ts_from(&k[4..12]);
+            timers.push((t, String::from_utf8_lossy(&k[12..]).into_owned()));
+        }
+        Ok(Some(RestoredPartition { snapshot, pending, timers }))
+    }
+
+    fn scan(
+        &self,
+        cf: &str,
+        p: i32,
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + '_ {
+        let pre = prefix(p);
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&pre, Direction::Forward))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&pre)))
+    }
+
+    /// Reads journeys of partition `p` for the engine. A read error is kept and must be checked
+    /// with [`JourneyReader::into_result`] before the step's changes are written.
+    pub fn journeys(&self, p: i32) -> JourneyReader<'_> {
+        JourneyReader { store: self, partition: p, error: None }
+    }
+
+    /// Starts a batch of writes.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, wb: WriteBatch::default() }
+    }
+
+    /// Approximate on-disk size of live data (bytes).
+    pub fn live_size_bytes(&self) -> u64 {
+        CFS.iter()
+            .filter_map(|n| {
+                self.db
+                    .property_int_value_cf(self.cf(n), "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Number of write stalls so far (`rocksdb.actual-delayed-write-rate` is 0 when none).
+    pub fn is_write_stopped(&self) -> bool {
+        self.db
+            .property_int_value("rocksdb.is-write-stopped")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+            != 0
+    }
+}
+
+pub struct JourneyReader<'a> {
+    store: &'a Store,
+    partition: i32,
+    error: Option<StoreError>,
+}
+
+impl JourneyReader<'_> {
+    pub fn into_result(self) -> Result<(), StoreError> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl JourneyStore for JourneyReader<'_> {
+    fn load(&mut self, key: &str) -> Option<Journey> {
+        let k = journey_key(self.partition, key);
+        match self.store.db.get_pinned_cf(self.store.cf(CF_JOURNEYS), k) {
+            Ok(Some(v)) => match postcard::from_bytes(&v) {
+                Ok(j) => Some(j),
+                Err(source) => {
+                    self.error.get_or_insert(StoreError::Corrupt { what: "journey", source });
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.error.get_or_insert(self.store.err(e));
+                None
+            }
+        }
+    }
+}
+
+/// One atomic write: the changes and snapshots of any number of partitions.
+pub struct Batch<'a> {
+    store: &'a Store,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn partition(&mut self, p: i32, snap: &PartitionSnapshot, ch: &StateChanges) {
+        let s = self.store;
+        let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
+        for e in &ch.pending_put {
+            let k = deflect_core::engine::pending_key(e);
+            self.wb.put_cf(pending, pending_key(p, &k), postcard::to_allocvec(e).expect("serializable"));
+        }
+        for k in &ch.pending_del {
+            self.wb.delete_cf(pending, pending_key(p, k));
+        }
+        for k in &ch.timers_del {
+            self.wb.delete_cf(timers, timer_key(p, k));
+        }
+        for k in &ch.timers_put {
+            self.wb.put_cf(timers, timer_key(p, k), []);
+        }
+        for (k, j) in &ch.journeys {
+            match j {
+                Some(j) => self.wb.put_cf(journeys, journey_key(p, k), postcard::to_allocvec(j).expect("serializable")),
+                None => self.wb.delete_cf(journeys, journey_key(p, k)),
+            }
+        }
+        self.wb.put_cf(s.cf(CF_META), prefix(p), postcard::to_allocvec(snap).expect("serializable"));
+    }
+
+    pub fn len(&self) -> usize {
+        self.wb.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+
+    /// Writes the batch atomically (WAL on; fsync if configured).
+    pub fn commit(self) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.store.sync);
+        self.store.db.write_opt(self.wb, &wo).map_err(|e| self.store.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+use super::*;
+use deflect_core::event::{Channel, Direction, EventKind, Initiation};
+
+fn ev(id: &str, t: Millis) -> Event {
+    Event {
+        event_id: id.into(),
+        tenant: "t".into(),
+        contact_id: "c".into(),
+        parent_contact_id: None,
+        customer_id: Some("u".into()),
+        channel: Channel::Voice,
+        occurred_at: t,
+        intent: None,
+        queue: None,
+        kind: EventKind::ContactStarted { direction: Direction::Inbound, initiation: Initiation::Customer },
+    }
+}
+
+#[test]
+fn time_keys_sort_numerically() {
+    let mut v = [5i64, -3, 0, i64::MAX, i64::MIN, 1_700_000_000_000];
+    let mut keys: Vec<_> = v.iter().map(|t| ts_key(*t)).collect();
+    keys.sort();
+    v.sort();
+    assert_eq!(keys.iter().map(|k| ts_from(k)).collect::<Vec<_>>(), v);
+}
+
+#[test]
+fn batch_round_trips_and_partitions_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.load_partition(0).unwrap().is_none());
+    let snap = PartitionSnapshot { next_offset: 42, ..Default::default() };
+    let ch = StateChanges {
+        pending_put: vec![ev("b", 20), ev("a", 10)],
+        timers_put: vec![(99, "c:u".into()), (7, "c:v".into())],
+        journeys: vec![("c:u".into(), Some(Journey::new(true)))],
+        ..Default::default()
+    };
+    let mut b = store.batch();
+    b.partition(3, &snap, &ch);
+    b.partition(4, &PartitionSnapshot::default(), &StateChanges::default());
+    b.commit().unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let r = store.load_partition(3).unwrap().unwrap();
+    assert_eq!(r.snapshot.next_offset, 42);
+    assert_eq!(r.pending.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(r.timers, vec![(7, "c:v".to_string()), (99, "c:u".to_string())]);
+    assert_eq!(store.journeys(3).load("c:u"), Some(Journey::new(true)));
+    assert_eq!(store.journeys(4).load("c:u"), None);
+    let r4 = store.load_partition(4).unwrap().unwrap();
+    assert!(r4.pending.is_empty() && r4.timers.is_empty());
+
+    let del = StateChanges {
+        pending_del: vec![(10, 0, "a".into())],
+        timers_del: vec![(7, "c:v".into())],
+        journeys: vec![("c:u".into(), None)],
+        ..Default::default()
+    };
+    let mut b = store.batch();
+    b.partition(3, &snap, &del);
+    b.commit().unwrap();
+    let r = store.load_partition(3).unwrap().unwrap();
+    assert_eq!(r.pending.len(), 1);
+    assert_eq!(r.timers.len(), 1);
+    assert_eq!(store.journeys(3).load("c:u"), None);
+}
+
+#[test]
+fn unwritable_directory_is_a_clear_error() {
+    let e = Store::open(Path::new("/proc/deflect-cannot-write-here"), StoreOptions::default())
+        .err()
+        .expect("must fail");
+    assert!(e.to_string().contains("/proc/deflect-cannot-write-here"), "{e}");
+}
