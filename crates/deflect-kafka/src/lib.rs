@@ -1,0 +1,350 @@
+//! Kafka plumbing for deflect (rdkafka with its bundled librdkafka).
+//!
+//! - [`GroupConsumer`]: a `BaseConsumer` meant to be polled on one dedicated thread. Rebalances are
+//!   recorded by its context and handed to the caller after `poll` returns, so the caller decides
+//!   when to load or drop partition state; consumer lag per partition comes from librdkafka's
+//!   statistics.
+//! - [`producer`]: a `ThreadedProducer` for the dead-letter topic and the traffic generator.
+//! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
+//!   so other processes can connect (the demo and the tests).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+pub use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+pub use rdkafka::producer::BaseRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka client configuration: {0}")]
+    Config(KafkaError),
+    #[error("subscribing to {topic:?}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Connection settings shared by every client.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSettings {
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties (security, timeouts…), applied last.
+    pub properties: HashMap<String, String>,
+}
+
+impl ClientSettings {
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        ClientSettings {
+            bootstrap_servers: bootstrap.into(),
+            properties: HashMap::new(),
+        }
+    }
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        c.set_log_level(RDKafkaLogLevel::Warning);
+        c
+    }
+    fn finish(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+    }
+}
+
+/// A partition assignment change, as seen by the polling thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+#[derive(Default)]
+pub struct GroupContext {
+    topic: String,
+    events: Mutex<Vec<Assignment>>,
+    lag: Mutex<HashMap<i32, i64>>,
+}
+
+impl GroupContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        if let Some(t) = stats.topics.get(&self.topic) {
+            let mut lag = self.lag.lock().expect("lag lock");
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    lag.insert(*p, s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let ps = self.partitions(tpl);
+            tracing::info!(partitions = ?ps, "partitions revoked");
+            self.events.lock().expect("events lock").push(Assignment::Revoked(ps));
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => {
+                let ps = self.partitions(tpl);
+                tracing::info!(partitions = ?ps, "partitions assigned");
+                self.events.lock().expect("events lock").push(Assignment::Assigned(ps));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// A group member consuming one topic, polled from one thread.
+pub struct GroupConsumer {
+    consumer: BaseConsumer<GroupContext>,
+    topic: String,
+}
+
+impl GroupConsumer {
+    /// Offsets are owned by the application: auto commit is off and offsets are committed with
+    /// [`GroupConsumer::commit`] only after the state they produced is durable.
+    pub fn new(settings: &ClientSettings, group: &str, topic: &str) -> Result<Self, Error> {
+        let mut c = settings.config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("statistics.interval.ms", "5000")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        settings.finish(&mut c);
+        let ctx = GroupContext {
+            topic: topic.to_string(),
+            ..Default::default()
+        };
+        let consumer: BaseConsumer<GroupContext> =
+            c.create_with_context(ctx).map_err(Error::Config)?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|source| Error::Subscribe {
+                topic: topic.to_string(),
+                source,
+            })?;
+        Ok(GroupConsumer {
+            consumer,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Polls one message (or an end-of-partition notice, as `Err(PartitionEOF)`).
+    pub fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
+        self.consumer.poll(timeout)
+    }
+
+    /// Assignment changes since the last call.
+    pub fn take_assignments(&self) -> Vec<Assignment> {
+        std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"))
+    }
+
+    /// Whether a rebalance happened since the last `take_assignments`.
+    pub fn has_assignments(&self) -> bool {
+        !self.consumer.context().events.lock().expect("events lock").is_empty()
+    }
+
+    /// Consumer lag per partition from the last statistics report.
+    pub fn lag(&self) -> HashMap<i32, i64> {
+        self.consumer.context().lag.lock().expect("lag lock").clone()
+    }
+
+    /// Commits `next offset` per partition (asynchronously). Commits for partitions revoked in
+    /// the meantime fail harmlessly.
+    pub fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), Error> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits synchronously (shutdown).
+    pub fn commit_sync(&self, offsets: &[(i32, i64)]) -> Result<(), Error> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        Ok(())
+    }
+
+    /// The high watermark (log end offset) of each partition, fetched from the broker.
+    pub fn high_watermarks(&self, partitions: &[i32], timeout: Duration) -> Result<Vec<(i32, i64)>, Error> {
+        partitions
+            .iter()
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, *p, timeout)
+                    .map(|(_, high)| (*p, high))
+                    .map_err(Error::from)
+            })
+            .collect()
+    }
+}
+
+/// A plain consumer that reads a topic from the beginning without a group (benchmarks, tests).
+pub fn reader(settings: &ClientSettings, topic: &str, partitions: i32) -> Result<BaseConsumer, Error> {
+    let mut c = settings.config();
+    c.set("group.id", "deflect-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    settings.finish(&mut c);
+    let consumer: BaseConsumer = c.create().map_err(Error::Config)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// A producer with its own polling thread, for the dead-letter topic and the generator.
+pub fn producer(settings: &ClientSettings) -> Result<ThreadedProducer<DefaultProducerContext>, Error> {
+    let mut c = settings.config();
+    c.set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "false");
+    settings.finish(&mut c);
+    c.create().map_err(Error::Config)
+}
+
+/// Waits until every message handed to `p` is delivered (or `timeout` passes).
+pub fn flush(p: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) -> Result<(), Error> {
+    p.flush(timeout)?;
+    Ok(())
+}
+
+/// Number of partitions of `topic` as the broker reports it.
+pub fn partition_count(settings: &ClientSettings, topic: &str, timeout: Duration) -> Result<i32, Error> {
+    let c: BaseConsumer = settings.config().create().map_err(Error::Config)?;
+    let md = c.fetch_metadata(Some(topic), timeout)?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| Error::Broker(format!("topic {topic:?} not found")))?;
+    if let Some(e) = t.error() {
+        return Err(Error::Broker(format!("topic {topic:?}: {e:?}")));
+    }
+    Ok(t.partitions().len() as i32)
+}
+
+/// librdkafka's mock cluster, hosted on a thread of its own (it is not `Send`), listening on
+/// loopback. Topics are created up front (the mock has no CreateTopics API). It keeps only about
+/// 5 MiB or 100,000 batches per partition: older data is dropped.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    pub fn start(topics: &[(&str, i32)]) -> Result<Self, Error> {
+        let topics: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                for (t, p) in &topics {
+                    if let Err(e) = cluster.create_topic(t, *p, 1) {
+                        let _ = ready_tx.send(Err(format!("create topic {t}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .map_err(|e| Error::Broker(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| Error::Broker("broker thread died".into()))?
+            .map_err(Error::Broker)?;
+        Ok(EmbeddedBroker {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn settings(&self) -> ClientSettings {
+        ClientSettings::new(self.bootstrap.clone())
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Keeps `Arc` in the public API tidy for callers that share settings across threads.
+pub type SharedSettings = Arc<ClientSettings>;

@@ -1,0 +1,120 @@
+//! `deflect bench`: produce N synthetic events, then read them in the same run with (a) a raw
+//! consumer that only touches each payload and (b) the full pipeline (decode, journeys, RocksDB
+//! batches, offsets, interval closing), and print both rates and their ratio.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use deflect_kafka::{ClientSettings, EmbeddedBroker};
+use rdkafka::error::KafkaError;
+use rdkafka::Message;
+
+use crate::config::Config;
+use crate::generate::{GenParams, Generator};
+use crate::pipeline::RunOptions;
+use crate::produce::{EventProducer, WireFormat};
+use crate::service::Service;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Events to produce.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Partitions of the benchmark topic (embedded broker).
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Use these brokers instead of the embedded one (the topic must exist).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    #[arg(long, default_value = "deflect-bench")]
+    pub topic: String,
+}
+
+pub struct BenchResult {
+    pub events: u64,
+    pub raw_per_sec: f64,
+    pub pipeline_per_sec: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let r = measure(&args)?;
+    println!("events            {}", r.events);
+    println!("raw consumer      {:>12.0} events/s", r.raw_per_sec);
+    println!("deflect pipeline  {:>12.0} events/s", r.pipeline_per_sec);
+    println!("ratio             {:>12.2} (pipeline / raw)", r.pipeline_per_sec / r.raw_per_sec);
+    Ok(())
+}
+
+pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
+    let broker;
+    let settings = match &args.brokers {
+        Some(b) => ClientSettings::new(b.clone()),
+        None => {
+            broker = EmbeddedBroker::start(&[(&args.topic, args.partitions)])?;
+            broker.settings()
+        }
+    };
+    let partitions = deflect_kafka::partition_count(&settings, &args.topic, Duration::from_secs(10))?;
+    let mut g = Generator::new(GenParams { contacts_per_hour: 2_000.0, customers: 50_000, ..Default::default() })?;
+    let mut p = EventProducer::new(&settings, &args.topic, WireFormat::Protobuf)?;
+    let mut t = GenParams::default().start_ms;
+    while p.sent < args.events {
+        t += 3_600_000;
+        for e in g.until(t) {
+            if p.sent == args.events {
+                break;
+            }
+            p.send(&e)?;
+        }
+    }
+    p.flush()?;
+    let n = p.sent;
+
+    // (a) raw consumer: every record fetched and its payload touched
+    let reader = deflect_kafka::reader(&settings, &args.topic, partitions)?;
+    let started = Instant::now();
+    let (mut seen, mut bytes, mut eof) = (0u64, 0u64, 0i32);
+    while seen < n && eof < partitions {
+        match reader.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                seen += 1;
+                bytes += m.payload().map_or(0, |b| b.len() as u64);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => return Err(e).context("raw consumer"),
+            None => break,
+        }
+    }
+    let raw = started.elapsed();
+    drop(reader);
+    anyhow::ensure!(seen == n, "raw consumer saw {seen} of {n} records ({bytes} bytes)");
+
+    // (b) the full pipeline, to the end of the input, every interval closed
+    let dir = tempfile_dir()?;
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap_servers = settings.bootstrap_servers.clone();
+    cfg.kafka.input_topic = args.topic.clone();
+    cfg.kafka.group_id = format!("deflect-bench-{}", std::process::id());
+    cfg.kafka.dead_letter_topic = String::new();
+    cfg.state.dir = dir.clone();
+    cfg.http.listen = "127.0.0.1:0".into();
+    let started = Instant::now();
+    let mut svc = Service::start(cfg, RunOptions { exit_at_eof: true })?;
+    let summary = svc.wait_pipeline()?;
+    let full = started.elapsed();
+    svc.shutdown()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(summary.records == n, "pipeline consumed {} of {n} records", summary.records);
+    Ok(BenchResult {
+        events: n,
+        raw_per_sec: n as f64 / raw.as_secs_f64(),
+        pipeline_per_sec: n as f64 / full.as_secs_f64(),
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("deflect-bench-{}-{}", std::process::id(), crate::pipeline::now_ms()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -1,0 +1,244 @@
+//! Command line: `run`, `demo`, `generate`, `bench`, `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use deflect_kafka::ClientSettings;
+
+use crate::config::Config;
+use crate::generate::{GenParams, Generator, INTENTS, QUEUES, TENANTS};
+use crate::pipeline::{now_ms, RunOptions};
+use crate::produce::{EventProducer, WireFormat};
+use crate::service::Service;
+
+#[derive(Parser, Debug)]
+#[command(name = "deflect", version, about = "Contact-center call deflection analytics on Kafka")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DEFLECT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Protobuf,
+    Json,
+}
+
+impl From<FormatArg> for WireFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Protobuf => WireFormat::Protobuf,
+            FormatArg::Json => WireFormat::Json,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline against Kafka brokers.
+    Run {
+        /// TOML configuration (every key optional; `DEFLECT__SECTION__KEY` overrides).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Stop when every assigned partition is consumed to its end, after closing every
+        /// interval (replays).
+        #[arg(long)]
+        exit_at_eof: bool,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig { file: Option<PathBuf> },
+    /// Write synthetic contact-center traffic to a topic.
+    Generate {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "contact-events")]
+        topic: String,
+        /// Mean potential calls per hour (event time) over a week.
+        #[arg(long, default_value_t = 600.0)]
+        rate: f64,
+        /// Event-time span to generate (e.g. `2days`, `6h`).
+        #[arg(long, default_value = "1day", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// First event time (RFC 3339); default: now minus the duration.
+        #[arg(long)]
+        start: Option<jiff::Timestamp>,
+        #[arg(long, default_value_t = 5000)]
+        customers: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
+        format: FormatArg,
+    },
+    /// Embedded broker + synthetic traffic + the pipeline, with live /metrics.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        listen: String,
+        /// Days of history written before live traffic starts.
+        #[arg(long, default_value_t = 2)]
+        history_days: u32,
+        /// Event time runs this many times faster than the wall clock after the history.
+        #[arg(long, default_value_t = 60)]
+        speed: u32,
+        #[arg(long, default_value_t = 600.0)]
+        rate: f64,
+        /// State directory (default: a fresh temporary directory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Raw consumer vs full pipeline on the same topic, in one run.
+    Bench(crate::bench::BenchArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deflect: error: {e:#}");
+            if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(f: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEFLECT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match f {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn dispatch(c: Command) -> Result<()> {
+    match c {
+        Command::Run { config, exit_at_eof } => {
+            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            run_until_signal(cfg, RunOptions { exit_at_eof }, None)
+        }
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(file.as_deref(), std::env::vars())?;
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Command::Generate { brokers, topic, rate, duration, start, customers, seed, time_zone, format } => {
+            let dur = duration.as_millis() as i64;
+            let start_ms = start.map_or(now_ms() - dur, |t| t.as_millisecond());
+            let mut g = Generator::new(GenParams { seed, start_ms, customers, contacts_per_hour: rate, time_zone, ..Default::default() })?;
+            let mut p = EventProducer::new(&ClientSettings::new(brokers), &topic, format.into())?;
+            let t0 = Instant::now();
+            let mut t = start_ms;
+            while t < start_ms + dur {
+                t = (t + 3_600_000).min(start_ms + dur);
+                for e in g.until(t) {
+                    p.send(&e)?;
+                }
+            }
+            p.flush()?;
+            tracing::info!(events = p.sent, topic = %topic, seconds = t0.elapsed().as_secs_f64(), "generated");
+            Ok(())
+        }
+        Command::Demo { listen, history_days, speed, rate, state_dir } => demo(listen, history_days, speed, rate, state_dir),
+        Command::Bench(args) => crate::bench::run(args),
+    }
+}
+
+/// Runs until SIGINT/SIGTERM (finishing the batch in hand, flushing and committing) or, with
+/// `exit_at_eof`, the end of the input.
+fn run_until_signal(cfg: Config, opts: RunOptions, extra_stop: Option<Arc<AtomicBool>>) -> Result<()> {
+    let mut svc = Service::start(cfg, opts)?;
+    tracing::info!(metrics = %format!("http://{}/metrics", svc.addr()), "serving");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)).context("cannot install signal handler")?;
+    while !stop.load(Ordering::Relaxed) && !svc.pipeline_finished() && !extra_stop.as_ref().is_some_and(|x| x.load(Ordering::Relaxed)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if svc.pipeline_finished() {
+        let r = svc.wait_pipeline();
+        svc.shutdown()?;
+        return r.map(|_| ());
+    }
+    tracing::info!("stopping");
+    svc.shutdown().map(|_| ())
+}
+
+fn demo(listen: String, history_days: u32, speed: u32, rate: f64, state_dir: Option<PathBuf>) -> Result<()> {
+    let topic = "contact-events";
+    let broker = deflect_kafka::EmbeddedBroker::start(&[(topic, 4), ("deflect-dead-letter", 1)])
+        .context("cannot start the embedded broker")?;
+    let tmp;
+    let dir = match state_dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("deflect-demo-{}", std::process::id()));
+            tmp
+        }
+    };
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
+    cfg.kafka.input_topic = topic.into();
+    cfg.state.dir = dir.clone();
+    cfg.http.listen = listen;
+    cfg.dimensions.tenants = TENANTS.iter().map(|s| s.to_string()).collect();
+    cfg.dimensions.intents = INTENTS.iter().map(|s| s.to_string()).collect();
+    cfg.dimensions.queues = QUEUES.iter().map(|s| s.to_string()).collect();
+    cfg.validate()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let settings = broker.settings();
+    let history = i64::from(history_days) * 86_400_000;
+    let start = (now_ms() - history) / 3_600_000 * 3_600_000;
+    let generator = std::thread::Builder::new().name("demo-traffic".into()).spawn(move || -> Result<()> {
+        let mut g = Generator::new(GenParams { start_ms: start, contacts_per_hour: rate, ..Default::default() })?;
+        let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf)?;
+        let mut t = start;
+        let live_from = start + history;
+        while t < live_from && !s.load(Ordering::Relaxed) {
+            t += 600_000;
+            for e in g.until(t) {
+                p.send(&e)?;
+            }
+        }
+        p.flush()?;
+        tracing::info!(events = p.sent, "history written; live traffic follows");
+        let wall0 = Instant::now();
+        while !s.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let target = live_from + wall0.elapsed().as_millis() as i64 * i64::from(speed);
+            for e in g.until(target) {
+                p.send(&e)?;
+            }
+        }
+        p.flush()
+    })?;
+    println!("deflect demo: embedded Kafka broker at {}", broker.bootstrap_servers());
+    println!("deflect demo: state in {}", dir.display());
+    println!("deflect demo: metrics at http://{}/metrics  (also /healthz, /readyz); Ctrl-C stops", cfg.http.listen);
+    let r = run_until_signal(cfg, RunOptions::default(), None);
+    stop.store(true, Ordering::Relaxed);
+    let g = generator.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    r.and(g)
+}

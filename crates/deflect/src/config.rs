@@ -1,0 +1,362 @@
+//! Typed configuration: one TOML file, environment overrides, validation that names the key.
+//!
+//! Every key has a default (see `Config::default` and the README). An environment variable
+//! `DEFLECT__SECTION__KEY=value` overrides `section.key` (the value is read as a TOML value when it
+//! parses as one, e.g. `15` or `true`, and as a string otherwise). Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deflect_core::dims::DimensionsConfig;
+use deflect_core::engine::EngineConfig;
+use deflect_core::journey::JourneyConfig;
+use deflect_core::time::IntervalSpec;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key {key}: {message}")]
+    Key { key: String, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|(k, m)| format!("  {k}: {m}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<(String, String)>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub state: StateConfig,
+    pub http: HttpConfig,
+    pub site: SiteConfig,
+    pub watermark: WatermarkConfig,
+    pub journey: JourneySection,
+    pub heatmap: HeatmapConfig,
+    pub dimensions: DimensionsConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` of the cluster.
+    pub bootstrap_servers: String,
+    /// Topic of contact events, keyed by customer.
+    pub input_topic: String,
+    /// Record format of the input topic: `auto`, `protobuf` or `json`.
+    pub input_format: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Where records that cannot be used go, with the reason in headers; empty disables it.
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties for every client (security.protocol, sasl.*, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            input_topic: "contact-events".into(),
+            input_format: "auto".into(),
+            group_id: "deflect".into(),
+            dead_letter_topic: "deflect-dead-letter".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// RocksDB directory (created if missing).
+    pub dir: PathBuf,
+    /// Shared block cache of all column families, MiB.
+    pub block_cache_mb: usize,
+    /// Cap on all memtables together, MiB.
+    pub write_buffer_mb: usize,
+    /// fsync the write-ahead log on every batch (power-loss safety; slower).
+    pub sync_writes: bool,
+    /// Journeys kept decoded in memory per partition between batches.
+    pub journey_cache_entries: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("deflect-state"),
+            block_cache_mb: 128,
+            write_buffer_mb: 64,
+            sync_writes: false,
+            journey_cache_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9898".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// IANA time zone the intervals and the heat map are aligned to.
+    pub time_zone: String,
+    /// Interval length in minutes: 15, 30 or 60.
+    pub interval_minutes: u32,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig { time_zone: "UTC".into(), interval_minutes: 15 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatermarkConfig {
+    /// How long after its end an interval still accepts events.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Wall-clock silence after which a partition stops holding the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig { grace: Duration::from_secs(300), idle_timeout: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JourneySection {
+    /// A contact with no event for this long (event time) ends by timeout.
+    #[serde(with = "humantime_serde")]
+    pub contact_timeout: Duration,
+}
+
+impl Default for JourneySection {
+    fn default() -> Self {
+        JourneySection { contact_timeout: Duration::from_secs(4 * 3600) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeatmapConfig {
+    /// Trailing range of local days the heat map covers.
+    pub days: u32,
+}
+
+impl Default for HeatmapConfig {
+    fn default() -> Self {
+        HeatmapConfig { days: 28 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most records processed (and written in one RocksDB batch) per poll cycle.
+    pub max_batch: usize,
+    /// Longest wait for the first record of a batch.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { max_batch: 5000, poll_timeout: Duration::from_millis(100) }
+    }
+}
+
+const ENV_PREFIX: &str = "DEFLECT__";
+
+impl Config {
+    /// Reads `path` (or only defaults when `None`), applies `DEFLECT__…` overrides from `env`,
+    /// and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut value = match path {
+            Some(p) => {
+                let shown = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax { path: shown, message: e.message().to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let parsed = format!("x = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("x"))
+                .unwrap_or(toml::Value::String(v));
+            set_path(&mut value, &path, parsed).map_err(|message| ConfigError::Key { key: path.join("."), message })?;
+        }
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Key { key, message: e.into_inner().to_string() }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense, reporting every problem with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bad = Vec::new();
+        let mut check = |ok: bool, key: &str, msg: String| {
+            if !ok {
+                bad.push((key.to_string(), msg));
+            }
+        };
+        check(!self.kafka.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers", "must not be empty".into());
+        check(!self.kafka.input_topic.trim().is_empty(), "kafka.input_topic", "must not be empty".into());
+        check(!self.kafka.group_id.trim().is_empty(), "kafka.group_id", "must not be empty".into());
+        check(
+            deflect_proto::Format::parse(&self.kafka.input_format).is_some(),
+            "kafka.input_format",
+            format!("must be auto, protobuf or json, got {:?}", self.kafka.input_format),
+        );
+        check(
+            self.kafka.dead_letter_topic != self.kafka.input_topic,
+            "kafka.dead_letter_topic",
+            "must differ from kafka.input_topic".into(),
+        );
+        if let Err(e) = IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes) {
+            let key = match e {
+                deflect_core::time::TimeError::BadLength(_) => "site.interval_minutes",
+                deflect_core::time::TimeError::UnknownZone { .. } => "site.time_zone",
+            };
+            check(false, key, e.to_string());
+        }
+        check(self.state.block_cache_mb >= 8, "state.block_cache_mb", format!("must be at least 8, got {}", self.state.block_cache_mb));
+        check(self.state.write_buffer_mb >= 4, "state.write_buffer_mb", format!("must be at least 4, got {}", self.state.write_buffer_mb));
+        check(
+            self.http.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "http.listen",
+            format!("must be host:port with an IP address, got {:?}", self.http.listen),
+        );
+        check(self.watermark.idle_timeout >= Duration::from_millis(100), "watermark.idle_timeout", "must be at least 100ms".into());
+        check(self.journey.contact_timeout >= Duration::from_secs(1), "journey.contact_timeout", "must be at least 1s".into());
+        check((1..=366).contains(&self.heatmap.days), "heatmap.days", format!("must be 1..=366, got {}", self.heatmap.days));
+        check(self.pipeline.max_batch >= 1, "pipeline.max_batch", "must be at least 1".into());
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(bad))
+        }
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            intervals: IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes).expect("validated"),
+            grace_ms: self.watermark.grace.as_millis() as i64,
+            idle_timeout_ms: self.watermark.idle_timeout.as_millis() as i64,
+            heatmap_days: self.heatmap.days,
+            journey: JourneyConfig {
+                dims: self.dimensions.clone(),
+                contact_timeout_ms: self.journey.contact_timeout.as_millis() as i64,
+            },
+        }
+    }
+
+    pub fn input_format(&self) -> deflect_proto::Format {
+        deflect_proto::Format::parse(&self.kafka.input_format).expect("validated")
+    }
+
+    pub fn client_settings(&self) -> deflect_kafka::ClientSettings {
+        deflect_kafka::ClientSettings {
+            bootstrap_servers: self.kafka.bootstrap_servers.clone(),
+            properties: self.kafka.properties.clone().into_iter().collect(),
+        }
+    }
+
+    /// The effective configuration as TOML (what `deflect check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn set_path(t: &mut toml::Table, path: &[String], v: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [last] => {
+            t.insert(last.clone(), v);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = t.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, v),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("[kafka]\nbootstrap = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("kafka") && e.contains("bootstrap"), "{e}");
+        let e = load("[site]\ninterval_minutes = \"fifteen\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("site.interval_minutes"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported_with_keys() {
+        let e = load("[site]\ntime_zone = \"Mars/Base\"\n[watermark]\ngrace = \"5m\"\nidle_timeout = \"1ms\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("site.time_zone") && e.contains("watermark.idle_timeout"), "{e}");
+        let e = load("[watermark]\ngrace = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("watermark.grace"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = load(
+            "[site]\ninterval_minutes = 15\n",
+            &[("DEFLECT__SITE__INTERVAL_MINUTES", "30"), ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!(c.site.interval_minutes, 30);
+        assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
+        let e = load("", &[("DEFLECT__KAFKA__NOPE", "1")]).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

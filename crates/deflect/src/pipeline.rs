@@ -1,0 +1,342 @@
+//! The consuming loop: one dedicated thread polls Kafka, feeds the partition engines, and writes
+//! everything a poll produced (state and consumed offsets of every partition) in one RocksDB batch
+//! before committing those offsets to Kafka. RocksDB and librdkafka calls never run on an async
+//! worker thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use deflect_core::engine::{EngineConfig, Ingest, PartitionEngine};
+use deflect_core::watermark::instance_watermark;
+use deflect_kafka::{Assignment, BaseRecord, GroupConsumer, Header, Headers, Message, OwnedHeaders};
+use deflect_store::{Store, StoreOptions};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+
+use crate::config::Config;
+use crate::telemetry;
+
+/// Liveness and readiness, shared with the HTTP server.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub assigned: AtomicUsize,
+    pub restored: AtomicBool,
+    /// Wall-clock ms of the last completed loop iteration.
+    pub last_loop_ms: AtomicI64,
+    pub records: AtomicI64,
+}
+
+impl Health {
+    pub fn ready(&self, now_ms: i64) -> bool {
+        self.assigned.load(Ordering::Relaxed) > 0
+            && self.restored.load(Ordering::Relaxed)
+            && now_ms - self.last_loop_ms.load(Ordering::Relaxed) < 30_000
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Stop once every assigned partition reached its end, after closing every interval and
+    /// firing every timer (replays and tests). The state is final afterwards.
+    pub exit_at_eof: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub records: u64,
+    pub rejected: u64,
+    pub partitions: usize,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Loop<'a> {
+    cfg: &'a Config,
+    engine_cfg: Arc<EngineConfig>,
+    store: Store,
+    consumer: GroupConsumer,
+    dlq: Option<ThreadedProducer<DefaultProducerContext>>,
+    engines: BTreeMap<i32, PartitionEngine>,
+    assigned: BTreeSet<i32>,
+    eof: BTreeSet<i32>,
+    health: &'a Health,
+    summary: Summary,
+}
+
+/// Runs the pipeline on the calling thread until `cancel` is set (or, with `exit_at_eof`, the
+/// input is exhausted). Metrics go to the calling thread's recorder.
+pub fn run(cfg: &Config, cancel: &AtomicBool, health: &Health, opts: RunOptions) -> Result<Summary> {
+    telemetry::describe();
+    std::fs::create_dir_all(&cfg.state.dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state.dir.display()))?;
+    let store = Store::open(
+        &cfg.state.dir,
+        StoreOptions {
+            block_cache_bytes: cfg.state.block_cache_mb << 20,
+            write_buffer_bytes: cfg.state.write_buffer_mb << 20,
+            sync_writes: cfg.state.sync_writes,
+        },
+    )
+    .context("cannot open state store")?;
+    let settings = cfg.client_settings();
+    let consumer = GroupConsumer::new(&settings, &cfg.kafka.group_id, &cfg.kafka.input_topic)
+        .context("cannot create Kafka consumer")?;
+    let dlq = if cfg.kafka.dead_letter_topic.is_empty() {
+        None
+    } else {
+        Some(deflect_kafka::producer(&settings).context("cannot create dead-letter producer")?)
+    };
+    tracing::info!(
+        topic = %cfg.kafka.input_topic,
+        group = %cfg.kafka.group_id,
+        state = %cfg.state.dir.display(),
+        time_zone = %cfg.site.time_zone,
+        interval_minutes = cfg.site.interval_minutes,
+        "pipeline started"
+    );
+    let mut l = Loop {
+        cfg,
+        engine_cfg: Arc::new(cfg.engine()),
+        store,
+        consumer,
+        dlq,
+        engines: BTreeMap::new(),
+        assigned: BTreeSet::new(),
+        eof: BTreeSet::new(),
+        health,
+        summary: Summary::default(),
+    };
+    let mut last_refresh = Instant::now();
+    loop {
+        l.apply_assignments()?;
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let finished = l.step(opts)?;
+        if last_refresh.elapsed() >= Duration::from_secs(10) {
+            l.refresh();
+            last_refresh = Instant::now();
+        }
+        health.last_loop_ms.store(now_ms(), Ordering::Relaxed);
+        if finished {
+            l.refresh();
+            break;
+        }
+    }
+    let offsets: Vec<(i32, i64)> = l.engines.iter().map(|(p, e)| (*p, e.next_offset())).collect();
+    if let Err(e) = l.consumer.commit_sync(&offsets) {
+        tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
+    }
+    l.summary.partitions = l.engines.len();
+    tracing::info!(records = l.summary.records, rejected = l.summary.rejected, "pipeline stopped");
+    Ok(l.summary)
+}
+
+impl Loop<'_> {
+    fn load(&self, p: i32) -> Result<PartitionEngine> {
+        let engine = match self
+            .store
+            .load_partition(p)
+            .with_context(|| format!("cannot restore state of partition {p}"))?
+        {
+            Some(r) => {
+                tracing::info!(partition = p, next_offset = r.snapshot.next_offset, pending = r.pending.len(), timers = r.timers.len(), "partition state restored");
+                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.pending, r.timers)
+            }
+            None => PartitionEngine::new(self.engine_cfg.clone()),
+        };
+        telemetry::full_refresh(p, &engine);
+        Ok(engine)
+    }
+
+    fn apply_assignments(&mut self) -> Result<()> {
+        for a in self.consumer.take_assignments() {
+            match a {
+                Assignment::Assigned(ps) => {
+                    self.health.restored.store(false, Ordering::Relaxed);
+                    for p in ps {
+                        self.assigned.insert(p);
+                        if !self.engines.contains_key(&p) {
+                            let e = self.load(p)?;
+                            self.engines.insert(p, e);
+                        }
+                    }
+                }
+                Assignment::Revoked(ps) => {
+                    // Everything consumed from these partitions was written by the last batch.
+                    for p in ps {
+                        self.assigned.remove(&p);
+                        self.engines.remove(&p);
+                        self.eof.remove(&p);
+                    }
+                }
+            }
+        }
+        self.health.assigned.store(self.assigned.len(), Ordering::Relaxed);
+        self.health.restored.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One poll batch: consume, advance, persist, commit. Returns true when `exit_at_eof` is done.
+    fn step(&mut self, opts: RunOptions) -> Result<bool> {
+        let started = Instant::now();
+        let format = self.cfg.input_format();
+        let mut touched = BTreeSet::new();
+        let mut n = 0usize;
+        let mut dead_lettered = 0usize;
+        let mut skipped = 0u64;
+        let mut timeout = self.cfg.pipeline.poll_timeout;
+        let now = now_ms();
+        while n < self.cfg.pipeline.max_batch {
+            let msg = match self.consumer.poll(timeout) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    self.eof.insert(p);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Some(Ok(m)) => m,
+            };
+            timeout = Duration::ZERO;
+            let p = msg.partition();
+            self.eof.remove(&p);
+            if !self.engines.contains_key(&p) {
+                let e = self.load(p)?;
+                self.engines.insert(p, e);
+            }
+            let engine = self.engines.get_mut(&p).expect("inserted above");
+            let payload = msg.payload().unwrap_or_default();
+            match deflect_proto::decode(payload, format) {
+                Ok(ev) => {
+                    if engine.ingest(msg.offset(), ev, now) == Ingest::AlreadyApplied {
+                        skipped += 1;
+                    }
+                }
+                Err(err) => {
+                    if engine.reject(msg.offset()) != Ingest::AlreadyApplied {
+                        self.summary.rejected += 1;
+                        telemetry::rejected(err.reason.as_str());
+                        tracing::debug!(partition = p, offset = msg.offset(), reason = err.reason.as_str(), "record rejected");
+                        if let Some(dlq) = &self.dlq {
+                            send_dead_letter(dlq, &self.cfg.kafka.dead_letter_topic, &self.cfg.kafka.input_topic, &msg, &err)?;
+                            dead_lettered += 1;
+                        }
+                    } else {
+                        skipped += 1;
+                    }
+                }
+            }
+            touched.insert(p);
+            n += 1;
+            if self.consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
+                break;
+            }
+        }
+        self.summary.records += n as u64;
+        if skipped > 0 {
+            telemetry::already_applied(skipped);
+        }
+
+        let finished = opts.exit_at_eof
+            && !self.assigned.is_empty()
+            && self.assigned.iter().all(|p| self.eof.contains(p));
+        let mut closed = BTreeMap::new();
+        for (p, e) in self.engines.iter_mut() {
+            let mut reader = self.store.journeys(*p);
+            let mut c = e.advance(now, &mut reader);
+            if finished {
+                c.extend(e.finalize(&mut reader));
+            }
+            reader.into_result().context("cannot read journey state")?;
+            if !c.is_empty() {
+                touched.insert(*p);
+                closed.insert(*p, c);
+            }
+        }
+        if !touched.is_empty() {
+            if let (Some(dlq), true) = (&self.dlq, dead_lettered > 0) {
+                // the dead letters must be durable before the offsets that skip them
+                deflect_kafka::flush(dlq, Duration::from_secs(30)).context("cannot deliver dead-letter records")?;
+            }
+            let mut batch = self.store.batch();
+            for p in &touched {
+                let e = self.engines.get_mut(p).expect("touched engines exist");
+                let ch = e.take_changes(self.cfg.state.journey_cache_entries);
+                batch.partition(*p, e.snapshot(), &ch);
+            }
+            batch.commit().context("cannot write state batch")?;
+            let offsets: Vec<(i32, i64)> = touched.iter().map(|p| (*p, self.engines[p].next_offset())).collect();
+            self.consumer.commit(&offsets)?;
+            for p in &touched {
+                let none = Vec::new();
+                telemetry::export_closed(*p, &self.engines[p], closed.get(p).unwrap_or(&none));
+            }
+        }
+        if n > 0 {
+            telemetry::batch(started.elapsed().as_secs_f64(), n);
+            self.health.records.fetch_add(n as i64, Ordering::Relaxed);
+        }
+        Ok(finished)
+    }
+
+    fn refresh(&self) {
+        for (p, e) in &self.engines {
+            telemetry::full_refresh(*p, e);
+        }
+        for (p, lag) in self.consumer.lag() {
+            if self.assigned.contains(&p) {
+                telemetry::lag(p, lag);
+            }
+        }
+        let wm = instance_watermark(
+            self.engines.values().map(|e| e.watermark_state()),
+            now_ms(),
+            self.engine_cfg.idle_timeout_ms,
+        );
+        telemetry::instance(self.assigned.len(), wm, self.store.live_size_bytes());
+    }
+}
+
+fn send_dead_letter(
+    dlq: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    source_topic: &str,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    err: &deflect_proto::DecodeError,
+) -> Result<()> {
+    let partition = msg.partition().to_string();
+    let offset = msg.offset().to_string();
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = msg.headers() {
+        for hd in h.iter() {
+            headers = headers.insert(Header { key: hd.key, value: hd.value });
+        }
+    }
+    let headers = headers
+        .insert(Header { key: "deflect.reason", value: Some(err.reason.as_str()) })
+        .insert(Header { key: "deflect.detail", value: Some(err.detail.as_str()) })
+        .insert(Header { key: "deflect.source.topic", value: Some(source_topic) })
+        .insert(Header { key: "deflect.source.partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "deflect.source.offset", value: Some(offset.as_str()) });
+    let payload = msg.payload().unwrap_or_default();
+    let key = msg.key().unwrap_or_default();
+    let mut record = BaseRecord::to(topic).payload(payload).key(key).headers(headers);
+    loop {
+        match dlq.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e).context("cannot send dead-letter record"),
+        }
+    }
+}

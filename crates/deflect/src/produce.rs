@@ -1,0 +1,82 @@
+//! Writing events to a topic (generator, demo, benchmark, tests).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use deflect_core::event::Event;
+use deflect_kafka::{BaseRecord, ClientSettings};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::generate::record_key;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    Protobuf,
+    Json,
+}
+
+impl WireFormat {
+    pub fn encode(self, e: &Event) -> Vec<u8> {
+        match self {
+            WireFormat::Protobuf => deflect_proto::encode_protobuf(e),
+            WireFormat::Json => deflect_proto::encode_json(e),
+        }
+    }
+}
+
+pub struct EventProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+    format: WireFormat,
+    pub sent: u64,
+}
+
+impl EventProducer {
+    pub fn new(settings: &ClientSettings, topic: &str, format: WireFormat) -> Result<Self> {
+        Ok(EventProducer {
+            producer: deflect_kafka::producer(settings).context("cannot create producer")?,
+            topic: topic.to_string(),
+            format,
+            sent: 0,
+        })
+    }
+
+    /// Sends one event keyed by customer (or contact), waiting while the local queue is full.
+    pub fn send(&mut self, e: &Event) -> Result<()> {
+        let payload = self.format.encode(e);
+        self.send_raw(record_key(e).as_bytes(), &payload)
+    }
+
+    /// Sends arbitrary bytes (tests of bad input).
+    pub fn send_raw(&mut self, key: &[u8], payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("cannot produce to {}", self.topic)),
+            }
+        }
+    }
+
+    /// Sends to an explicit partition (tests).
+    pub fn send_to(&mut self, partition: i32, e: &Event) -> Result<()> {
+        let payload = self.format.encode(e);
+        let record = BaseRecord::to(&self.topic).key(record_key(e)).payload(&payload).partition(partition);
+        self.producer.send(record).map_err(|(e, _)| e).context("cannot produce")?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        deflect_kafka::flush(&self.producer, Duration::from_secs(60)).context("cannot deliver produced events")
+    }
+}

@@ -1,0 +1,174 @@
+//! The Prometheus surface: business totals of each owned partition, the heat map, and the
+//! pipeline's own health metrics. Names live here (pipeline) and in `deflect_core::metrics`
+//! (business); labels come only from bounded sets.
+
+use std::time::Duration;
+
+use deflect_core::engine::{ClosedInterval, PartitionEngine};
+use deflect_core::metrics::{CounterKey, Metric};
+use deflect_core::time::WEEKDAY_NAMES;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub const EVENTS: &str = "deflect_events_total";
+pub const EVENTS_REJECTED: &str = "deflect_events_rejected_total";
+pub const RECORDS_SKIPPED: &str = "deflect_records_already_applied_total";
+pub const INTERVALS_CLOSED: &str = "deflect_intervals_closed_total";
+pub const WATERMARK: &str = "deflect_watermark_seconds";
+pub const FRONTIER: &str = "deflect_closed_until_seconds";
+pub const INSTANCE_WATERMARK: &str = "deflect_instance_watermark_seconds";
+pub const CONSUMER_LAG: &str = "deflect_consumer_lag";
+pub const PENDING_EVENTS: &str = "deflect_pending_events";
+pub const TIMERS: &str = "deflect_timers";
+pub const ASSIGNED_PARTITIONS: &str = "deflect_assigned_partitions";
+pub const BATCH_SECONDS: &str = "deflect_batch_duration_seconds";
+pub const BATCH_RECORDS: &str = "deflect_batch_records";
+pub const STATE_BYTES: &str = "deflect_state_live_bytes";
+pub const HEAT_ARRIVALS: &str = "deflect_heatmap_arrivals";
+pub const HEAT_ANSWERED: &str = "deflect_heatmap_answered";
+pub const HEAT_WAIT_MS: &str = "deflect_heatmap_answered_wait_milliseconds";
+pub const HEAT_DAYS: &str = "deflect_heatmap_days_observed";
+
+const BATCH_SECONDS_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BATCH_RECORDS_BUCKETS: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// Builds a recorder (not installed globally: each pipeline records into its own, so tests can run
+/// several in one process) and the handle that renders it.
+pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), &BATCH_SECONDS_BUCKETS)
+        .expect("non-empty buckets")
+        .set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_RECORDS_BUCKETS)
+        .expect("non-empty buckets")
+        // series of partitions this instance no longer owns stop being refreshed and disappear
+        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(Duration::from_secs(120)))
+        .build_recorder();
+    let handle = recorder.handle();
+    (recorder, handle)
+}
+
+/// Registers help texts; call inside the recorder's scope.
+pub fn describe() {
+    for m in Metric::ALL {
+        describe_counter!(m.name(), m.help());
+    }
+    describe_counter!(EVENTS, "Records consumed, by what happened to them (accepted, duplicate, late).");
+    describe_counter!(EVENTS_REJECTED, "Records that could not be used, by reason; each goes to the dead-letter topic.");
+    describe_counter!(RECORDS_SKIPPED, "Records re-delivered below the offset stored with the state (already applied).");
+    describe_counter!(INTERVALS_CLOSED, "Intervals closed (watermark passed interval end + grace).");
+    describe_gauge!(WATERMARK, "Event-time watermark of the partition, Unix seconds.");
+    describe_gauge!(FRONTIER, "Every interval before this instant (Unix seconds) is closed and counted.");
+    describe_gauge!(INSTANCE_WATERMARK, "Minimum watermark over non-idle partitions of this instance, Unix seconds.");
+    describe_gauge!(CONSUMER_LAG, "Records behind the log end, per partition (librdkafka statistics).");
+    describe_gauge!(PENDING_EVENTS, "Accepted events waiting for their interval to close.");
+    describe_gauge!(TIMERS, "Journeys with a pending event-time timer (contact timeout, containment).");
+    describe_gauge!(ASSIGNED_PARTITIONS, "Input partitions owned by this instance.");
+    describe_histogram!(BATCH_SECONDS, "Time to process, persist and commit one poll batch.");
+    describe_histogram!(BATCH_RECORDS, "Records per poll batch.");
+    describe_gauge!(STATE_BYTES, "Estimated live bytes in the RocksDB state.");
+    describe_gauge!(HEAT_ARRIVALS, "Potential calls per local weekday and hour, summed over the trailing heat-map range.");
+    describe_gauge!(HEAT_ANSWERED, "Queued contacts answered per local weekday and hour over the trailing range.");
+    describe_gauge!(HEAT_WAIT_MS, "Queue wait of answered contacts per local weekday and hour over the trailing range, ms.");
+    describe_gauge!(HEAT_DAYS, "Calendar days observed per local weekday and hour in the trailing range (divide by this).");
+}
+
+fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
+    key.metric
+        .labels()
+        .iter()
+        .zip(&key.labels)
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .chain(std::iter::once(Label::new("partition", partition.to_string())))
+        .collect()
+}
+
+/// Sets every business counter of a partition to its stored total (startup, assignment, and a
+/// periodic refresh that keeps owned series alive).
+pub fn export_totals(p: i32, engine: &PartitionEngine) {
+    let ps = p.to_string();
+    for (k, v) in &engine.totals().0 {
+        counter!(k.metric.name(), labels(k, &ps)).absolute(*v);
+    }
+    export_partition(p, engine);
+}
+
+/// Updates what closing these intervals changed.
+pub fn export_closed(p: i32, engine: &PartitionEngine, closed: &[ClosedInterval]) {
+    let ps = p.to_string();
+    let totals = &engine.totals().0;
+    let mut seen = std::collections::BTreeSet::new();
+    for c in closed {
+        for k in c.counters.0.keys() {
+            if seen.insert(k) {
+                counter!(k.metric.name(), labels(k, &ps)).absolute(totals[k]);
+            }
+        }
+    }
+    if !closed.is_empty() {
+        export_heatmap(p, engine);
+    }
+    export_partition(p, engine);
+}
+
+fn export_heatmap(p: i32, engine: &PartitionEngine) {
+    let ps = p.to_string();
+    for row in engine.heatmap() {
+        let l = [
+            ("weekday", WEEKDAY_NAMES[usize::from(row.weekday)].to_string()),
+            ("hour", row.hour.to_string()),
+            ("partition", ps.clone()),
+        ];
+        gauge!(HEAT_ARRIVALS, &l).set(row.cell.arrivals as f64);
+        gauge!(HEAT_ANSWERED, &l).set(row.cell.answered as f64);
+        gauge!(HEAT_WAIT_MS, &l).set(row.cell.wait_ms as f64);
+        gauge!(HEAT_DAYS, &l).set(row.days_observed as f64);
+    }
+}
+
+/// Per-partition health gauges and event counters.
+pub fn export_partition(p: i32, engine: &PartitionEngine) {
+    let ps = p.to_string();
+    let s = engine.stats();
+    for (result, v) in [("accepted", s.accepted), ("duplicate", s.duplicates), ("late", s.late)] {
+        counter!(EVENTS, "result" => result, "partition" => ps.clone()).absolute(v);
+    }
+    counter!(INTERVALS_CLOSED, "partition" => ps.clone()).absolute(s.intervals_closed);
+    if let Some(wm) = engine.watermark() {
+        gauge!(WATERMARK, "partition" => ps.clone()).set(wm as f64 / 1000.0);
+    }
+    if let Some(f) = engine.frontier() {
+        gauge!(FRONTIER, "partition" => ps.clone()).set(f as f64 / 1000.0);
+    }
+    gauge!(PENDING_EVENTS, "partition" => ps.clone()).set(engine.pending_len() as f64);
+    gauge!(TIMERS, "partition" => ps).set(engine.timers_len() as f64);
+}
+
+pub fn full_refresh(p: i32, engine: &PartitionEngine) {
+    export_totals(p, engine);
+    export_heatmap(p, engine);
+}
+
+pub fn rejected(reason: &'static str) {
+    counter!(EVENTS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn already_applied(n: u64) {
+    counter!(RECORDS_SKIPPED).increment(n);
+}
+
+pub fn batch(seconds: f64, records: usize) {
+    histogram!(BATCH_SECONDS).record(seconds);
+    histogram!(BATCH_RECORDS).record(records as f64);
+}
+
+pub fn lag(p: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(lag as f64);
+}
+
+pub fn instance(assigned: usize, watermark: Option<i64>, state_bytes: u64) {
+    gauge!(ASSIGNED_PARTITIONS).set(assigned as f64);
+    if let Some(w) = watermark {
+        gauge!(INSTANCE_WATERMARK).set(w as f64 / 1000.0);
+    }
+    gauge!(STATE_BYTES).set(state_bytes as f64);
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: a real Kafka-protocol broker (librdkafka's mock cluster), real RocksDB, the
+//! pipeline in this process, `/metrics` scraped over HTTP.
+
+mod support;
+
+mod restart;
+mod scenario;
