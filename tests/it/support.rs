@@ -10,21 +10,31 @@ use deflect::Config;
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to deflect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("http response");
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     // axum answers small bodies without chunking; decode chunked bodies anyway
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
-    loop {
-        let Some((size, rest)) = s.split_once("\r\n") else { break };
+    while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
@@ -50,7 +60,10 @@ pub fn parse_metrics(text: &str, prefix: &str) -> BTreeMap<String, f64> {
         };
         let mut ls: Vec<&str> = labels.split(',').filter(|s| !s.is_empty()).collect();
         ls.sort();
-        out.insert(format!("{name}{{{}}}", ls.join(",")), value.parse().unwrap());
+        out.insert(
+            format!("{name}{{{}}}", ls.join(",")),
+            value.parse().unwrap(),
+        );
     }
     out
 }
@@ -59,7 +72,11 @@ pub fn parse_metrics(text: &str, prefix: &str) -> BTreeMap<String, f64> {
 pub fn sum(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.iter()
         .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
-        .filter(|(k, _)| labels.iter().all(|(l, v)| k.contains(&format!("{l}=\"{v}\""))))
+        .filter(|(k, _)| {
+            labels
+                .iter()
+                .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+        })
         .map(|(_, v)| v)
         .sum()
 }
@@ -69,8 +86,13 @@ pub fn without_partition(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for (k, v) in m {
         let (name, labels) = k.split_once('{').unwrap();
-        let ls: Vec<&str> = labels.trim_end_matches('}').split(',').filter(|l| !l.starts_with("partition=") && !l.is_empty()).collect();
-        *out.entry(format!("{name}{{{}}}", ls.join(","))).or_insert(0.0) += v;
+        let ls: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.starts_with("partition=") && !l.is_empty())
+            .collect();
+        *out.entry(format!("{name}{{{}}}", ls.join(",")))
+            .or_insert(0.0) += v;
     }
     out
 }

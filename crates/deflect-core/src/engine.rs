@@ -153,7 +153,9 @@ impl Figures for Acc {
 pub struct PartitionEngine {
     cfg: Arc<EngineConfig>,
     snap: PartitionSnapshot,
-    pending: BTreeMap<PendingKey, Event>,
+    pending: BTreeMap<PendingKey, Box<Event>>,
+    /// Keys inserted into `pending` since the last `take_changes`.
+    new_pending: Vec<PendingKey>,
     pending_ids: HashSet<String>,
     timers: BTreeSet<TimerKey>,
     cache: HashMap<String, Journey>,
@@ -174,12 +176,16 @@ impl PartitionEngine {
         timers: Vec<TimerKey>,
     ) -> Self {
         let pending_ids = pending.iter().map(|e| e.event_id.clone()).collect();
-        let pending = pending.into_iter().map(|e| (pending_key(&e), e)).collect();
+        let pending = pending
+            .into_iter()
+            .map(|e| (pending_key(&e), Box::new(e)))
+            .collect();
         PartitionEngine {
             cfg,
             snap,
             pending,
             pending_ids,
+            new_pending: Vec::new(),
             timers: timers.into_iter().collect(),
             cache: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -260,13 +266,18 @@ impl PartitionEngine {
         }
         self.snap.watermark.observe(event.occurred_at, now_wall);
         self.snap.stats.accepted += 1;
-        self.changes.pending_put.push(event.clone());
-        self.pending.insert(pending_key(&event), event);
+        let key = pending_key(&event);
+        self.new_pending.push(key.clone());
+        self.pending.insert(key, Box::new(event));
         Ingest::Accepted
     }
 
     /// Advances the watermark (idleness included) and closes every interval it allows.
-    pub fn advance(&mut self, now_wall: Millis, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
+    pub fn advance(
+        &mut self,
+        now_wall: Millis,
+        store: &mut dyn JourneyStore,
+    ) -> Vec<ClosedInterval> {
         let Some(wm) = self.snap.watermark.tick(now_wall, self.cfg.idle_timeout_ms) else {
             return Vec::new();
         };
@@ -294,7 +305,11 @@ impl PartitionEngine {
         out
     }
 
-    fn process_until(&mut self, target: Millis, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
+    fn process_until(
+        &mut self,
+        target: Millis,
+        store: &mut dyn JourneyStore,
+    ) -> Vec<ClosedInterval> {
         let mut closed = Vec::new();
         if self.snap.frontier.is_some_and(|f| f >= target) {
             return closed;
@@ -341,7 +356,11 @@ impl PartitionEngine {
         if let Some(a) = acc.take() {
             closed.push(self.close(a));
         }
-        self.observe_until(target);
+        // The frontier starts at the first processed item's interval, never before it, so the
+        // observed hours do not depend on when `advance` happened to be called.
+        if self.snap.frontier.is_some() {
+            self.observe_until(target);
+        }
         closed
     }
 
@@ -417,6 +436,16 @@ impl PartitionEngine {
     /// `keep_cached` entries afterwards (everything written is in the store).
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
         let mut ch = std::mem::take(&mut self.changes);
+        // events accepted and processed within the same batch are neither written nor deleted
+        let added: HashSet<PendingKey> = self.new_pending.drain(..).collect();
+        if !added.is_empty() {
+            ch.pending_del.retain(|k| !added.contains(k));
+            for k in &added {
+                if let Some(e) = self.pending.get(k) {
+                    ch.pending_put.push((**e).clone());
+                }
+            }
+        }
         for key in std::mem::take(&mut self.dirty) {
             let j = self.cache.get(&key).expect("dirty journeys are cached");
             if j.is_empty() {
@@ -458,4 +487,357 @@ impl PartitionEngine {
 
 pub fn pending_key(e: &Event) -> PendingKey {
     (e.occurred_at, e.kind.rank(), e.event_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dims::DimensionsConfig;
+    use crate::event::*;
+    use proptest::prelude::*;
+
+    const MIN: Millis = 60_000;
+
+    fn cfg() -> Arc<EngineConfig> {
+        Arc::new(EngineConfig {
+            intervals: IntervalSpec::new("Europe/London", 15).unwrap(),
+            grace_ms: 5 * MIN,
+            idle_timeout_ms: i64::MAX / 4,
+            heatmap_days: 28,
+            journey: JourneyConfig {
+                dims: DimensionsConfig::default(),
+                contact_timeout_ms: 4 * 60 * MIN,
+            },
+        })
+    }
+
+    /// A contact as a list of (offset from its start, kind).
+    fn arb_contact() -> impl Strategy<Value = Vec<(Millis, EventKind)>> {
+        let step = prop_oneof![
+            Just(EventKind::IvrEntered { node: "n".into() }),
+            Just(EventKind::IvrExited {
+                node: "n".into(),
+                reason: IvrExitReason::SelfServed
+            }),
+            Just(EventKind::IvrExited {
+                node: "n".into(),
+                reason: IvrExitReason::HangUp
+            }),
+            Just(EventKind::SelfServiceResolved { confirmed: true }),
+            Just(EventKind::AiAgentEnded {
+                outcome: AiOutcome::Success,
+                turns: 1
+            }),
+            Just(EventKind::AiAgentEnded {
+                outcome: AiOutcome::Dropped,
+                turns: 1
+            }),
+            Just(EventKind::QueueEntered {
+                queue: "q".into(),
+                priority: 0
+            }),
+            Just(EventKind::QueueExited {
+                reason: QueueExitReason::Abandoned
+            }),
+            Just(EventKind::AgentConnected {
+                context_received: false
+            }),
+            Just(EventKind::CallbackRequested {
+                callback_id: "cb".into()
+            }),
+            Just(EventKind::SurveyResponse {
+                score: 5.0,
+                scale_min: 1.0,
+                scale_max: 5.0
+            }),
+        ];
+        (
+            prop::bool::weighted(0.85),
+            prop::collection::vec((0..30 * MIN, step), 0..5),
+            prop::bool::weighted(0.9),
+        )
+            .prop_map(|(customer_initiated, mut steps, ends)| {
+                steps.sort_by_key(|s| s.0);
+                let mut v = vec![(
+                    0,
+                    EventKind::ContactStarted {
+                        direction: Direction::Inbound,
+                        initiation: if customer_initiated {
+                            Initiation::Customer
+                        } else {
+                            Initiation::Transfer
+                        },
+                    },
+                )];
+                let last = steps.last().map_or(0, |s| s.0);
+                v.extend(steps);
+                if ends {
+                    v.push((
+                        last + MIN,
+                        EventKind::ContactEnded {
+                            party: None,
+                            resolved: true,
+                        },
+                    ));
+                }
+                v
+            })
+    }
+
+    /// Random journeys: contacts of a few customers (some unknown) spread over ~3 days across
+    /// the 2024-03-31 DST change in London.
+    fn arb_events() -> impl Strategy<Value = Vec<Event>> {
+        prop::collection::vec(
+            (
+                0u8..6,
+                0..(3 * 24 * 60 * MIN),
+                prop::sample::select(vec![Channel::Voice, Channel::Chat]),
+                arb_contact(),
+            ),
+            1..40,
+        )
+        .prop_map(|contacts| {
+            let base = 1_711_756_800_000; // 2024-03-30T00:00Z
+            let mut out = Vec::new();
+            for (i, (cust, start, ch, steps)) in contacts.into_iter().enumerate() {
+                for (j, (off, kind)) in steps.into_iter().enumerate() {
+                    out.push(Event {
+                        event_id: format!("e{i}-{j}"),
+                        tenant: "t".into(),
+                        contact_id: format!("c{i}"),
+                        parent_contact_id: None,
+                        customer_id: (cust > 0).then(|| format!("u{cust}")),
+                        channel: ch,
+                        occurred_at: base + start + off,
+                        intent: None,
+                        queue: None,
+                        kind,
+                    });
+                }
+            }
+            out
+        })
+    }
+
+    /// Journeys written by `take_changes`, as the RocksDB store would keep them.
+    #[derive(Default)]
+    struct MemStore(HashMap<String, Journey>);
+    impl JourneyStore for MemStore {
+        fn load(&mut self, key: &str) -> Option<Journey> {
+            self.0.get(key).cloned()
+        }
+    }
+    impl MemStore {
+        fn apply(&mut self, ch: StateChanges) {
+            for (k, j) in ch.journeys {
+                match j {
+                    Some(j) => self.0.insert(k, j),
+                    None => self.0.remove(&k),
+                };
+            }
+        }
+    }
+
+    fn run(
+        engines: usize,
+        deliveries: &[Event],
+        advance_every: usize,
+    ) -> (Counters, Vec<HeatRow>, Stats) {
+        let cfg = cfg();
+        let mut es: Vec<PartitionEngine> = (0..engines)
+            .map(|_| PartitionEngine::new(cfg.clone()))
+            .collect();
+        let mut stores: Vec<MemStore> = (0..engines).map(|_| MemStore::default()).collect();
+        let mut offsets = vec![0i64; engines];
+        for (i, e) in deliveries.iter().enumerate() {
+            let p = e.journey_key().bytes().map(usize::from).sum::<usize>() % engines;
+            assert_ne!(
+                es[p].ingest(offsets[p], e.clone(), 0),
+                Ingest::Late,
+                "{e:?}"
+            );
+            offsets[p] += 1;
+            if advance_every > 0 && i % advance_every == 0 {
+                es[p].advance(0, &mut stores[p]);
+                let ch = es[p].take_changes(if i % 2 == 0 { 0 } else { usize::MAX });
+                stores[p].apply(ch);
+            }
+        }
+        let mut totals = Counters::default();
+        let mut heat: BTreeMap<(u8, u8), HeatCell> = BTreeMap::new();
+        let mut stats = Stats::default();
+        for (e, store) in es.iter_mut().zip(&mut stores) {
+            e.finalize(store);
+            assert_eq!(e.pending_len(), 0);
+            assert_eq!(e.timers_len(), 0);
+            totals.merge(e.totals());
+            for r in e.heatmap() {
+                let c = heat.entry((r.weekday, r.hour)).or_default();
+                c.arrivals += r.cell.arrivals;
+                c.answered += r.cell.answered;
+                c.wait_ms += r.cell.wait_ms;
+            }
+            stats.accepted += e.stats().accepted;
+        }
+        let heat = heat
+            .into_iter()
+            .filter(|(_, cell)| *cell != HeatCell::default())
+            .map(|((weekday, hour), cell)| HeatRow {
+                weekday,
+                hour,
+                cell,
+                days_observed: 0,
+            })
+            .collect();
+        (totals, heat, stats)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Arrival order within the grace period, batching, cache trimming and the split across
+        /// partitions never change a figure.
+        #[test]
+        fn figures_do_not_depend_on_delivery(events in arb_events(), delays in prop::collection::vec(0..(2 * MIN), 200), split in 1usize..4, every in 0usize..7) {
+            let mut sorted = events.clone();
+            sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+            let (expected, heat, _) = run(1, &sorted, 0);
+            let mut shuffled: Vec<(Millis, usize, Event)> = events.into_iter().enumerate().map(|(i, e)| (e.occurred_at + delays[i % delays.len()], i, e)).collect();
+            shuffled.sort_by_key(|(t, i, _)| (*t, *i));
+            let deliveries: Vec<Event> = shuffled.into_iter().map(|(_, _, e)| e).collect();
+            let (got, got_heat, stats) = run(split, &deliveries, every);
+            prop_assert_eq!(stats.accepted as usize, deliveries.len());
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(got_heat, heat);
+        }
+    }
+
+    fn ev(id: &str, contact: &str, t: Millis, kind: EventKind) -> Event {
+        Event {
+            event_id: id.into(),
+            tenant: "t".into(),
+            contact_id: contact.into(),
+            parent_contact_id: None,
+            customer_id: Some("u".into()),
+            channel: Channel::Voice,
+            occurred_at: t,
+            intent: None,
+            queue: None,
+            kind,
+        }
+    }
+
+    #[test]
+    fn figures_go_to_the_interval_of_their_deciding_event() {
+        let mut e = PartitionEngine::new(cfg());
+        let t0 = 1_704_704_400_000; // 2024-01-08T09:00Z (London = UTC in winter)
+        let start = EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        };
+        e.ingest(0, ev("a", "c", t0 + 14 * MIN, start), 0);
+        e.ingest(
+            1,
+            ev(
+                "b",
+                "c",
+                t0 + 14 * MIN + 50_000,
+                EventKind::QueueEntered {
+                    queue: "q".into(),
+                    priority: 0,
+                },
+            ),
+            0,
+        );
+        e.ingest(
+            2,
+            ev(
+                "c",
+                "c",
+                t0 + 15 * MIN + 30_000,
+                EventKind::AgentConnected {
+                    context_received: false,
+                },
+            ),
+            0,
+        );
+        e.ingest(
+            3,
+            ev(
+                "d",
+                "c",
+                t0 + 40 * MIN,
+                EventKind::ContactEnded {
+                    party: None,
+                    resolved: true,
+                },
+            ),
+            0,
+        );
+        // late: before the frontier once the watermark is past 09:15 + grace
+        e.ingest(4, ev("z", "x", t0 + 44 * MIN, EventKind::AiAgentStarted), 0);
+        let closed = e.advance(0, &mut NoStore);
+        assert_eq!(
+            closed.len(),
+            2,
+            "09:00 and 09:15 closed, 09:30 still open at watermark 09:44"
+        );
+        assert_eq!(closed[0].interval.start, t0);
+        assert_eq!(closed[0].counters.total(Metric::PotentialCalls), 1);
+        assert_eq!(closed[0].counters.total(Metric::QueueEntered), 1);
+        assert_eq!(closed[0].counters.total(Metric::QueueAnswered), 0);
+        assert_eq!(closed[1].interval.start, t0 + 15 * MIN);
+        assert_eq!(closed[1].counters.total(Metric::QueueAnswered), 1);
+        assert_eq!(closed[1].counters.total(Metric::QueueWaitMs), 40_000);
+        assert_eq!(
+            e.ingest(5, ev("y", "y", t0 + 29 * MIN, EventKind::AiAgentStarted), 0),
+            Ingest::Late
+        );
+        assert_eq!(
+            e.ingest(6, ev("w", "w", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
+            Ingest::Accepted
+        );
+        assert_eq!(
+            e.ingest(6, ev("v", "v", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
+            Ingest::AlreadyApplied
+        );
+        assert_eq!(
+            e.ingest(7, ev("w", "w", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
+            Ingest::Duplicate
+        );
+        let rest = e.finalize(&mut NoStore);
+        assert_eq!(rest[0].interval.start, t0 + 30 * MIN);
+        assert_eq!(
+            rest[0].counters.get(
+                Metric::ContactOutcomes,
+                &["other", "voice", "none", "assisted"]
+            ),
+            1
+        );
+        assert_eq!(e.next_offset(), 8);
+    }
+
+    #[test]
+    fn idle_partition_closes_its_windows_by_wall_clock() {
+        let mut e = PartitionEngine::new(cfg());
+        let t0 = 1_704_704_400_000;
+        let start = EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        };
+        let mut c = (*cfg()).clone();
+        c.idle_timeout_ms = 60_000;
+        let mut e2 = PartitionEngine::new(Arc::new(c));
+        e.ingest(0, ev("a", "c", t0, start.clone()), 1_000);
+        e2.ingest(0, ev("a", "c", t0, start), 1_000);
+        assert!(
+            e.advance(10_000_000, &mut NoStore).is_empty(),
+            "no idleness configured"
+        );
+        assert!(e2.advance(30_000, &mut NoStore).is_empty(), "not idle yet");
+        // idle for 20 minutes of wall clock: the watermark moved by as much, 09:00 closes
+        let closed = e2.advance(1_000 + 20 * MIN, &mut NoStore);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].counters.total(Metric::PotentialCalls), 1);
+    }
 }

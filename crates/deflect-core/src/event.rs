@@ -125,28 +125,83 @@ string_enum!(DisconnectParty { Customer => "customer", Agent => "agent", System 
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
-    ContactStarted { direction: Direction, initiation: Initiation },
-    IntentIdentified { intent: String, confidence: f32 },
-    IvrEntered { node: String },
-    IvrMenuSelected { node: String, option: String },
-    IvrExited { node: String, reason: IvrExitReason },
-    SelfServiceViewed { item: String },
-    SelfServiceResolved { confirmed: bool },
+    ContactStarted {
+        direction: Direction,
+        initiation: Initiation,
+    },
+    IntentIdentified {
+        intent: String,
+        confidence: f32,
+    },
+    IvrEntered {
+        node: String,
+    },
+    IvrMenuSelected {
+        node: String,
+        option: String,
+    },
+    IvrExited {
+        node: String,
+        reason: IvrExitReason,
+    },
+    SelfServiceViewed {
+        item: String,
+    },
+    SelfServiceResolved {
+        confirmed: bool,
+    },
     AiAgentStarted,
-    AiAgentEnded { outcome: AiOutcome, turns: u32 },
-    EscalationRequested { from: EscalationSource, reason: String, context_passed: bool },
-    QueueEntered { queue: String, priority: i32 },
-    QueueExited { reason: QueueExitReason },
-    AgentConnected { context_received: bool },
-    AgentDisconnected { talk_ms: Option<u64>, hold_ms: Option<u64> },
-    AfterContactWorkEnded { acw_ms: Option<u64> },
-    CallbackRequested { callback_id: String },
-    CallbackCompleted { callback_id: String },
-    CallbackCanceled { callback_id: String },
-    CallbackExpired { callback_id: String },
-    ContactEnded { party: Option<DisconnectParty>, resolved: bool },
-    SurveyResponse { score: f64, scale_min: f64, scale_max: f64 },
-    NotificationSent { campaign: String, topic: String },
+    AiAgentEnded {
+        outcome: AiOutcome,
+        turns: u32,
+    },
+    EscalationRequested {
+        from: EscalationSource,
+        reason: String,
+        context_passed: bool,
+    },
+    QueueEntered {
+        queue: String,
+        priority: i32,
+    },
+    QueueExited {
+        reason: QueueExitReason,
+    },
+    AgentConnected {
+        context_received: bool,
+    },
+    AgentDisconnected {
+        talk_ms: Option<u64>,
+        hold_ms: Option<u64>,
+    },
+    AfterContactWorkEnded {
+        acw_ms: Option<u64>,
+    },
+    CallbackRequested {
+        callback_id: String,
+    },
+    CallbackCompleted {
+        callback_id: String,
+    },
+    CallbackCanceled {
+        callback_id: String,
+    },
+    CallbackExpired {
+        callback_id: String,
+    },
+    ContactEnded {
+        party: Option<DisconnectParty>,
+        resolved: bool,
+    },
+    SurveyResponse {
+        score: f64,
+        scale_min: f64,
+        scale_max: f64,
+    },
+    NotificationSent {
+        campaign: String,
+        topic: String,
+    },
 }
 
 // `f32`/`f64` payloads have no NaN in practice (the decoder rejects them), so equality is total.

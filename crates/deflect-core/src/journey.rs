@@ -10,7 +10,7 @@ use crate::dims::{Dimensions, DimensionsConfig};
 use crate::event::{
     AiOutcome, Direction, Event, EventKind, Initiation, IvrExitReason, Millis, QueueExitReason,
 };
-use crate::metrics::{wait_bucket_labels, Metric, Outcome, RECONTACT_WINDOWS};
+use crate::metrics::{wait_bucket_label, Metric, Outcome, RECONTACT_WINDOWS};
 
 /// Where figures decided while applying events go. The engine attributes them to the interval of
 /// the event (or timer) being processed.
@@ -170,7 +170,8 @@ impl Journey {
                 direction,
                 initiation,
             } => {
-                c.potential = *direction == Direction::Inbound && *initiation == Initiation::Customer;
+                c.potential =
+                    *direction == Direction::Inbound && *initiation == Initiation::Customer;
                 if c.potential {
                     out.count(Metric::PotentialCalls, c.contact_labels(), 1);
                     out.heat_arrival();
@@ -231,11 +232,9 @@ impl Journey {
                     let labels = c.queue_labels();
                     out.count(Metric::QueueAnswered, labels.clone(), 1);
                     out.count(Metric::QueueWaitMs, labels.clone(), wait as u64);
-                    for le in wait_bucket_labels(wait) {
-                        let mut l = labels.clone();
-                        l.push(le);
-                        out.count(Metric::QueueWaitBucket, l, 1);
-                    }
+                    let mut l = labels;
+                    l.push(wait_bucket_label(wait).to_string());
+                    out.count(Metric::QueueWaitBucket, l, 1);
                     out.heat_answer(wait);
                 }
             }
@@ -397,14 +396,42 @@ mod tests {
         let mut j = Journey::new(true);
         let mut s = Sink::default();
         j.apply(&cfg, &started("a", 0), &mut s);
-        j.apply(&cfg, &ev("a", 10, EventKind::SelfServiceResolved { confirmed: true }), &mut s);
+        j.apply(
+            &cfg,
+            &ev("a", 10, EventKind::SelfServiceResolved { confirmed: true }),
+            &mut s,
+        );
         j.apply(&cfg, &ended("a", 20), &mut s);
-        assert_eq!(s.0.get(Metric::ContactOutcomes, &["none", "voice", "none", "deflected"]), 0);
-        assert_eq!(s.0.get(Metric::ContactOutcomes, &["other", "voice", "none", "deflected"]), 1);
+        assert_eq!(
+            s.0.get(
+                Metric::ContactOutcomes,
+                &["none", "voice", "none", "deflected"]
+            ),
+            0
+        );
+        assert_eq!(
+            s.0.get(
+                Metric::ContactOutcomes,
+                &["other", "voice", "none", "deflected"]
+            ),
+            1
+        );
         assert_eq!(j.next_wake(&cfg), Some(20 + 24 * H));
         j.apply(&cfg, &started("b", 20 + 10 * H), &mut s);
-        assert_eq!(s.0.get(Metric::Containment, &["other", "voice", "none", "24h", "recontacted"]), 1);
-        assert_eq!(s.0.get(Metric::Containment, &["other", "voice", "none", "7d", "recontacted"]), 1);
+        assert_eq!(
+            s.0.get(
+                Metric::Containment,
+                &["other", "voice", "none", "24h", "recontacted"]
+            ),
+            1
+        );
+        assert_eq!(
+            s.0.get(
+                Metric::Containment,
+                &["other", "voice", "none", "7d", "recontacted"]
+            ),
+            1
+        );
         assert!(j.watches.is_empty());
     }
 
@@ -414,13 +441,42 @@ mod tests {
         let mut j = Journey::new(true);
         let mut s = Sink::default();
         j.apply(&cfg, &started("a", 0), &mut s);
-        j.apply(&cfg, &ev("a", 1, EventKind::AiAgentEnded { outcome: AiOutcome::Success, turns: 3 }), &mut s);
+        j.apply(
+            &cfg,
+            &ev(
+                "a",
+                1,
+                EventKind::AiAgentEnded {
+                    outcome: AiOutcome::Success,
+                    turns: 3,
+                },
+            ),
+            &mut s,
+        );
         j.apply(&cfg, &ended("a", 2), &mut s);
         j.fire(&cfg, 2 + 24 * H, &mut s);
-        assert_eq!(s.0.get(Metric::Containment, &["other", "voice", "none", "24h", "contained"]), 1);
+        assert_eq!(
+            s.0.get(
+                Metric::Containment,
+                &["other", "voice", "none", "24h", "contained"]
+            ),
+            1
+        );
         j.apply(&cfg, &started("b", 2 + 30 * H), &mut s);
-        assert_eq!(s.0.get(Metric::Containment, &["other", "voice", "none", "72h", "recontacted"]), 1);
-        assert_eq!(s.0.get(Metric::Containment, &["other", "voice", "none", "7d", "recontacted"]), 1);
+        assert_eq!(
+            s.0.get(
+                Metric::Containment,
+                &["other", "voice", "none", "72h", "recontacted"]
+            ),
+            1
+        );
+        assert_eq!(
+            s.0.get(
+                Metric::Containment,
+                &["other", "voice", "none", "7d", "recontacted"]
+            ),
+            1
+        );
         assert_eq!(s.0.total(Metric::Containment), 3);
     }
 
@@ -430,15 +486,58 @@ mod tests {
         let mut j = Journey::new(true);
         let mut s = Sink::default();
         j.apply(&cfg, &started("a", 0), &mut s);
-        j.apply(&cfg, &ev("a", 5_000, EventKind::QueueEntered { queue: "q".into(), priority: 0 }), &mut s);
-        j.apply(&cfg, &ev("a", 25_000, EventKind::QueueExited { reason: QueueExitReason::Answered }), &mut s);
-        j.apply(&cfg, &ev("a", 25_000, EventKind::AgentConnected { context_received: false }), &mut s);
+        j.apply(
+            &cfg,
+            &ev(
+                "a",
+                5_000,
+                EventKind::QueueEntered {
+                    queue: "q".into(),
+                    priority: 0,
+                },
+            ),
+            &mut s,
+        );
+        j.apply(
+            &cfg,
+            &ev(
+                "a",
+                25_000,
+                EventKind::QueueExited {
+                    reason: QueueExitReason::Answered,
+                },
+            ),
+            &mut s,
+        );
+        j.apply(
+            &cfg,
+            &ev(
+                "a",
+                25_000,
+                EventKind::AgentConnected {
+                    context_received: false,
+                },
+            ),
+            &mut s,
+        );
         j.apply(&cfg, &ended("a", 90_000), &mut s);
         assert_eq!(s.0.total(Metric::QueueAnswered), 1);
         assert_eq!(s.0.total(Metric::QueueWaitMs), 20_000);
-        assert_eq!(s.0.get(Metric::QueueWaitBucket, &["other", "voice", "other", "20"]), 1);
-        assert_eq!(s.0.get(Metric::QueueWaitBucket, &["other", "voice", "other", "10"]), 0);
-        assert_eq!(s.0.get(Metric::ContactOutcomes, &["other", "voice", "none", "assisted"]), 1);
+        assert_eq!(
+            s.0.get(Metric::QueueWaitBucket, &["other", "voice", "other", "20"]),
+            1
+        );
+        assert_eq!(
+            s.0.get(Metric::QueueWaitBucket, &["other", "voice", "other", "10"]),
+            0
+        );
+        assert_eq!(
+            s.0.get(
+                Metric::ContactOutcomes,
+                &["other", "voice", "none", "assisted"]
+            ),
+            1
+        );
         assert_eq!(s.2, vec![20_000]);
     }
 
@@ -448,11 +547,28 @@ mod tests {
         let mut j = Journey::new(false);
         let mut s = Sink::default();
         j.apply(&cfg, &started("a", 0), &mut s);
-        j.apply(&cfg, &ev("a", 100, EventKind::IvrExited { node: "n".into(), reason: IvrExitReason::SelfServed }), &mut s);
+        j.apply(
+            &cfg,
+            &ev(
+                "a",
+                100,
+                EventKind::IvrExited {
+                    node: "n".into(),
+                    reason: IvrExitReason::SelfServed,
+                },
+            ),
+            &mut s,
+        );
         j.fire(&cfg, 4 * H + 99, &mut s);
         assert_eq!(s.0.total(Metric::ContactOutcomes), 0);
         j.fire(&cfg, 4 * H + 100, &mut s);
-        assert_eq!(s.0.get(Metric::ContactOutcomes, &["other", "voice", "none", "deflected"]), 1);
+        assert_eq!(
+            s.0.get(
+                Metric::ContactOutcomes,
+                &["other", "voice", "none", "deflected"]
+            ),
+            1
+        );
         assert_eq!(s.0.total(Metric::ContainmentUnverifiable), 1);
         assert!(j.is_empty());
     }
@@ -467,7 +583,11 @@ mod tests {
         c.queued = true;
         assert_eq!(c.outcome(), Outcome::Unresolved);
         c.abandon_signal = true;
-        assert_eq!(c.outcome(), Outcome::Abandoned, "abandoned is never deflected");
+        assert_eq!(
+            c.outcome(),
+            Outcome::Abandoned,
+            "abandoned is never deflected"
+        );
         c.agent_connected = true;
         assert_eq!(c.outcome(), Outcome::Assisted);
         let mut d = base;

@@ -65,7 +65,7 @@ metrics_table! {
     QueueWaitMs => "deflect_queue_answered_wait_milliseconds_total", ["tenant", "channel", "queue"],
         "Sum of queue waits (answer - enqueue) of answered queued contacts, in milliseconds; ASA = this / answered.";
     QueueWaitBucket => "deflect_queue_answered_wait_seconds_bucket", ["tenant", "channel", "queue", "le"],
-        "Cumulative histogram buckets of queue waits of answered contacts (seconds).";
+        "Histogram buckets (cumulative on /metrics) of queue waits of answered contacts, seconds.";
     QueueAbandoned => "deflect_queue_abandoned_total", ["tenant", "channel", "queue"],
         "Queued contacts that abandoned (queue_exited reason=abandoned).";
     QueueAbandonWaitMs => "deflect_queue_abandoned_wait_milliseconds_total", ["tenant", "channel", "queue"],
@@ -109,14 +109,29 @@ impl Counters {
     }
 }
 
-/// The bucket label values of `WAIT_BUCKETS_SECONDS` plus `+Inf`, cumulative as Prometheus wants.
-pub fn wait_bucket_labels(wait_ms: i64) -> impl Iterator<Item = String> {
+/// The `le` label of the smallest bucket holding `wait_ms`. State keeps one count per bucket (not
+/// cumulative); the exporter turns them into the cumulative buckets Prometheus expects.
+pub fn wait_bucket_label(wait_ms: i64) -> &'static str {
+    const LABELS: [&str; 11] = [
+        "5", "10", "20", "30", "60", "120", "180", "300", "600", "1800", "+Inf",
+    ];
     let w = wait_ms.max(0) as u64;
-    WAIT_BUCKETS_SECONDS
+    let i = WAIT_BUCKETS_SECONDS
         .iter()
-        .filter(move |b| w <= *b * 1000)
-        .map(|b| b.to_string())
-        .chain(std::iter::once("+Inf".to_string()))
+        .position(|b| w <= *b * 1000)
+        .unwrap_or(WAIT_BUCKETS_SECONDS.len());
+    LABELS[i]
+}
+
+/// Every `le` label in increasing order (the last is `+Inf`).
+pub fn wait_bucket_labels() -> impl Iterator<Item = &'static str> {
+    (0..=WAIT_BUCKETS_SECONDS.len()).map(|i| {
+        wait_bucket_label(
+            WAIT_BUCKETS_SECONDS
+                .get(i)
+                .map_or(i64::MAX, |b| (*b * 1000) as i64),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -133,17 +148,30 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_cumulative() {
-        let b: Vec<_> = wait_bucket_labels(20_000).collect();
-        assert_eq!(b, ["20", "30", "60", "120", "180", "300", "600", "1800", "+Inf"]);
-        assert_eq!(wait_bucket_labels(3_600_000).collect::<Vec<_>>(), ["+Inf"]);
+    fn bucket_of_a_wait() {
+        assert_eq!(wait_bucket_label(0), "5");
+        assert_eq!(wait_bucket_label(20_000), "20");
+        assert_eq!(wait_bucket_label(20_001), "30");
+        assert_eq!(wait_bucket_label(3_600_000), "+Inf");
+        assert_eq!(
+            wait_bucket_labels().collect::<Vec<_>>(),
+            ["5", "10", "20", "30", "60", "120", "180", "300", "600", "1800", "+Inf"]
+        );
     }
 
     #[test]
     fn counters_add_and_filter() {
         let mut c = Counters::default();
-        c.add(Metric::QueueAnswered, vec!["a".into(), "voice".into(), "q1".into()], 2);
-        c.add(Metric::QueueAnswered, vec!["a".into(), "chat".into(), "q1".into()], 3);
+        c.add(
+            Metric::QueueAnswered,
+            vec!["a".into(), "voice".into(), "q1".into()],
+            2,
+        );
+        c.add(
+            Metric::QueueAnswered,
+            vec!["a".into(), "chat".into(), "q1".into()],
+            3,
+        );
         assert_eq!(c.total(Metric::QueueAnswered), 5);
         assert_eq!(c.get(Metric::QueueAnswered, &["a", "chat"]), 3);
     }

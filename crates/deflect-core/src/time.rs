@@ -111,7 +111,12 @@ impl IntervalSpec {
     /// Converts a local civil date-time in this zone to UTC milliseconds (earlier instant when
     /// ambiguous, shifted forward when it falls in a gap).
     pub fn local_to_utc(&self, dt: jiff::civil::DateTime) -> Result<Millis, jiff::Error> {
-        Ok(self.tz.to_ambiguous_zoned(dt).compatible()?.timestamp().as_millisecond())
+        Ok(self
+            .tz
+            .to_ambiguous_zoned(dt)
+            .compatible()?
+            .timestamp()
+            .as_millisecond())
     }
 }
 
@@ -137,7 +142,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_inputs() {
-        assert!(matches!(IntervalSpec::new("UTC", 20), Err(TimeError::BadLength(20))));
+        assert!(matches!(
+            IntervalSpec::new("UTC", 20),
+            Err(TimeError::BadLength(20))
+        ));
         assert!(IntervalSpec::new("Mars/Olympus", 15).is_err());
     }
 
@@ -157,7 +165,11 @@ mod tests {
         assert_eq!(i.start, ms("2024-03-05T04:30:00Z"));
     }
 
-    fn intervals_in_local_day(s: &IntervalSpec, day_start: Millis, next_day_start: Millis) -> usize {
+    fn intervals_in_local_day(
+        s: &IntervalSpec,
+        day_start: Millis,
+        next_day_start: Millis,
+    ) -> usize {
         let mut n = 0;
         let mut t = day_start;
         while t < next_day_start {

@@ -23,7 +23,10 @@ pub struct Watermark {
 
 impl Watermark {
     pub fn observe(&mut self, event_time: Millis, now_wall: Millis) {
-        self.max_event_time = Some(self.max_event_time.map_or(event_time, |m| m.max(event_time)));
+        self.max_event_time = Some(
+            self.max_event_time
+                .map_or(event_time, |m| m.max(event_time)),
+        );
         self.value = Some(self.value.map_or(event_time, |v| v.max(event_time)));
         self.last_activity_wall = Some(now_wall);
     }

@@ -108,7 +108,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = r {
             let ps = self.partitions(tpl);
             tracing::info!(partitions = ?ps, "partitions revoked");
-            self.events.lock().expect("events lock").push(Assignment::Revoked(ps));
+            self.events
+                .lock()
+                .expect("events lock")
+                .push(Assignment::Revoked(ps));
         }
     }
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -116,7 +119,10 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let ps = self.partitions(tpl);
                 tracing::info!(partitions = ?ps, "partitions assigned");
-                self.events.lock().expect("events lock").push(Assignment::Assigned(ps));
+                self.events
+                    .lock()
+                    .expect("events lock")
+                    .push(Assignment::Assigned(ps));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -179,12 +185,23 @@ impl GroupConsumer {
 
     /// Whether a rebalance happened since the last `take_assignments`.
     pub fn has_assignments(&self) -> bool {
-        !self.consumer.context().events.lock().expect("events lock").is_empty()
+        !self
+            .consumer
+            .context()
+            .events
+            .lock()
+            .expect("events lock")
+            .is_empty()
     }
 
     /// Consumer lag per partition from the last statistics report.
     pub fn lag(&self) -> HashMap<i32, i64> {
-        self.consumer.context().lag.lock().expect("lag lock").clone()
+        self.consumer
+            .context()
+            .lag
+            .lock()
+            .expect("lag lock")
+            .clone()
     }
 
     /// Commits `next offset` per partition (asynchronously). Commits for partitions revoked in
@@ -220,7 +237,11 @@ impl GroupConsumer {
     }
 
     /// The high watermark (log end offset) of each partition, fetched from the broker.
-    pub fn high_watermarks(&self, partitions: &[i32], timeout: Duration) -> Result<Vec<(i32, i64)>, Error> {
+    pub fn high_watermarks(
+        &self,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Vec<(i32, i64)>, Error> {
         partitions
             .iter()
             .map(|p| {
@@ -234,7 +255,11 @@ impl GroupConsumer {
 }
 
 /// A plain consumer that reads a topic from the beginning without a group (benchmarks, tests).
-pub fn reader(settings: &ClientSettings, topic: &str, partitions: i32) -> Result<BaseConsumer, Error> {
+pub fn reader(
+    settings: &ClientSettings,
+    topic: &str,
+    partitions: i32,
+) -> Result<BaseConsumer, Error> {
     let mut c = settings.config();
     c.set("group.id", "deflect-reader")
         .set("enable.auto.commit", "false")
@@ -250,7 +275,9 @@ pub fn reader(settings: &ClientSettings, topic: &str, partitions: i32) -> Result
 }
 
 /// A producer with its own polling thread, for the dead-letter topic and the generator.
-pub fn producer(settings: &ClientSettings) -> Result<ThreadedProducer<DefaultProducerContext>, Error> {
+pub fn producer(
+    settings: &ClientSettings,
+) -> Result<ThreadedProducer<DefaultProducerContext>, Error> {
     let mut c = settings.config();
     c.set("linger.ms", "5")
         .set("batch.num.messages", "10000")
@@ -268,7 +295,11 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) ->
 }
 
 /// Number of partitions of `topic` as the broker reports it.
-pub fn partition_count(settings: &ClientSettings, topic: &str, timeout: Duration) -> Result<i32, Error> {
+pub fn partition_count(
+    settings: &ClientSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, Error> {
     let c: BaseConsumer = settings.config().create().map_err(Error::Config)?;
     let md = c.fetch_metadata(Some(topic), timeout)?;
     let t = md

@@ -69,21 +69,30 @@ impl<'a> Obj<'a> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(""),
             Some(Value::String(s)) => Ok(s),
-            Some(v) => Err(shape(format!("{} must be a string, got {v}", self.field(name)))),
+            Some(v) => Err(shape(format!(
+                "{} must be a string, got {v}",
+                self.field(name)
+            ))),
         }
     }
     fn bool(&self, name: &str) -> Result<bool, DecodeError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(shape(format!("{} must be a boolean, got {v}", self.field(name)))),
+            Some(v) => Err(shape(format!(
+                "{} must be a boolean, got {v}",
+                self.field(name)
+            ))),
         }
     }
     fn f64(&self, name: &str) -> Result<Option<f64>, DecodeError> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(v) => Err(shape(format!("{} must be a number, got {v}", self.field(name)))),
+            Some(v) => Err(shape(format!(
+                "{} must be a number, got {v}",
+                self.field(name)
+            ))),
         }
     }
     fn u64(&self, name: &str) -> Result<Option<u64>, DecodeError> {
@@ -92,10 +101,16 @@ impl<'a> Obj<'a> {
             Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
                 DecodeError::new(
                     RejectReason::BadValue,
-                    format!("{} must be a non-negative integer, got {n}", self.field(name)),
+                    format!(
+                        "{} must be a non-negative integer, got {n}",
+                        self.field(name)
+                    ),
                 )
             }),
-            Some(v) => Err(shape(format!("{} must be an integer, got {v}", self.field(name)))),
+            Some(v) => Err(shape(format!(
+                "{} must be an integer, got {v}",
+                self.field(name)
+            ))),
         }
     }
     /// An enum given as `inbound` or `DIRECTION_INBOUND`; absent → error naming the field.
@@ -103,7 +118,11 @@ impl<'a> Obj<'a> {
         self.opt_enum(name, parse)?
             .ok_or_else(|| DecodeError::missing(&self.field(name)))
     }
-    fn opt_enum<T>(&self, name: &str, parse: fn(&str) -> Option<T>) -> Result<Option<T>, DecodeError> {
+    fn opt_enum<T>(
+        &self,
+        name: &str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, DecodeError> {
         let s = self.str(name)?;
         if s.is_empty() {
             return Ok(None);
@@ -125,13 +144,20 @@ fn occurred_at(v: Option<&Value>) -> Result<Option<i64>, DecodeError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
-            DecodeError::new(RejectReason::BadValue, format!("occurred_at must be integer milliseconds, got {n}"))
+            DecodeError::new(
+                RejectReason::BadValue,
+                format!("occurred_at must be integer milliseconds, got {n}"),
+            )
         }),
         Some(Value::String(s)) => s
             .parse::<jiff::Timestamp>()
             .map(|t| Some(t.as_millisecond()))
-            .map_err(|e| DecodeError::new(RejectReason::BadValue, format!("occurred_at {s:?}: {e}"))),
-        Some(v) => Err(shape(format!("occurred_at must be a number or an RFC 3339 string, got {v}"))),
+            .map_err(|e| {
+                DecodeError::new(RejectReason::BadValue, format!("occurred_at {s:?}: {e}"))
+            }),
+        Some(v) => Err(shape(format!(
+            "occurred_at must be a number or an RFC 3339 string, got {v}"
+        ))),
     }
 }
 
@@ -141,7 +167,10 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
     let Value::Object(map) = v else {
         return Err(shape("an event must be a JSON object".into()));
     };
-    let top = Obj { path: "", map: &map };
+    let top = Obj {
+        path: "",
+        map: &map,
+    };
     let mut found = map.keys().filter(|k| EVENT_TYPES.contains(&k.as_str()));
     let ty = match (found.next(), found.next()) {
         (Some(t), None) => t.as_str(),
@@ -151,8 +180,14 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
                 .iter()
                 .find(|(k, v)| v.is_object() && !ENVELOPE.contains(&k.as_str()));
             return Err(match unknown {
-                Some((k, _)) => DecodeError::new(RejectReason::UnknownEventType, format!("unknown event type {k:?}")),
-                None => DecodeError::new(RejectReason::MissingField, "no event payload (e.g. \"contact_started\": {...})"),
+                Some((k, _)) => DecodeError::new(
+                    RejectReason::UnknownEventType,
+                    format!("unknown event type {k:?}"),
+                ),
+                None => DecodeError::new(
+                    RejectReason::MissingField,
+                    "no event payload (e.g. \"contact_started\": {...})",
+                ),
             });
         }
     };
@@ -162,7 +197,10 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
         Value::Null => &empty,
         v => return Err(shape(format!("{ty} must be an object, got {v}"))),
     };
-    let p = Obj { path: ty, map: pmap };
+    let p = Obj {
+        path: ty,
+        map: pmap,
+    };
     let kind = match ty {
         "contact_started" => EventKind::ContactStarted {
             direction: p.enumerated("direction", Direction::parse)?,
@@ -172,11 +210,23 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
             intent: p.str("intent")?.to_string(),
             confidence: p.f64("confidence")?.unwrap_or(0.0) as f32,
         },
-        "ivr_entered" => EventKind::IvrEntered { node: p.str("node")?.into() },
-        "ivr_menu_selected" => EventKind::IvrMenuSelected { node: p.str("node")?.into(), option: p.str("option")?.into() },
-        "ivr_exited" => EventKind::IvrExited { node: p.str("node")?.into(), reason: p.enumerated("reason", IvrExitReason::parse)? },
-        "self_service_viewed" => EventKind::SelfServiceViewed { item: p.str("item")?.into() },
-        "self_service_resolved" => EventKind::SelfServiceResolved { confirmed: p.bool("confirmed")? },
+        "ivr_entered" => EventKind::IvrEntered {
+            node: p.str("node")?.into(),
+        },
+        "ivr_menu_selected" => EventKind::IvrMenuSelected {
+            node: p.str("node")?.into(),
+            option: p.str("option")?.into(),
+        },
+        "ivr_exited" => EventKind::IvrExited {
+            node: p.str("node")?.into(),
+            reason: p.enumerated("reason", IvrExitReason::parse)?,
+        },
+        "self_service_viewed" => EventKind::SelfServiceViewed {
+            item: p.str("item")?.into(),
+        },
+        "self_service_resolved" => EventKind::SelfServiceResolved {
+            confirmed: p.bool("confirmed")?,
+        },
         "ai_agent_started" => EventKind::AiAgentStarted,
         "ai_agent_ended" => EventKind::AiAgentEnded {
             outcome: p.enumerated("outcome", AiOutcome::parse)?,
@@ -195,23 +245,50 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
             if q.is_empty() {
                 return Err(DecodeError::missing("queue_entered.queue"));
             }
-            EventKind::QueueEntered { queue: q.into(), priority: p.f64("priority")?.unwrap_or(0.0) as i32 }
+            EventKind::QueueEntered {
+                queue: q.into(),
+                priority: p.f64("priority")?.unwrap_or(0.0) as i32,
+            }
         }
-        "queue_exited" => EventKind::QueueExited { reason: p.enumerated("reason", QueueExitReason::parse)? },
-        "agent_connected" => EventKind::AgentConnected { context_received: p.bool("context_received")? },
-        "agent_disconnected" => EventKind::AgentDisconnected { talk_ms: p.u64("talk_ms")?, hold_ms: p.u64("hold_ms")? },
-        "after_contact_work_ended" => EventKind::AfterContactWorkEnded { acw_ms: p.u64("acw_ms")? },
-        "callback_requested" => EventKind::CallbackRequested { callback_id: p.str("callback_id")?.into() },
-        "callback_completed" => EventKind::CallbackCompleted { callback_id: p.str("callback_id")?.into() },
-        "callback_canceled" => EventKind::CallbackCanceled { callback_id: p.str("callback_id")?.into() },
-        "callback_expired" => EventKind::CallbackExpired { callback_id: p.str("callback_id")?.into() },
-        "contact_ended" => EventKind::ContactEnded { party: p.opt_enum("party", DisconnectParty::parse)?, resolved: p.bool("resolved")? },
+        "queue_exited" => EventKind::QueueExited {
+            reason: p.enumerated("reason", QueueExitReason::parse)?,
+        },
+        "agent_connected" => EventKind::AgentConnected {
+            context_received: p.bool("context_received")?,
+        },
+        "agent_disconnected" => EventKind::AgentDisconnected {
+            talk_ms: p.u64("talk_ms")?,
+            hold_ms: p.u64("hold_ms")?,
+        },
+        "after_contact_work_ended" => EventKind::AfterContactWorkEnded {
+            acw_ms: p.u64("acw_ms")?,
+        },
+        "callback_requested" => EventKind::CallbackRequested {
+            callback_id: p.str("callback_id")?.into(),
+        },
+        "callback_completed" => EventKind::CallbackCompleted {
+            callback_id: p.str("callback_id")?.into(),
+        },
+        "callback_canceled" => EventKind::CallbackCanceled {
+            callback_id: p.str("callback_id")?.into(),
+        },
+        "callback_expired" => EventKind::CallbackExpired {
+            callback_id: p.str("callback_id")?.into(),
+        },
+        "contact_ended" => EventKind::ContactEnded {
+            party: p.opt_enum("party", DisconnectParty::parse)?,
+            resolved: p.bool("resolved")?,
+        },
         "survey_response" => survey(
-            p.f64("score")?.ok_or_else(|| DecodeError::missing("survey_response.score"))?,
+            p.f64("score")?
+                .ok_or_else(|| DecodeError::missing("survey_response.score"))?,
             p.f64("scale_min")?.unwrap_or(1.0),
             p.f64("scale_max")?.unwrap_or(5.0),
         )?,
-        "notification_sent" => EventKind::NotificationSent { campaign: p.str("campaign")?.into(), topic: p.str("topic")?.into() },
+        "notification_sent" => EventKind::NotificationSent {
+            campaign: p.str("campaign")?.into(),
+            topic: p.str("topic")?.into(),
+        },
         _ => unreachable!("ty is one of EVENT_TYPES"),
     };
     envelope(
@@ -233,28 +310,53 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// Encodes an event as JSON (the inverse of [`decode_json`]).
 pub fn encode_json(e: &Event) -> Vec<u8> {
     let payload = match &e.kind {
-        EventKind::ContactStarted { direction, initiation } => json!({"direction": direction.as_str(), "initiation": initiation.as_str()}),
-        EventKind::IntentIdentified { intent, confidence } => json!({"intent": intent, "confidence": confidence}),
+        EventKind::ContactStarted {
+            direction,
+            initiation,
+        } => json!({"direction": direction.as_str(), "initiation": initiation.as_str()}),
+        EventKind::IntentIdentified { intent, confidence } => {
+            json!({"intent": intent, "confidence": confidence})
+        }
         EventKind::IvrEntered { node } => json!({"node": node}),
         EventKind::IvrMenuSelected { node, option } => json!({"node": node, "option": option}),
         EventKind::IvrExited { node, reason } => json!({"node": node, "reason": reason.as_str()}),
         EventKind::SelfServiceViewed { item } => json!({"item": item}),
         EventKind::SelfServiceResolved { confirmed } => json!({"confirmed": confirmed}),
         EventKind::AiAgentStarted => json!({}),
-        EventKind::AiAgentEnded { outcome, turns } => json!({"outcome": outcome.as_str(), "turns": turns}),
-        EventKind::EscalationRequested { from, reason, context_passed } => json!({"from": from.as_str(), "reason": reason, "context_passed": context_passed}),
-        EventKind::QueueEntered { queue, priority } => json!({"queue": queue, "priority": priority}),
+        EventKind::AiAgentEnded { outcome, turns } => {
+            json!({"outcome": outcome.as_str(), "turns": turns})
+        }
+        EventKind::EscalationRequested {
+            from,
+            reason,
+            context_passed,
+        } => json!({"from": from.as_str(), "reason": reason, "context_passed": context_passed}),
+        EventKind::QueueEntered { queue, priority } => {
+            json!({"queue": queue, "priority": priority})
+        }
         EventKind::QueueExited { reason } => json!({"reason": reason.as_str()}),
-        EventKind::AgentConnected { context_received } => json!({"context_received": context_received}),
-        EventKind::AgentDisconnected { talk_ms, hold_ms } => json!({"talk_ms": talk_ms, "hold_ms": hold_ms}),
+        EventKind::AgentConnected { context_received } => {
+            json!({"context_received": context_received})
+        }
+        EventKind::AgentDisconnected { talk_ms, hold_ms } => {
+            json!({"talk_ms": talk_ms, "hold_ms": hold_ms})
+        }
         EventKind::AfterContactWorkEnded { acw_ms } => json!({"acw_ms": acw_ms}),
         EventKind::CallbackRequested { callback_id }
         | EventKind::CallbackCompleted { callback_id }
         | EventKind::CallbackCanceled { callback_id }
         | EventKind::CallbackExpired { callback_id } => json!({"callback_id": callback_id}),
-        EventKind::ContactEnded { party, resolved } => json!({"party": party.map(|p| p.as_str()), "resolved": resolved}),
-        EventKind::SurveyResponse { score, scale_min, scale_max } => json!({"score": score, "scale_min": scale_min, "scale_max": scale_max}),
-        EventKind::NotificationSent { campaign, topic } => json!({"campaign": campaign, "topic": topic}),
+        EventKind::ContactEnded { party, resolved } => {
+            json!({"party": party.map(|p| p.as_str()), "resolved": resolved})
+        }
+        EventKind::SurveyResponse {
+            score,
+            scale_min,
+            scale_max,
+        } => json!({"score": score, "scale_min": scale_min, "scale_max": scale_max}),
+        EventKind::NotificationSent { campaign, topic } => {
+            json!({"campaign": campaign, "topic": topic})
+        }
     };
     let mut m = Map::new();
     m.insert("event_id".into(), json!(e.event_id));

@@ -72,7 +72,10 @@ impl DecodeError {
         }
     }
     fn missing(field: &str) -> Self {
-        Self::new(RejectReason::MissingField, format!("required field {field} is missing"))
+        Self::new(
+            RejectReason::MissingField,
+            format!("required field {field} is missing"),
+        )
     }
 }
 
@@ -101,7 +104,10 @@ impl Format {
 /// Decodes one record.
 pub fn decode(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
     if bytes.is_empty() {
-        return Err(DecodeError::new(RejectReason::EmptyRecord, "record has no value"));
+        return Err(DecodeError::new(
+            RejectReason::EmptyRecord,
+            "record has no value",
+        ));
     }
     match format {
         Format::Protobuf => decode_protobuf(bytes),
@@ -177,7 +183,10 @@ pub fn envelope(env: Envelope<'_>, kind: EventKind) -> Result<Event, DecodeError
 }
 
 fn bad(field: &str, v: i32) -> DecodeError {
-    DecodeError::new(RejectReason::BadValue, format!("{field}: unknown or unspecified value {v}"))
+    DecodeError::new(
+        RejectReason::BadValue,
+        format!("{field}: unknown or unspecified value {v}"),
+    )
 }
 
 fn channel_from_pb(v: i32) -> Option<Channel> {
@@ -206,9 +215,18 @@ fn channel_to_pb(c: Channel) -> pb::Channel {
 
 /// Maps a protobuf enum value to the core enum through their shared snake_case name
 /// (`DIRECTION_INBOUND` ↔ `inbound`), so the two cannot drift apart silently.
-fn pb_enum<T>(field: &str, v: i32, pb_name: Option<&str>, parse: fn(&str) -> Option<T>) -> Result<T, DecodeError> {
+fn pb_enum<T>(
+    field: &str,
+    v: i32,
+    pb_name: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, DecodeError> {
     let name = pb_name.ok_or_else(|| bad(field, v))?;
-    let lower = name.split_once('_').map(|(_, rest)| rest).unwrap_or(name).to_ascii_lowercase();
+    let lower = name
+        .split_once('_')
+        .map(|(_, rest)| rest)
+        .unwrap_or(name)
+        .to_ascii_lowercase();
     parse(&lower).ok_or_else(|| bad(field, v))
 }
 
@@ -230,54 +248,114 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     })?;
     let kind = match payload {
         P::ContactStarted(p) => EventKind::ContactStarted {
-            direction: pb_enum("contact_started.direction", p.direction, pb_enum_name!(pb::contact_started::Direction, p.direction), Direction::parse)?,
-            initiation: pb_enum("contact_started.initiation", p.initiation, pb_enum_name!(pb::contact_started::Initiation, p.initiation), Initiation::parse)?,
+            direction: pb_enum(
+                "contact_started.direction",
+                p.direction,
+                pb_enum_name!(pb::contact_started::Direction, p.direction),
+                Direction::parse,
+            )?,
+            initiation: pb_enum(
+                "contact_started.initiation",
+                p.initiation,
+                pb_enum_name!(pb::contact_started::Initiation, p.initiation),
+                Initiation::parse,
+            )?,
         },
         P::IntentIdentified(p) => EventKind::IntentIdentified {
             intent: p.intent,
             confidence: finite32("intent_identified.confidence", p.confidence)?,
         },
         P::IvrEntered(p) => EventKind::IvrEntered { node: p.node },
-        P::IvrMenuSelected(p) => EventKind::IvrMenuSelected { node: p.node, option: p.option },
+        P::IvrMenuSelected(p) => EventKind::IvrMenuSelected {
+            node: p.node,
+            option: p.option,
+        },
         P::IvrExited(p) => EventKind::IvrExited {
             node: p.node,
-            reason: pb_enum("ivr_exited.reason", p.reason, pb_enum_name!(pb::ivr_exited::Reason, p.reason), IvrExitReason::parse)?,
+            reason: pb_enum(
+                "ivr_exited.reason",
+                p.reason,
+                pb_enum_name!(pb::ivr_exited::Reason, p.reason),
+                IvrExitReason::parse,
+            )?,
         },
         P::SelfServiceViewed(p) => EventKind::SelfServiceViewed { item: p.item },
-        P::SelfServiceResolved(p) => EventKind::SelfServiceResolved { confirmed: p.confirmed },
+        P::SelfServiceResolved(p) => EventKind::SelfServiceResolved {
+            confirmed: p.confirmed,
+        },
         P::AiAgentStarted(_) => EventKind::AiAgentStarted,
         P::AiAgentEnded(p) => EventKind::AiAgentEnded {
-            outcome: pb_enum("ai_agent_ended.outcome", p.outcome, pb_enum_name!(pb::ai_agent_ended::Outcome, p.outcome), AiOutcome::parse)?,
+            outcome: pb_enum(
+                "ai_agent_ended.outcome",
+                p.outcome,
+                pb_enum_name!(pb::ai_agent_ended::Outcome, p.outcome),
+                AiOutcome::parse,
+            )?,
             turns: p.turns,
         },
         P::EscalationRequested(p) => EventKind::EscalationRequested {
-            from: pb_enum("escalation_requested.from", p.from, pb_enum_name!(pb::escalation_requested::From, p.from), EscalationSource::parse)?,
+            from: pb_enum(
+                "escalation_requested.from",
+                p.from,
+                pb_enum_name!(pb::escalation_requested::From, p.from),
+                EscalationSource::parse,
+            )?,
             reason: p.reason,
             context_passed: p.context_passed,
         },
         P::QueueEntered(p) => EventKind::QueueEntered {
-            queue: if p.queue.is_empty() { m.queue.clone() } else { p.queue },
+            queue: if p.queue.is_empty() {
+                m.queue.clone()
+            } else {
+                p.queue
+            },
             priority: p.priority,
         },
         P::QueueExited(p) => EventKind::QueueExited {
-            reason: pb_enum("queue_exited.reason", p.reason, pb_enum_name!(pb::queue_exited::Reason, p.reason), QueueExitReason::parse)?,
+            reason: pb_enum(
+                "queue_exited.reason",
+                p.reason,
+                pb_enum_name!(pb::queue_exited::Reason, p.reason),
+                QueueExitReason::parse,
+            )?,
         },
-        P::AgentConnected(p) => EventKind::AgentConnected { context_received: p.context_received },
-        P::AgentDisconnected(p) => EventKind::AgentDisconnected { talk_ms: p.talk_ms, hold_ms: p.hold_ms },
+        P::AgentConnected(p) => EventKind::AgentConnected {
+            context_received: p.context_received,
+        },
+        P::AgentDisconnected(p) => EventKind::AgentDisconnected {
+            talk_ms: p.talk_ms,
+            hold_ms: p.hold_ms,
+        },
         P::AfterContactWorkEnded(p) => EventKind::AfterContactWorkEnded { acw_ms: p.acw_ms },
-        P::CallbackRequested(p) => EventKind::CallbackRequested { callback_id: p.callback_id },
-        P::CallbackCompleted(p) => EventKind::CallbackCompleted { callback_id: p.callback_id },
-        P::CallbackCanceled(p) => EventKind::CallbackCanceled { callback_id: p.callback_id },
-        P::CallbackExpired(p) => EventKind::CallbackExpired { callback_id: p.callback_id },
+        P::CallbackRequested(p) => EventKind::CallbackRequested {
+            callback_id: p.callback_id,
+        },
+        P::CallbackCompleted(p) => EventKind::CallbackCompleted {
+            callback_id: p.callback_id,
+        },
+        P::CallbackCanceled(p) => EventKind::CallbackCanceled {
+            callback_id: p.callback_id,
+        },
+        P::CallbackExpired(p) => EventKind::CallbackExpired {
+            callback_id: p.callback_id,
+        },
         P::ContactEnded(p) => EventKind::ContactEnded {
             party: match p.party {
                 0 => None,
-                v => Some(pb_enum("contact_ended.party", v, pb_enum_name!(pb::contact_ended::Party, v), DisconnectParty::parse)?),
+                v => Some(pb_enum(
+                    "contact_ended.party",
+                    v,
+                    pb_enum_name!(pb::contact_ended::Party, v),
+                    DisconnectParty::parse,
+                )?),
             },
             resolved: p.resolved,
         },
         P::SurveyResponse(p) => survey(p.score, p.scale_min, p.scale_max)?,
-        P::NotificationSent(p) => EventKind::NotificationSent { campaign: p.campaign, topic: p.topic },
+        P::NotificationSent(p) => EventKind::NotificationSent {
+            campaign: p.campaign,
+            topic: p.topic,
+        },
     };
     if let EventKind::QueueEntered { queue, .. } = &kind {
         if queue.is_empty() {
@@ -307,18 +385,29 @@ fn finite32(field: &str, v: f32) -> Result<f32, DecodeError> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(DecodeError::new(RejectReason::BadValue, format!("{field} is not a finite number")))
+        Err(DecodeError::new(
+            RejectReason::BadValue,
+            format!("{field} is not a finite number"),
+        ))
     }
 }
 
 pub(crate) fn survey(score: f64, min: f64, max: f64) -> Result<EventKind, DecodeError> {
-    if !(score.is_finite() && min.is_finite() && max.is_finite()) || min >= max || score < min || score > max {
+    if !(score.is_finite() && min.is_finite() && max.is_finite())
+        || min >= max
+        || score < min
+        || score > max
+    {
         return Err(DecodeError::new(
             RejectReason::BadValue,
             format!("survey_response: score {score} outside scale [{min}, {max}]"),
         ));
     }
-    Ok(EventKind::SurveyResponse { score, scale_min: min, scale_max: max })
+    Ok(EventKind::SurveyResponse {
+        score,
+        scale_min: min,
+        scale_max: max,
+    })
 }
 
 fn enum_to_pb(core_name: &str, pb_prefix: &str) -> String {
@@ -327,7 +416,8 @@ fn enum_to_pb(core_name: &str, pb_prefix: &str) -> String {
 
 macro_rules! to_pb_enum {
     ($ty:ty, $prefix:literal, $v:expr) => {
-        <$ty>::from_str_name(&enum_to_pb($v.as_str(), $prefix)).expect("core and proto enums agree") as i32
+        <$ty>::from_str_name(&enum_to_pb($v.as_str(), $prefix)).expect("core and proto enums agree")
+            as i32
     };
 }
 
@@ -335,44 +425,105 @@ macro_rules! to_pb_enum {
 pub fn encode_protobuf(e: &Event) -> Vec<u8> {
     use pb::contact_event::Payload as P;
     let payload = match &e.kind {
-        EventKind::ContactStarted { direction, initiation } => P::ContactStarted(pb::ContactStarted {
+        EventKind::ContactStarted {
+            direction,
+            initiation,
+        } => P::ContactStarted(pb::ContactStarted {
             direction: to_pb_enum!(pb::contact_started::Direction, "DIRECTION", direction),
             initiation: to_pb_enum!(pb::contact_started::Initiation, "INITIATION", initiation),
         }),
-        EventKind::IntentIdentified { intent, confidence } => P::IntentIdentified(pb::IntentIdentified { intent: intent.clone(), confidence: *confidence }),
+        EventKind::IntentIdentified { intent, confidence } => {
+            P::IntentIdentified(pb::IntentIdentified {
+                intent: intent.clone(),
+                confidence: *confidence,
+            })
+        }
         EventKind::IvrEntered { node } => P::IvrEntered(pb::IvrEntered { node: node.clone() }),
-        EventKind::IvrMenuSelected { node, option } => P::IvrMenuSelected(pb::IvrMenuSelected { node: node.clone(), option: option.clone() }),
+        EventKind::IvrMenuSelected { node, option } => P::IvrMenuSelected(pb::IvrMenuSelected {
+            node: node.clone(),
+            option: option.clone(),
+        }),
         EventKind::IvrExited { node, reason } => P::IvrExited(pb::IvrExited {
             node: node.clone(),
             reason: to_pb_enum!(pb::ivr_exited::Reason, "REASON", reason),
         }),
-        EventKind::SelfServiceViewed { item } => P::SelfServiceViewed(pb::SelfServiceViewed { item: item.clone() }),
-        EventKind::SelfServiceResolved { confirmed } => P::SelfServiceResolved(pb::SelfServiceResolved { confirmed: *confirmed }),
+        EventKind::SelfServiceViewed { item } => {
+            P::SelfServiceViewed(pb::SelfServiceViewed { item: item.clone() })
+        }
+        EventKind::SelfServiceResolved { confirmed } => {
+            P::SelfServiceResolved(pb::SelfServiceResolved {
+                confirmed: *confirmed,
+            })
+        }
         EventKind::AiAgentStarted => P::AiAgentStarted(pb::AiAgentStarted {}),
         EventKind::AiAgentEnded { outcome, turns } => P::AiAgentEnded(pb::AiAgentEnded {
             outcome: to_pb_enum!(pb::ai_agent_ended::Outcome, "OUTCOME", outcome),
             turns: *turns,
         }),
-        EventKind::EscalationRequested { from, reason, context_passed } => P::EscalationRequested(pb::EscalationRequested {
+        EventKind::EscalationRequested {
+            from,
+            reason,
+            context_passed,
+        } => P::EscalationRequested(pb::EscalationRequested {
             from: to_pb_enum!(pb::escalation_requested::From, "FROM", from),
             reason: reason.clone(),
             context_passed: *context_passed,
         }),
-        EventKind::QueueEntered { queue, priority } => P::QueueEntered(pb::QueueEntered { queue: queue.clone(), priority: *priority }),
-        EventKind::QueueExited { reason } => P::QueueExited(pb::QueueExited { reason: to_pb_enum!(pb::queue_exited::Reason, "REASON", reason) }),
-        EventKind::AgentConnected { context_received } => P::AgentConnected(pb::AgentConnected { agent: String::new(), context_received: *context_received }),
-        EventKind::AgentDisconnected { talk_ms, hold_ms } => P::AgentDisconnected(pb::AgentDisconnected { talk_ms: *talk_ms, hold_ms: *hold_ms }),
-        EventKind::AfterContactWorkEnded { acw_ms } => P::AfterContactWorkEnded(pb::AfterContactWorkEnded { acw_ms: *acw_ms }),
-        EventKind::CallbackRequested { callback_id } => P::CallbackRequested(pb::CallbackRequested { callback_id: callback_id.clone() }),
-        EventKind::CallbackCompleted { callback_id } => P::CallbackCompleted(pb::CallbackCompleted { callback_id: callback_id.clone() }),
-        EventKind::CallbackCanceled { callback_id } => P::CallbackCanceled(pb::CallbackCanceled { callback_id: callback_id.clone() }),
-        EventKind::CallbackExpired { callback_id } => P::CallbackExpired(pb::CallbackExpired { callback_id: callback_id.clone() }),
+        EventKind::QueueEntered { queue, priority } => P::QueueEntered(pb::QueueEntered {
+            queue: queue.clone(),
+            priority: *priority,
+        }),
+        EventKind::QueueExited { reason } => P::QueueExited(pb::QueueExited {
+            reason: to_pb_enum!(pb::queue_exited::Reason, "REASON", reason),
+        }),
+        EventKind::AgentConnected { context_received } => P::AgentConnected(pb::AgentConnected {
+            agent: String::new(),
+            context_received: *context_received,
+        }),
+        EventKind::AgentDisconnected { talk_ms, hold_ms } => {
+            P::AgentDisconnected(pb::AgentDisconnected {
+                talk_ms: *talk_ms,
+                hold_ms: *hold_ms,
+            })
+        }
+        EventKind::AfterContactWorkEnded { acw_ms } => {
+            P::AfterContactWorkEnded(pb::AfterContactWorkEnded { acw_ms: *acw_ms })
+        }
+        EventKind::CallbackRequested { callback_id } => {
+            P::CallbackRequested(pb::CallbackRequested {
+                callback_id: callback_id.clone(),
+            })
+        }
+        EventKind::CallbackCompleted { callback_id } => {
+            P::CallbackCompleted(pb::CallbackCompleted {
+                callback_id: callback_id.clone(),
+            })
+        }
+        EventKind::CallbackCanceled { callback_id } => P::CallbackCanceled(pb::CallbackCanceled {
+            callback_id: callback_id.clone(),
+        }),
+        EventKind::CallbackExpired { callback_id } => P::CallbackExpired(pb::CallbackExpired {
+            callback_id: callback_id.clone(),
+        }),
         EventKind::ContactEnded { party, resolved } => P::ContactEnded(pb::ContactEnded {
             party: party.map_or(0, |p| to_pb_enum!(pb::contact_ended::Party, "PARTY", p)),
             resolved: *resolved,
         }),
-        EventKind::SurveyResponse { score, scale_min, scale_max } => P::SurveyResponse(pb::SurveyResponse { score: *score, scale_min: *scale_min, scale_max: *scale_max }),
-        EventKind::NotificationSent { campaign, topic } => P::NotificationSent(pb::NotificationSent { campaign: campaign.clone(), topic: topic.clone() }),
+        EventKind::SurveyResponse {
+            score,
+            scale_min,
+            scale_max,
+        } => P::SurveyResponse(pb::SurveyResponse {
+            score: *score,
+            scale_min: *scale_min,
+            scale_max: *scale_max,
+        }),
+        EventKind::NotificationSent { campaign, topic } => {
+            P::NotificationSent(pb::NotificationSent {
+                campaign: campaign.clone(),
+                topic: topic.clone(),
+            })
+        }
     };
     pb::ContactEvent {
         event_id: e.event_id.clone(),

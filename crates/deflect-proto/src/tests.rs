@@ -4,30 +4,60 @@ use proptest::prelude::*;
 fn arb_kind() -> impl Strategy<Value = EventKind> {
     let s = "[a-z0-9]{1,8}";
     prop_oneof![
-        (prop::sample::select(Direction::ALL), prop::sample::select(Initiation::ALL))
-            .prop_map(|(direction, initiation)| EventKind::ContactStarted { direction, initiation }),
-        (s, 0u8..=100).prop_map(|(intent, c)| EventKind::IntentIdentified { intent, confidence: f32::from(c) / 100.0 }),
+        (
+            prop::sample::select(Direction::ALL),
+            prop::sample::select(Initiation::ALL)
+        )
+            .prop_map(|(direction, initiation)| EventKind::ContactStarted {
+                direction,
+                initiation
+            }),
+        (s, 0u8..=100).prop_map(|(intent, c)| EventKind::IntentIdentified {
+            intent,
+            confidence: f32::from(c) / 100.0
+        }),
         s.prop_map(|node| EventKind::IvrEntered { node }),
         (s, s).prop_map(|(node, option)| EventKind::IvrMenuSelected { node, option }),
-        (s, prop::sample::select(IvrExitReason::ALL)).prop_map(|(node, reason)| EventKind::IvrExited { node, reason }),
+        (s, prop::sample::select(IvrExitReason::ALL))
+            .prop_map(|(node, reason)| EventKind::IvrExited { node, reason }),
         s.prop_map(|item| EventKind::SelfServiceViewed { item }),
         any::<bool>().prop_map(|confirmed| EventKind::SelfServiceResolved { confirmed }),
         Just(EventKind::AiAgentStarted),
-        (prop::sample::select(AiOutcome::ALL), any::<u32>()).prop_map(|(outcome, turns)| EventKind::AiAgentEnded { outcome, turns }),
-        (prop::sample::select(EscalationSource::ALL), s, any::<bool>())
-            .prop_map(|(from, reason, context_passed)| EventKind::EscalationRequested { from, reason, context_passed }),
+        (prop::sample::select(AiOutcome::ALL), any::<u32>())
+            .prop_map(|(outcome, turns)| EventKind::AiAgentEnded { outcome, turns }),
+        (
+            prop::sample::select(EscalationSource::ALL),
+            s,
+            any::<bool>()
+        )
+            .prop_map(
+                |(from, reason, context_passed)| EventKind::EscalationRequested {
+                    from,
+                    reason,
+                    context_passed
+                }
+            ),
         (s, -5i32..5).prop_map(|(queue, priority)| EventKind::QueueEntered { queue, priority }),
-        prop::sample::select(QueueExitReason::ALL).prop_map(|reason| EventKind::QueueExited { reason }),
+        prop::sample::select(QueueExitReason::ALL)
+            .prop_map(|reason| EventKind::QueueExited { reason }),
         any::<bool>().prop_map(|context_received| EventKind::AgentConnected { context_received }),
-        (any::<Option<u64>>(), any::<Option<u64>>()).prop_map(|(talk_ms, hold_ms)| EventKind::AgentDisconnected { talk_ms, hold_ms }),
+        (any::<Option<u64>>(), any::<Option<u64>>())
+            .prop_map(|(talk_ms, hold_ms)| EventKind::AgentDisconnected { talk_ms, hold_ms }),
         any::<Option<u64>>().prop_map(|acw_ms| EventKind::AfterContactWorkEnded { acw_ms }),
         s.prop_map(|callback_id| EventKind::CallbackRequested { callback_id }),
         s.prop_map(|callback_id| EventKind::CallbackCompleted { callback_id }),
         s.prop_map(|callback_id| EventKind::CallbackCanceled { callback_id }),
         s.prop_map(|callback_id| EventKind::CallbackExpired { callback_id }),
-        (prop::option::of(prop::sample::select(DisconnectParty::ALL)), any::<bool>())
+        (
+            prop::option::of(prop::sample::select(DisconnectParty::ALL)),
+            any::<bool>()
+        )
             .prop_map(|(party, resolved)| EventKind::ContactEnded { party, resolved }),
-        (1u8..=5).prop_map(|score| EventKind::SurveyResponse { score: f64::from(score), scale_min: 1.0, scale_max: 5.0 }),
+        (1u8..=5).prop_map(|score| EventKind::SurveyResponse {
+            score: f64::from(score),
+            scale_min: 1.0,
+            scale_max: 5.0
+        }),
         (s, s).prop_map(|(campaign, topic)| EventKind::NotificationSent { campaign, topic }),
     ]
 }
@@ -45,22 +75,41 @@ pub(crate) fn arb_event() -> impl Strategy<Value = Event> {
         prop::option::of("[a-z_]{1,10}"),
         arb_kind(),
     )
-        .prop_map(|(event_id, tenant, contact_id, parent_contact_id, customer_id, channel, occurred_at, intent, queue, kind)| Event {
-            event_id,
-            tenant,
-            contact_id,
-            parent_contact_id,
-            customer_id,
-            channel,
-            occurred_at,
-            intent: intent.clone(),
-            queue,
-            kind: match kind {
-                // An empty payload intent falls back to the envelope's; keep the round trip exact.
-                EventKind::IntentIdentified { intent: i, confidence } => EventKind::IntentIdentified { intent: i, confidence },
-                k => k,
+        .prop_map(
+            |(
+                event_id,
+                tenant,
+                contact_id,
+                parent_contact_id,
+                customer_id,
+                channel,
+                occurred_at,
+                intent,
+                queue,
+                kind,
+            )| Event {
+                event_id,
+                tenant,
+                contact_id,
+                parent_contact_id,
+                customer_id,
+                channel,
+                occurred_at,
+                intent: intent.clone(),
+                queue,
+                kind: match kind {
+                    // An empty payload intent falls back to the envelope's; keep the round trip exact.
+                    EventKind::IntentIdentified {
+                        intent: i,
+                        confidence,
+                    } => EventKind::IntentIdentified {
+                        intent: i,
+                        confidence,
+                    },
+                    k => k,
+                },
             },
-        })
+        )
 }
 
 proptest! {
@@ -106,7 +155,10 @@ fn json_example_from_the_schema_decodes() {
     assert_eq!(e.customer_id.as_deref(), Some("u1"));
     assert_eq!(
         e.kind,
-        EventKind::ContactStarted { direction: Direction::Inbound, initiation: Initiation::Customer }
+        EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer
+        }
     );
 }
 
@@ -116,7 +168,10 @@ fn rejects_with_reasons() {
     assert_eq!(reason(b"\xff\xfe garbage"), RejectReason::NotProtobufOrJson);
     assert_eq!(reason(b"{not json"), RejectReason::InvalidJson);
     assert_eq!(reason(b"[1,2]"), RejectReason::NotProtobufOrJson);
-    assert_eq!(decode(b"[1,2]", Format::Json).unwrap_err().reason, RejectReason::BadJsonShape);
+    assert_eq!(
+        decode(b"[1,2]", Format::Json).unwrap_err().reason,
+        RejectReason::BadJsonShape
+    );
     assert_eq!(reason(br#"{"event_id": 5}"#), RejectReason::MissingField);
     assert_eq!(
         reason(br#"{"event_id":"e","tenant":"t","contact_id":"c","channel":"voice","occurred_at":1,"teleported":{}}"#),
@@ -139,6 +194,10 @@ fn rejects_with_reasons() {
         RejectReason::BadValue
     );
     // a protobuf record with no payload (e.g. an event type newer than this schema)
-    let no_payload = pb::ContactEvent { event_id: "e".into(), ..Default::default() }.encode_to_vec();
+    let no_payload = pb::ContactEvent {
+        event_id: "e".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
     assert_eq!(reason(&no_payload), RejectReason::UnknownEventType);
 }

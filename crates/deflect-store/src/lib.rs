@@ -20,8 +20,8 @@ use deflect_core::engine::{JourneyStore, PartitionSnapshot, PendingKey, StateCha
 use deflect_core::event::{Event, Millis};
 use deflect_core::journey::Journey;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
 };
 
 const CF_META: &str = "meta";
@@ -108,6 +108,8 @@ fn journey_key(p: i32, k: &str) -> Vec<u8> {
     v
 }
 
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Everything a partition needs to resume.
 pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
@@ -140,10 +142,11 @@ impl Store {
         db_opts.set_atomic_flush(true);
         db_opts.set_max_background_jobs(2);
         let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
-            path: shown.clone(),
-            source,
-        })?;
+        let db =
+            DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
+                path: shown.clone(),
+                source,
+            })?;
         Ok(Store {
             db: Arc::new(db),
             path: shown,
@@ -159,22 +162,33 @@ impl Store {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     /// Loads a partition's state, or `None` when this store has never seen the partition.
     pub fn load_partition(&self, p: i32) -> Result<Option<RestoredPartition>, StoreError> {
-        let Some(meta) = self.db.get_cf(self.cf(CF_META), prefix(p)).map_err(|e| self.err(e))? else {
+        let Some(meta) = self
+            .db
+            .get_cf(self.cf(CF_META), prefix(p))
+            .map_err(|e| self.err(e))?
+        else {
             return Ok(None);
         };
-        let snapshot: PartitionSnapshot = postcard::from_bytes(&meta)
-            .map_err(|source| StoreError::Corrupt { what: "partition snapshot", source })?;
+        let snapshot: PartitionSnapshot =
+            postcard::from_bytes(&meta).map_err(|source| StoreError::Corrupt {
+                what: "partition snapshot",
+                source,
+            })?;
         let mut pending = Vec::new();
         for item in self.scan(CF_PENDING, p) {
             let (_, v) = item.map_err(|e| self.err(e))?;
             pending.push(
-                postcard::from_bytes(&v)
-                    .map_err(|source| StoreError::Corrupt { what: "pending event", source })?,
+                postcard::from_bytes(&v).map_err(|source| StoreError::Corrupt {
+                    what: "pending event",
+                    source,
+                })?,
             );
         }
         let mut timers = Vec::new();
@@ -183,14 +197,18 @@ impl Store {
             let t = ts_from(&k[4..12]);
             timers.push((t, String::from_utf8_lossy(&k[12..]).into_owned()));
         }
-        Ok(Some(RestoredPartition { snapshot, pending, timers }))
+        Ok(Some(RestoredPartition {
+            snapshot,
+            pending,
+            timers,
+        }))
     }
 
     fn scan(
         &self,
         cf: &str,
         p: i32,
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + '_ {
+    ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + '_ {
         let pre = prefix(p);
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(&pre, Direction::Forward))
@@ -200,12 +218,19 @@ impl Store {
     /// Reads journeys of partition `p` for the engine. A read error is kept and must be checked
     /// with [`JourneyReader::into_result`] before the step's changes are written.
     pub fn journeys(&self, p: i32) -> JourneyReader<'_> {
-        JourneyReader { store: self, partition: p, error: None }
+        JourneyReader {
+            store: self,
+            partition: p,
+            error: None,
+        }
     }
 
     /// Starts a batch of writes.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, wb: WriteBatch::default() }
+        Batch {
+            store: self,
+            wb: WriteBatch::default(),
+        }
     }
 
     /// Approximate on-disk size of live data (bytes).
@@ -250,7 +275,10 @@ impl JourneyStore for JourneyReader<'_> {
             Ok(Some(v)) => match postcard::from_bytes(&v) {
                 Ok(j) => Some(j),
                 Err(source) => {
-                    self.error.get_or_insert(StoreError::Corrupt { what: "journey", source });
+                    self.error.get_or_insert(StoreError::Corrupt {
+                        what: "journey",
+                        source,
+                    });
                     None
                 }
             },
@@ -275,7 +303,11 @@ impl Batch<'_> {
         let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
         for e in &ch.pending_put {
             let k = deflect_core::engine::pending_key(e);
-            self.wb.put_cf(pending, pending_key(p, &k), postcard::to_allocvec(e).expect("serializable"));
+            self.wb.put_cf(
+                pending,
+                pending_key(p, &k),
+                postcard::to_allocvec(e).expect("serializable"),
+            );
         }
         for k in &ch.pending_del {
             self.wb.delete_cf(pending, pending_key(p, k));
@@ -288,11 +320,19 @@ impl Batch<'_> {
         }
         for (k, j) in &ch.journeys {
             match j {
-                Some(j) => self.wb.put_cf(journeys, journey_key(p, k), postcard::to_allocvec(j).expect("serializable")),
+                Some(j) => self.wb.put_cf(
+                    journeys,
+                    journey_key(p, k),
+                    postcard::to_allocvec(j).expect("serializable"),
+                ),
                 None => self.wb.delete_cf(journeys, journey_key(p, k)),
             }
         }
-        self.wb.put_cf(s.cf(CF_META), prefix(p), postcard::to_allocvec(snap).expect("serializable"));
+        self.wb.put_cf(
+            s.cf(CF_META),
+            prefix(p),
+            postcard::to_allocvec(snap).expect("serializable"),
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -307,7 +347,10 @@ impl Batch<'_> {
     pub fn commit(self) -> Result<(), StoreError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.store.sync);
-        self.store.db.write_opt(self.wb, &wo).map_err(|e| self.store.err(e))
+        self.store
+            .db
+            .write_opt(self.wb, &wo)
+            .map_err(|e| self.store.err(e))
     }
 }
 

@@ -12,7 +12,10 @@ fn ev(id: &str, t: Millis) -> Event {
         occurred_at: t,
         intent: None,
         queue: None,
-        kind: EventKind::ContactStarted { direction: Direction::Inbound, initiation: Initiation::Customer },
+        kind: EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        },
     }
 }
 
@@ -30,7 +33,10 @@ fn batch_round_trips_and_partitions_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert!(store.load_partition(0).unwrap().is_none());
-    let snap = PartitionSnapshot { next_offset: 42, ..Default::default() };
+    let snap = PartitionSnapshot {
+        next_offset: 42,
+        ..Default::default()
+    };
     let ch = StateChanges {
         pending_put: vec![ev("b", 20), ev("a", 10)],
         timers_put: vec![(99, "c:u".into()), (7, "c:v".into())],
@@ -46,8 +52,17 @@ fn batch_round_trips_and_partitions_are_isolated() {
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let r = store.load_partition(3).unwrap().unwrap();
     assert_eq!(r.snapshot.next_offset, 42);
-    assert_eq!(r.pending.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-    assert_eq!(r.timers, vec![(7, "c:v".to_string()), (99, "c:u".to_string())]);
+    assert_eq!(
+        r.pending
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        r.timers,
+        vec![(7, "c:v".to_string()), (99, "c:u".to_string())]
+    );
     assert_eq!(store.journeys(3).load("c:u"), Some(Journey::new(true)));
     assert_eq!(store.journeys(4).load("c:u"), None);
     let r4 = store.load_partition(4).unwrap().unwrap();
@@ -70,8 +85,14 @@ fn batch_round_trips_and_partitions_are_isolated() {
 
 #[test]
 fn unwritable_directory_is_a_clear_error() {
-    let e = Store::open(Path::new("/proc/deflect-cannot-write-here"), StoreOptions::default())
-        .err()
-        .expect("must fail");
-    assert!(e.to_string().contains("/proc/deflect-cannot-write-here"), "{e}");
+    let e = Store::open(
+        Path::new("/proc/deflect-cannot-write-here"),
+        StoreOptions::default(),
+    )
+    .err()
+    .expect("must fail");
+    assert!(
+        e.to_string().contains("/proc/deflect-cannot-write-here"),
+        "{e}"
+    );
 }

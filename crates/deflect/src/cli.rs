@@ -17,7 +17,11 @@ use crate::produce::{EventProducer, WireFormat};
 use crate::service::Service;
 
 #[derive(Parser, Debug)]
-#[command(name = "deflect", version, about = "Contact-center call deflection analytics on Kafka")]
+#[command(
+    name = "deflect",
+    version,
+    about = "Contact-center call deflection analytics on Kafka"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DEFLECT_LOG_FORMAT")]
@@ -122,9 +126,12 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(f: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEFLECT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEFLECT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match f {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),
@@ -133,7 +140,10 @@ fn init_logging(f: LogFormat) {
 
 fn dispatch(c: Command) -> Result<()> {
     match c {
-        Command::Run { config, exit_at_eof } => {
+        Command::Run {
+            config,
+            exit_at_eof,
+        } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
             run_until_signal(cfg, RunOptions { exit_at_eof }, None)
         }
@@ -142,10 +152,27 @@ fn dispatch(c: Command) -> Result<()> {
             print!("{}", cfg.to_toml());
             Ok(())
         }
-        Command::Generate { brokers, topic, rate, duration, start, customers, seed, time_zone, format } => {
+        Command::Generate {
+            brokers,
+            topic,
+            rate,
+            duration,
+            start,
+            customers,
+            seed,
+            time_zone,
+            format,
+        } => {
             let dur = duration.as_millis() as i64;
             let start_ms = start.map_or(now_ms() - dur, |t| t.as_millisecond());
-            let mut g = Generator::new(GenParams { seed, start_ms, customers, contacts_per_hour: rate, time_zone, ..Default::default() })?;
+            let mut g = Generator::new(GenParams {
+                seed,
+                start_ms,
+                customers,
+                contacts_per_hour: rate,
+                time_zone,
+                ..Default::default()
+            })?;
             let mut p = EventProducer::new(&ClientSettings::new(brokers), &topic, format.into())?;
             let t0 = Instant::now();
             let mut t = start_ms;
@@ -159,20 +186,36 @@ fn dispatch(c: Command) -> Result<()> {
             tracing::info!(events = p.sent, topic = %topic, seconds = t0.elapsed().as_secs_f64(), "generated");
             Ok(())
         }
-        Command::Demo { listen, history_days, speed, rate, state_dir } => demo(listen, history_days, speed, rate, state_dir),
+        Command::Demo {
+            listen,
+            history_days,
+            speed,
+            rate,
+            state_dir,
+        } => demo(listen, history_days, speed, rate, state_dir),
         Command::Bench(args) => crate::bench::run(args),
     }
 }
 
 /// Runs until SIGINT/SIGTERM (finishing the batch in hand, flushing and committing) or, with
 /// `exit_at_eof`, the end of the input.
-fn run_until_signal(cfg: Config, opts: RunOptions, extra_stop: Option<Arc<AtomicBool>>) -> Result<()> {
+fn run_until_signal(
+    cfg: Config,
+    opts: RunOptions,
+    extra_stop: Option<Arc<AtomicBool>>,
+) -> Result<()> {
     let mut svc = Service::start(cfg, opts)?;
     tracing::info!(metrics = %format!("http://{}/metrics", svc.addr()), "serving");
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)).context("cannot install signal handler")?;
-    while !stop.load(Ordering::Relaxed) && !svc.pipeline_finished() && !extra_stop.as_ref().is_some_and(|x| x.load(Ordering::Relaxed)) {
+    ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
+        .context("cannot install signal handler")?;
+    while !stop.load(Ordering::Relaxed)
+        && !svc.pipeline_finished()
+        && !extra_stop
+            .as_ref()
+            .is_some_and(|x| x.load(Ordering::Relaxed))
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     if svc.pipeline_finished() {
@@ -184,7 +227,13 @@ fn run_until_signal(cfg: Config, opts: RunOptions, extra_stop: Option<Arc<Atomic
     svc.shutdown().map(|_| ())
 }
 
-fn demo(listen: String, history_days: u32, speed: u32, rate: f64, state_dir: Option<PathBuf>) -> Result<()> {
+fn demo(
+    listen: String,
+    history_days: u32,
+    speed: u32,
+    rate: f64,
+    state_dir: Option<PathBuf>,
+) -> Result<()> {
     let topic = "contact-events";
     let broker = deflect_kafka::EmbeddedBroker::start(&[(topic, 4), ("deflect-dead-letter", 1)])
         .context("cannot start the embedded broker")?;
@@ -211,34 +260,48 @@ fn demo(listen: String, history_days: u32, speed: u32, rate: f64, state_dir: Opt
     let settings = broker.settings();
     let history = i64::from(history_days) * 86_400_000;
     let start = (now_ms() - history) / 3_600_000 * 3_600_000;
-    let generator = std::thread::Builder::new().name("demo-traffic".into()).spawn(move || -> Result<()> {
-        let mut g = Generator::new(GenParams { start_ms: start, contacts_per_hour: rate, ..Default::default() })?;
-        let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf)?;
-        let mut t = start;
-        let live_from = start + history;
-        while t < live_from && !s.load(Ordering::Relaxed) {
-            t += 600_000;
-            for e in g.until(t) {
-                p.send(&e)?;
+    let generator = std::thread::Builder::new()
+        .name("demo-traffic".into())
+        .spawn(move || -> Result<()> {
+            let mut g = Generator::new(GenParams {
+                start_ms: start,
+                contacts_per_hour: rate,
+                ..Default::default()
+            })?;
+            let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf)?;
+            let mut t = start;
+            let live_from = start + history;
+            while t < live_from && !s.load(Ordering::Relaxed) {
+                t += 600_000;
+                for e in g.until(t) {
+                    p.send(&e)?;
+                }
             }
-        }
-        p.flush()?;
-        tracing::info!(events = p.sent, "history written; live traffic follows");
-        let wall0 = Instant::now();
-        while !s.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(250));
-            let target = live_from + wall0.elapsed().as_millis() as i64 * i64::from(speed);
-            for e in g.until(target) {
-                p.send(&e)?;
+            p.flush()?;
+            tracing::info!(events = p.sent, "history written; live traffic follows");
+            let wall0 = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let target = live_from + wall0.elapsed().as_millis() as i64 * i64::from(speed);
+                for e in g.until(target) {
+                    p.send(&e)?;
+                }
             }
-        }
-        p.flush()
-    })?;
-    println!("deflect demo: embedded Kafka broker at {}", broker.bootstrap_servers());
+            p.flush()
+        })?;
+    println!(
+        "deflect demo: embedded Kafka broker at {}",
+        broker.bootstrap_servers()
+    );
     println!("deflect demo: state in {}", dir.display());
-    println!("deflect demo: metrics at http://{}/metrics  (also /healthz, /readyz); Ctrl-C stops", cfg.http.listen);
+    println!(
+        "deflect demo: metrics at http://{}/metrics  (also /healthz, /readyz); Ctrl-C stops",
+        cfg.http.listen
+    );
     let r = run_until_signal(cfg, RunOptions::default(), None);
     stop.store(true, Ordering::Relaxed);
-    let g = generator.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    let g = generator
+        .join()
+        .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
     r.and(g)
 }

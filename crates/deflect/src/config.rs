@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: String, message: String },
     #[error("config key {key}: {message}")]
@@ -106,7 +109,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9898".into() }
+        HttpConfig {
+            listen: "127.0.0.1:9898".into(),
+        }
     }
 }
 
@@ -121,7 +126,10 @@ pub struct SiteConfig {
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        SiteConfig { time_zone: "UTC".into(), interval_minutes: 15 }
+        SiteConfig {
+            time_zone: "UTC".into(),
+            interval_minutes: 15,
+        }
     }
 }
 
@@ -138,7 +146,10 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { grace: Duration::from_secs(300), idle_timeout: Duration::from_secs(60) }
+        WatermarkConfig {
+            grace: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -152,7 +163,9 @@ pub struct JourneySection {
 
 impl Default for JourneySection {
     fn default() -> Self {
-        JourneySection { contact_timeout: Duration::from_secs(4 * 3600) }
+        JourneySection {
+            contact_timeout: Duration::from_secs(4 * 3600),
+        }
     }
 }
 
@@ -181,7 +194,10 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { max_batch: 5000, poll_timeout: Duration::from_millis(100) }
+        PipelineConfig {
+            max_batch: 5000,
+            poll_timeout: Duration::from_millis(100),
+        }
     }
 }
 
@@ -190,30 +206,48 @@ const ENV_PREFIX: &str = "DEFLECT__";
 impl Config {
     /// Reads `path` (or only defaults when `None`), applies `DEFLECT__…` overrides from `env`,
     /// and validates.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let mut value = match path {
             Some(p) => {
                 let shown = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax { path: shown, message: e.message().to_string() })?
+                    .map_err(|e| ConfigError::Syntax {
+                        path: shown,
+                        message: e.message().to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             let parsed = format!("x = {v}")
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("x"))
                 .unwrap_or(toml::Value::String(v));
-            set_path(&mut value, &path, parsed).map_err(|message| ConfigError::Key { key: path.join("."), message })?;
+            set_path(&mut value, &path, parsed).map_err(|message| ConfigError::Key {
+                key: path.join("."),
+                message,
+            })?;
         }
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Key { key, message: e.into_inner().to_string() }
-        })?;
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Key {
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -226,13 +260,28 @@ impl Config {
                 bad.push((key.to_string(), msg));
             }
         };
-        check(!self.kafka.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers", "must not be empty".into());
-        check(!self.kafka.input_topic.trim().is_empty(), "kafka.input_topic", "must not be empty".into());
-        check(!self.kafka.group_id.trim().is_empty(), "kafka.group_id", "must not be empty".into());
+        check(
+            !self.kafka.bootstrap_servers.trim().is_empty(),
+            "kafka.bootstrap_servers",
+            "must not be empty".into(),
+        );
+        check(
+            !self.kafka.input_topic.trim().is_empty(),
+            "kafka.input_topic",
+            "must not be empty".into(),
+        );
+        check(
+            !self.kafka.group_id.trim().is_empty(),
+            "kafka.group_id",
+            "must not be empty".into(),
+        );
         check(
             deflect_proto::Format::parse(&self.kafka.input_format).is_some(),
             "kafka.input_format",
-            format!("must be auto, protobuf or json, got {:?}", self.kafka.input_format),
+            format!(
+                "must be auto, protobuf or json, got {:?}",
+                self.kafka.input_format
+            ),
         );
         check(
             self.kafka.dead_letter_topic != self.kafka.input_topic,
@@ -246,17 +295,44 @@ impl Config {
             };
             check(false, key, e.to_string());
         }
-        check(self.state.block_cache_mb >= 8, "state.block_cache_mb", format!("must be at least 8, got {}", self.state.block_cache_mb));
-        check(self.state.write_buffer_mb >= 4, "state.write_buffer_mb", format!("must be at least 4, got {}", self.state.write_buffer_mb));
+        check(
+            self.state.block_cache_mb >= 8,
+            "state.block_cache_mb",
+            format!("must be at least 8, got {}", self.state.block_cache_mb),
+        );
+        check(
+            self.state.write_buffer_mb >= 4,
+            "state.write_buffer_mb",
+            format!("must be at least 4, got {}", self.state.write_buffer_mb),
+        );
         check(
             self.http.listen.parse::<std::net::SocketAddr>().is_ok(),
             "http.listen",
-            format!("must be host:port with an IP address, got {:?}", self.http.listen),
+            format!(
+                "must be host:port with an IP address, got {:?}",
+                self.http.listen
+            ),
         );
-        check(self.watermark.idle_timeout >= Duration::from_millis(100), "watermark.idle_timeout", "must be at least 100ms".into());
-        check(self.journey.contact_timeout >= Duration::from_secs(1), "journey.contact_timeout", "must be at least 1s".into());
-        check((1..=366).contains(&self.heatmap.days), "heatmap.days", format!("must be 1..=366, got {}", self.heatmap.days));
-        check(self.pipeline.max_batch >= 1, "pipeline.max_batch", "must be at least 1".into());
+        check(
+            self.watermark.idle_timeout >= Duration::from_millis(100),
+            "watermark.idle_timeout",
+            "must be at least 100ms".into(),
+        );
+        check(
+            self.journey.contact_timeout >= Duration::from_secs(1),
+            "journey.contact_timeout",
+            "must be at least 1s".into(),
+        );
+        check(
+            (1..=366).contains(&self.heatmap.days),
+            "heatmap.days",
+            format!("must be 1..=366, got {}", self.heatmap.days),
+        );
+        check(
+            self.pipeline.max_batch >= 1,
+            "pipeline.max_batch",
+            "must be at least 1".into(),
+        );
         if bad.is_empty() {
             Ok(())
         } else {
@@ -266,7 +342,8 @@ impl Config {
 
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
-            intervals: IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes).expect("validated"),
+            intervals: IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes)
+                .expect("validated"),
             grace_ms: self.watermark.grace.as_millis() as i64,
             idle_timeout_ms: self.watermark.idle_timeout.as_millis() as i64,
             heatmap_days: self.heatmap.days,
@@ -302,7 +379,9 @@ fn set_path(t: &mut toml::Table, path: &[String], v: toml::Value) -> Result<(), 
             Ok(())
         }
         [first, rest @ ..] => {
-            let entry = t.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = t
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(inner) => set_path(inner, rest, v),
                 _ => Err(format!("{first} is not a section")),
@@ -319,7 +398,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, text).unwrap();
-        Config::load(Some(&p), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::load(
+            Some(&p),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -331,9 +413,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = load("[kafka]\nbootstrap = \"x\"\n", &[]).unwrap_err().to_string();
+        let e = load("[kafka]\nbootstrap = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kafka") && e.contains("bootstrap"), "{e}");
-        let e = load("[site]\ninterval_minutes = \"fifteen\"\n", &[]).unwrap_err().to_string();
+        let e = load("[site]\ninterval_minutes = \"fifteen\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("site.interval_minutes"), "{e}");
     }
 
@@ -342,8 +428,13 @@ mod tests {
         let e = load("[site]\ntime_zone = \"Mars/Base\"\n[watermark]\ngrace = \"5m\"\nidle_timeout = \"1ms\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("site.time_zone") && e.contains("watermark.idle_timeout"), "{e}");
-        let e = load("[watermark]\ngrace = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("site.time_zone") && e.contains("watermark.idle_timeout"),
+            "{e}"
+        );
+        let e = load("[watermark]\ngrace = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("watermark.grace"), "{e}");
     }
 
@@ -351,12 +442,18 @@ mod tests {
     fn environment_overrides_keys() {
         let c = load(
             "[site]\ninterval_minutes = 15\n",
-            &[("DEFLECT__SITE__INTERVAL_MINUTES", "30"), ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092"), ("OTHER", "x")],
+            &[
+                ("DEFLECT__SITE__INTERVAL_MINUTES", "30"),
+                ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092"),
+                ("OTHER", "x"),
+            ],
         )
         .unwrap();
         assert_eq!(c.site.interval_minutes, 30);
         assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
-        let e = load("", &[("DEFLECT__KAFKA__NOPE", "1")]).unwrap_err().to_string();
+        let e = load("", &[("DEFLECT__KAFKA__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope"), "{e}");
     }
 }

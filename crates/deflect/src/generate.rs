@@ -23,11 +23,20 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, Poisson};
 
 pub const TENANTS: [&str; 2] = ["acme", "globex"];
-pub const INTENTS: [&str; 7] = ["balance", "address_change", "card_lost", "billing", "dispute", "tech_support", "loan"];
+pub const INTENTS: [&str; 7] = [
+    "balance",
+    "address_change",
+    "card_lost",
+    "billing",
+    "dispute",
+    "tech_support",
+    "loan",
+];
 pub const QUEUES: [&str; 5] = ["cards", "billing", "general", "disputes", "tech"];
 
 const HOUR_SHAPE: [f64; 24] = [
-    0.1, 0.05, 0.05, 0.05, 0.1, 0.2, 0.5, 1.0, 1.6, 2.0, 2.1, 2.0, 1.8, 1.9, 2.0, 1.9, 1.7, 1.4, 1.1, 0.9, 0.7, 0.5, 0.3, 0.2,
+    0.1, 0.05, 0.05, 0.05, 0.1, 0.2, 0.5, 1.0, 1.6, 2.0, 2.1, 2.0, 1.8, 1.9, 2.0, 1.9, 1.7, 1.4,
+    1.1, 0.9, 0.7, 0.5, 0.3, 0.2,
 ];
 const WEEKDAY_SHAPE: [f64; 7] = [1.2, 1.1, 1.0, 1.0, 0.9, 0.5, 0.3];
 
@@ -127,22 +136,45 @@ impl Generator {
             minute_rng_seed = mix(self.p.seed, m as u64);
             let mut rng = ChaCha8Rng::seed_from_u64(minute_rng_seed);
             let lh = self.spec.local_hour(m);
-            let shape = HOUR_SHAPE[usize::from(lh.hour)] * WEEKDAY_SHAPE[usize::from(lh.weekday)] / self.shape_norm;
+            let shape = HOUR_SHAPE[usize::from(lh.hour)] * WEEKDAY_SHAPE[usize::from(lh.weekday)]
+                / self.shape_norm;
             let lambda = self.p.contacts_per_hour / 60.0 * shape;
-            let n = if lambda > 0.0 { Poisson::new(lambda).expect("positive").sample(&mut rng) as u64 } else { 0 };
+            let n = if lambda > 0.0 {
+                Poisson::new(lambda).expect("positive").sample(&mut rng) as u64
+            } else {
+                0
+            };
             for i in 0..n {
                 let at = m + rng.gen_range(0..60_000);
                 let customer = (rng.gen::<f64>() >= self.p.unknown_customer_share)
                     .then(|| rng.gen_range(0..self.p.customers.max(1)));
-                self.arrivals.insert((at, ((m / 60_000) as u64) << 16 | i), Arrival { customer, callback_of: None });
+                self.arrivals.insert(
+                    (at, ((m / 60_000) as u64) << 16 | i),
+                    Arrival {
+                        customer,
+                        callback_of: None,
+                    },
+                );
             }
             // a few proactive notifications
             if rng.gen::<f64>() < self.p.contacts_per_hour / 60.0 * 0.02 {
                 let customer = rng.gen_range(0..self.p.customers.max(1));
                 let id = format!("n{:x}", mix(self.p.seed, m as u64 ^ 0x5EED));
                 let topic = INTENTS[rng.gen_range(0..INTENTS.len())];
-                let e = self.event(&id, Some(customer), Channel::Sms, m + 1_000, 0, None, EventKind::NotificationSent { campaign: "outage-notice".into(), topic: topic.into() });
-                self.out.insert((m + 1_000, mix(id.len() as u64, m as u64), 0), e);
+                let e = self.event(
+                    &id,
+                    Some(customer),
+                    Channel::Sms,
+                    m + 1_000,
+                    0,
+                    None,
+                    EventKind::NotificationSent {
+                        campaign: "outage-notice".into(),
+                        topic: topic.into(),
+                    },
+                );
+                self.out
+                    .insert((m + 1_000, mix(id.len() as u64, m as u64), 0), e);
             }
             self.generated_until = m + 60_000;
         }
@@ -160,10 +192,24 @@ impl Generator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn event(&self, contact: &str, customer: Option<u32>, channel: Channel, at: Millis, seq: u32, intent: Option<&str>, kind: EventKind) -> Event {
+    fn event(
+        &self,
+        contact: &str,
+        customer: Option<u32>,
+        channel: Channel,
+        at: Millis,
+        seq: u32,
+        intent: Option<&str>,
+        kind: EventKind,
+    ) -> Event {
         Event {
             event_id: format!("{contact}-{seq}"),
-            tenant: customer.map_or(TENANTS[0], |c| if c % 5 == 0 { TENANTS[1] } else { TENANTS[0] }).to_string(),
+            tenant: customer
+                .map_or(
+                    TENANTS[0],
+                    |c| if c % 5 == 0 { TENANTS[1] } else { TENANTS[0] },
+                )
+                .to_string(),
             contact_id: contact.to_string(),
             parent_contact_id: None,
             customer_id: customer.map(|c| format!("u{c}")),
@@ -180,7 +226,12 @@ impl Generator {
         let contact = format!("c{id:x}");
         let mut evs: Vec<Event> = Vec::new();
         let mut seq = 0u32;
-        let mut push = |g: &Generator, evs: &mut Vec<Event>, at: Millis, ch: Channel, intent: Option<&str>, kind: EventKind| {
+        let mut push = |g: &Generator,
+                        evs: &mut Vec<Event>,
+                        at: Millis,
+                        ch: Channel,
+                        intent: Option<&str>,
+                        kind: EventKind| {
             let mut e = g.event(&contact, a.customer, ch, at, seq, intent, kind);
             e.parent_contact_id = a.callback_of.clone();
             seq += 1;
@@ -190,19 +241,88 @@ impl Generator {
         if let Some(parent) = &a.callback_of {
             // the callback leg: the bank calls back; it is not a potential call
             let intent = INTENTS[rng.gen_range(0..INTENTS.len())];
-            push(self, &mut evs, t0, Channel::Voice, Some(intent), EventKind::ContactStarted { direction: Direction::Outbound, initiation: Initiation::Callback });
+            push(
+                self,
+                &mut evs,
+                t0,
+                Channel::Voice,
+                Some(intent),
+                EventKind::ContactStarted {
+                    direction: Direction::Outbound,
+                    initiation: Initiation::Callback,
+                },
+            );
             let t1 = t0 + exp(&mut rng, 20.0);
-            push(self, &mut evs, t1, Channel::Voice, Some(intent), EventKind::AgentConnected { context_received: true });
+            push(
+                self,
+                &mut evs,
+                t1,
+                Channel::Voice,
+                Some(intent),
+                EventKind::AgentConnected {
+                    context_received: true,
+                },
+            );
             let t2 = t1 + exp(&mut rng, 200.0) + 30_000;
-            push(self, &mut evs, t2, Channel::Voice, Some(intent), EventKind::AgentDisconnected { talk_ms: Some((t2 - t1) as u64), hold_ms: Some(0) });
-            push(self, &mut evs, t2, Channel::Voice, Some(intent), EventKind::CallbackCompleted { callback_id: format!("cb-{parent}") });
-            push(self, &mut evs, t2, Channel::Voice, Some(intent), EventKind::ContactEnded { party: Some(DisconnectParty::Agent), resolved: true });
+            push(
+                self,
+                &mut evs,
+                t2,
+                Channel::Voice,
+                Some(intent),
+                EventKind::AgentDisconnected {
+                    talk_ms: Some((t2 - t1) as u64),
+                    hold_ms: Some(0),
+                },
+            );
+            push(
+                self,
+                &mut evs,
+                t2,
+                Channel::Voice,
+                Some(intent),
+                EventKind::CallbackCompleted {
+                    callback_id: format!("cb-{parent}"),
+                },
+            );
+            push(
+                self,
+                &mut evs,
+                t2,
+                Channel::Voice,
+                Some(intent),
+                EventKind::ContactEnded {
+                    party: Some(DisconnectParty::Agent),
+                    resolved: true,
+                },
+            );
             self.deliver(evs, &mut rng);
             return;
         }
 
-        let channel = *pick(&mut rng, &[(Channel::Voice, 0.55), (Channel::Chat, 0.15), (Channel::Web, 0.12), (Channel::App, 0.12), (Channel::Sms, 0.03), (Channel::Email, 0.03)]);
-        let intent = *pick(&mut rng, &[("balance", 0.22), ("address_change", 0.1), ("card_lost", 0.15), ("billing", 0.2), ("dispute", 0.08), ("tech_support", 0.15), ("loan", 0.1)]);
+        let channel = *pick(
+            &mut rng,
+            &[
+                (Channel::Voice, 0.55),
+                (Channel::Chat, 0.15),
+                (Channel::Web, 0.12),
+                (Channel::App, 0.12),
+                (Channel::Sms, 0.03),
+                (Channel::Email, 0.03),
+            ],
+        );
+        let intent = *pick(
+            &mut rng,
+            &[
+                ("balance", 0.22),
+                ("address_change", 0.1),
+                ("card_lost", 0.15),
+                ("billing", 0.2),
+                ("dispute", 0.08),
+                ("tech_support", 0.15),
+                ("loan", 0.1),
+            ],
+        );
         let self_serve_p = match intent {
             "balance" => 0.65,
             "address_change" => 0.5,
@@ -219,56 +339,195 @@ impl Generator {
             "tech_support" => "tech",
             _ => "general",
         };
-        push(self, &mut evs, t0, channel, None, EventKind::ContactStarted { direction: Direction::Inbound, initiation: Initiation::Customer });
+        push(
+            self,
+            &mut evs,
+            t0,
+            channel,
+            None,
+            EventKind::ContactStarted {
+                direction: Direction::Inbound,
+                initiation: Initiation::Customer,
+            },
+        );
         let mut t = t0;
         let mut escalated_with_context = false;
         // 0 = deflected, 1 = abandoned, 2 = queue
         let path;
         if channel == Channel::Voice {
-            push(self, &mut evs, t, channel, None, EventKind::IvrEntered { node: "main".into() });
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                None,
+                EventKind::IvrEntered {
+                    node: "main".into(),
+                },
+            );
             t += 8_000;
-            push(self, &mut evs, t, channel, Some(intent), EventKind::IntentIdentified { intent: intent.into(), confidence: 0.9 });
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                Some(intent),
+                EventKind::IntentIdentified {
+                    intent: intent.into(),
+                    confidence: 0.9,
+                },
+            );
             t += 2_000;
-            push(self, &mut evs, t, channel, Some(intent), EventKind::IvrMenuSelected { node: "main".into(), option: intent.into() });
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                Some(intent),
+                EventKind::IvrMenuSelected {
+                    node: "main".into(),
+                    option: intent.into(),
+                },
+            );
             let r: f64 = rng.gen();
             if r < self_serve_p * 0.6 {
                 t += 60_000 + rng.gen_range(0..120_000);
-                push(self, &mut evs, t, channel, Some(intent), EventKind::IvrExited { node: intent.into(), reason: IvrExitReason::SelfServed });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::IvrExited {
+                        node: intent.into(),
+                        reason: IvrExitReason::SelfServed,
+                    },
+                );
                 path = 0;
             } else if r < self_serve_p * 0.6 + 0.05 {
                 t += 20_000 + rng.gen_range(0..40_000);
-                push(self, &mut evs, t, channel, Some(intent), EventKind::IvrExited { node: "main".into(), reason: IvrExitReason::HangUp });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::IvrExited {
+                        node: "main".into(),
+                        reason: IvrExitReason::HangUp,
+                    },
+                );
                 path = 1;
             } else {
                 t += 5_000;
-                push(self, &mut evs, t, channel, Some(intent), EventKind::IvrExited { node: "main".into(), reason: IvrExitReason::ToQueue });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::IvrExited {
+                        node: "main".into(),
+                        reason: IvrExitReason::ToQueue,
+                    },
+                );
                 path = 2;
             }
         } else if channel == Channel::Email {
             path = 2;
         } else {
             if matches!(channel, Channel::Web | Channel::App) && rng.gen::<f64>() < 0.5 {
-                push(self, &mut evs, t, channel, None, EventKind::SelfServiceViewed { item: format!("kb-{intent}") });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    None,
+                    EventKind::SelfServiceViewed {
+                        item: format!("kb-{intent}"),
+                    },
+                );
             }
             t += 2_000;
             push(self, &mut evs, t, channel, None, EventKind::AiAgentStarted);
             t += 3_000;
-            push(self, &mut evs, t, channel, Some(intent), EventKind::IntentIdentified { intent: intent.into(), confidence: 0.8 });
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                Some(intent),
+                EventKind::IntentIdentified {
+                    intent: intent.into(),
+                    confidence: 0.8,
+                },
+            );
             t += 60_000 + rng.gen_range(0..240_000);
             let r: f64 = rng.gen();
             let turns = rng.gen_range(2..20);
             if r < self_serve_p {
-                push(self, &mut evs, t, channel, Some(intent), EventKind::AiAgentEnded { outcome: AiOutcome::Success, turns });
-                push(self, &mut evs, t, channel, Some(intent), EventKind::SelfServiceResolved { confirmed: rng.gen::<f64>() < 0.7 });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::AiAgentEnded {
+                        outcome: AiOutcome::Success,
+                        turns,
+                    },
+                );
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::SelfServiceResolved {
+                        confirmed: rng.gen::<f64>() < 0.7,
+                    },
+                );
                 path = 0;
             } else if r < self_serve_p + 0.15 {
-                let outcome = if rng.gen::<f64>() < 0.7 { AiOutcome::Dropped } else { AiOutcome::Failed };
-                push(self, &mut evs, t, channel, Some(intent), EventKind::AiAgentEnded { outcome, turns });
+                let outcome = if rng.gen::<f64>() < 0.7 {
+                    AiOutcome::Dropped
+                } else {
+                    AiOutcome::Failed
+                };
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::AiAgentEnded { outcome, turns },
+                );
                 path = 1;
             } else {
                 escalated_with_context = rng.gen::<f64>() < 0.7;
-                push(self, &mut evs, t, channel, Some(intent), EventKind::EscalationRequested { from: EscalationSource::AiAgent, reason: "customer_request".into(), context_passed: escalated_with_context });
-                push(self, &mut evs, t, channel, Some(intent), EventKind::AiAgentEnded { outcome: AiOutcome::Escalated, turns });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::EscalationRequested {
+                        from: EscalationSource::AiAgent,
+                        reason: "customer_request".into(),
+                        context_passed: escalated_with_context,
+                    },
+                );
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::AiAgentEnded {
+                        outcome: AiOutcome::Escalated,
+                        turns,
+                    },
+                );
                 path = 2;
             }
         }
@@ -278,7 +537,17 @@ impl Generator {
         let mut callback = false;
         if path == 2 {
             t += 1_000;
-            push(self, &mut evs, t, channel, Some(intent), EventKind::QueueEntered { queue: queue.into(), priority: 0 });
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                Some(intent),
+                EventKind::QueueEntered {
+                    queue: queue.into(),
+                    priority: 0,
+                },
+            );
             let hour_load = HOUR_SHAPE[usize::from(self.spec.local_hour(t).hour)];
             let wait = exp(&mut rng, 25.0 + 35.0 * hour_load);
             let patience = exp(&mut rng, 240.0);
@@ -286,23 +555,97 @@ impl Generator {
                 t += patience;
                 if rng.gen::<f64>() < 0.15 {
                     callback = true;
-                    push(self, &mut evs, t, channel, Some(intent), EventKind::QueueExited { reason: QueueExitReason::Callback });
-                    push(self, &mut evs, t, channel, Some(intent), EventKind::CallbackRequested { callback_id: format!("cb-{contact}") });
+                    push(
+                        self,
+                        &mut evs,
+                        t,
+                        channel,
+                        Some(intent),
+                        EventKind::QueueExited {
+                            reason: QueueExitReason::Callback,
+                        },
+                    );
+                    push(
+                        self,
+                        &mut evs,
+                        t,
+                        channel,
+                        Some(intent),
+                        EventKind::CallbackRequested {
+                            callback_id: format!("cb-{contact}"),
+                        },
+                    );
                     let leg_at = t + 600_000 + rng.gen_range(0..3_000_000);
-                    self.arrivals.insert((leg_at, mix(id, 0xCA11_BAC4) | 1 << 63), Arrival { customer: a.customer, callback_of: Some(contact.clone()) });
+                    self.arrivals.insert(
+                        (leg_at, mix(id, 0xCA11_BAC4) | 1 << 63),
+                        Arrival {
+                            customer: a.customer,
+                            callback_of: Some(contact.clone()),
+                        },
+                    );
                 } else {
                     abandoned = true;
-                    push(self, &mut evs, t, channel, Some(intent), EventKind::QueueExited { reason: QueueExitReason::Abandoned });
+                    push(
+                        self,
+                        &mut evs,
+                        t,
+                        channel,
+                        Some(intent),
+                        EventKind::QueueExited {
+                            reason: QueueExitReason::Abandoned,
+                        },
+                    );
                 }
             } else {
                 t += wait;
-                push(self, &mut evs, t, channel, Some(intent), EventKind::QueueExited { reason: QueueExitReason::Answered });
-                push(self, &mut evs, t, channel, Some(intent), EventKind::AgentConnected { context_received: escalated_with_context });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::QueueExited {
+                        reason: QueueExitReason::Answered,
+                    },
+                );
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::AgentConnected {
+                        context_received: escalated_with_context,
+                    },
+                );
                 let talk = exp(&mut rng, 240.0) + 30_000;
-                let hold = if rng.gen::<f64>() < 0.3 { exp(&mut rng, 40.0) } else { 0 };
+                let hold = if rng.gen::<f64>() < 0.3 {
+                    exp(&mut rng, 40.0)
+                } else {
+                    0
+                };
                 t += talk + hold;
-                push(self, &mut evs, t, channel, Some(intent), EventKind::AgentDisconnected { talk_ms: Some(talk as u64), hold_ms: Some(hold as u64) });
-                push(self, &mut evs, t + 30_000 + rng.gen_range(0..60_000), channel, Some(intent), EventKind::AfterContactWorkEnded { acw_ms: Some(45_000) });
+                push(
+                    self,
+                    &mut evs,
+                    t,
+                    channel,
+                    Some(intent),
+                    EventKind::AgentDisconnected {
+                        talk_ms: Some(talk as u64),
+                        hold_ms: Some(hold as u64),
+                    },
+                );
+                push(
+                    self,
+                    &mut evs,
+                    t + 30_000 + rng.gen_range(0..60_000),
+                    channel,
+                    Some(intent),
+                    EventKind::AfterContactWorkEnded {
+                        acw_ms: Some(45_000),
+                    },
+                );
             }
             outcome_deflected = false;
         } else {
@@ -311,13 +654,42 @@ impl Generator {
         t += 2_000;
         // a few contacts never send contact_ended: their outcome is decided by the contact timeout
         if rng.gen::<f64>() >= 0.02 {
-            let party = if abandoned { DisconnectParty::Customer } else { DisconnectParty::System };
-            push(self, &mut evs, t, channel, Some(intent), EventKind::ContactEnded { party: Some(party), resolved: outcome_deflected || (!abandoned && !callback) });
+            let party = if abandoned {
+                DisconnectParty::Customer
+            } else {
+                DisconnectParty::System
+            };
+            push(
+                self,
+                &mut evs,
+                t,
+                channel,
+                Some(intent),
+                EventKind::ContactEnded {
+                    party: Some(party),
+                    resolved: outcome_deflected || (!abandoned && !callback),
+                },
+            );
         }
         if rng.gen::<f64>() < 0.3 && !abandoned {
             let top = if outcome_deflected { 0.72 } else { 0.8 };
-            let score = if rng.gen::<f64>() < top { rng.gen_range(4..=5) } else { rng.gen_range(1..=3) };
-            push(self, &mut evs, t + 60_000 + rng.gen_range(0..540_000), channel, Some(intent), EventKind::SurveyResponse { score: f64::from(score), scale_min: 1.0, scale_max: 5.0 });
+            let score = if rng.gen::<f64>() < top {
+                rng.gen_range(4..=5)
+            } else {
+                rng.gen_range(1..=3)
+            };
+            push(
+                self,
+                &mut evs,
+                t + 60_000 + rng.gen_range(0..540_000),
+                channel,
+                Some(intent),
+                EventKind::SurveyResponse {
+                    score: f64::from(score),
+                    scale_min: 1.0,
+                    scale_max: 5.0,
+                },
+            );
         }
         // customers come back
         let (p_back, mean_delay_s) = if abandoned {
@@ -329,16 +701,36 @@ impl Generator {
         };
         if a.customer.is_some() && rng.gen::<f64>() < p_back {
             let back = t + exp(&mut rng, mean_delay_s) + 60_000;
-            self.arrivals.insert((back, mix(id, 0xBAC4) & !(1 << 63)), Arrival { customer: a.customer, callback_of: None });
+            self.arrivals.insert(
+                (back, mix(id, 0xBAC4) & !(1 << 63)),
+                Arrival {
+                    customer: a.customer,
+                    callback_of: None,
+                },
+            );
         }
         self.deliver(evs, &mut rng);
     }
 
     fn deliver(&mut self, evs: Vec<Event>, rng: &mut ChaCha8Rng) {
         for (i, e) in evs.into_iter().enumerate() {
-            let delay = if rng.gen::<f64>() < 0.1 && self.p.jitter_ms > 0 { rng.gen_range(0..self.p.jitter_ms) } else { 0 };
+            let delay = if rng.gen::<f64>() < 0.1 && self.p.jitter_ms > 0 {
+                rng.gen_range(0..self.p.jitter_ms)
+            } else {
+                0
+            };
             let at = (e.occurred_at + delay).max(self.delivered_until);
-            self.out.insert((at, mix(e.occurred_at as u64, e.contact_id.len() as u64 ^ rng.gen::<u64>()), i as u32), e);
+            self.out.insert(
+                (
+                    at,
+                    mix(
+                        e.occurred_at as u64,
+                        e.contact_id.len() as u64 ^ rng.gen::<u64>(),
+                    ),
+                    i as u32,
+                ),
+                e,
+            );
         }
     }
 }
@@ -354,7 +746,10 @@ mod tests {
 
     #[test]
     fn deterministic_and_independent_of_chunking() {
-        let p = GenParams { contacts_per_hour: 300.0, ..Default::default() };
+        let p = GenParams {
+            contacts_per_hour: 300.0,
+            ..Default::default()
+        };
         let day = 86_400_000;
         let mut a = Generator::new(p.clone()).unwrap();
         let whole = a.until(p.start_ms + day);
@@ -371,7 +766,17 @@ mod tests {
         y.sort();
         assert_eq!(x, y);
         // every kind of event the pipeline consumes is present
-        for ty in ["contact_started", "ivr_exited", "ai_agent_ended", "queue_entered", "agent_connected", "callback_requested", "survey_response", "notification_sent", "escalation_requested"] {
+        for ty in [
+            "contact_started",
+            "ivr_exited",
+            "ai_agent_ended",
+            "queue_entered",
+            "agent_connected",
+            "callback_requested",
+            "survey_response",
+            "notification_sent",
+            "escalation_requested",
+        ] {
             assert!(whole.iter().any(|e| e.kind.type_name() == ty), "no {ty}");
         }
         // ids are unique

@@ -23,8 +23,12 @@ struct AppState {
 
 /// Binds the listener (so the caller knows the address before serving).
 pub async fn bind(addr: &str) -> Result<TcpListener> {
-    let a: SocketAddr = addr.parse().with_context(|| format!("http.listen {addr:?} is not host:port"))?;
-    TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))
+    let a: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("http.listen {addr:?} is not host:port"))?;
+    TcpListener::bind(a)
+        .await
+        .with_context(|| format!("cannot listen on {a}"))
 }
 
 /// Serves until `shutdown` resolves; runs the exporter's upkeep meanwhile.
@@ -47,14 +51,21 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(AppState { metrics, health });
-    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     task.abort();
     r.context("http server failed")
 }
 
-async fn render(State(s): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn render(
+    State(s): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         s.metrics.render(),
     )
 }
@@ -63,6 +74,9 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
     if s.health.ready(now_ms()) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned, state restoring, or loop stalled\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no partitions assigned, state restoring, or loop stalled\n",
+        )
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use deflect_core::engine::{EngineConfig, Ingest, PartitionEngine};
 use deflect_core::watermark::instance_watermark;
-use deflect_kafka::{Assignment, BaseRecord, GroupConsumer, Header, Headers, Message, OwnedHeaders};
+use deflect_kafka::{
+    Assignment, BaseRecord, GroupConsumer, Header, Headers, Message, OwnedHeaders,
+};
 use deflect_store::{Store, StoreOptions};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
@@ -49,10 +51,14 @@ pub struct Summary {
     pub records: u64,
     pub rejected: u64,
     pub partitions: usize,
+    /// From the first record consumed to the end of the run (excludes joining the group).
+    pub busy: Duration,
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 struct Loop<'a> {
@@ -70,7 +76,12 @@ struct Loop<'a> {
 
 /// Runs the pipeline on the calling thread until `cancel` is set (or, with `exit_at_eof`, the
 /// input is exhausted). Metrics go to the calling thread's recorder.
-pub fn run(cfg: &Config, cancel: &AtomicBool, health: &Health, opts: RunOptions) -> Result<Summary> {
+pub fn run(
+    cfg: &Config,
+    cancel: &AtomicBool,
+    health: &Health,
+    opts: RunOptions,
+) -> Result<Summary> {
     telemetry::describe();
     std::fs::create_dir_all(&cfg.state.dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state.dir.display()))?;
@@ -112,12 +123,16 @@ pub fn run(cfg: &Config, cancel: &AtomicBool, health: &Health, opts: RunOptions)
         summary: Summary::default(),
     };
     let mut last_refresh = Instant::now();
+    let mut first_record: Option<Instant> = None;
     loop {
         l.apply_assignments()?;
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         let finished = l.step(opts)?;
+        if first_record.is_none() && l.summary.records > 0 {
+            first_record = Some(Instant::now());
+        }
         if last_refresh.elapsed() >= Duration::from_secs(10) {
             l.refresh();
             last_refresh = Instant::now();
@@ -128,12 +143,21 @@ pub fn run(cfg: &Config, cancel: &AtomicBool, health: &Health, opts: RunOptions)
             break;
         }
     }
-    let offsets: Vec<(i32, i64)> = l.engines.iter().map(|(p, e)| (*p, e.next_offset())).collect();
+    let offsets: Vec<(i32, i64)> = l
+        .engines
+        .iter()
+        .map(|(p, e)| (*p, e.next_offset()))
+        .collect();
     if let Err(e) = l.consumer.commit_sync(&offsets) {
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
     }
     l.summary.partitions = l.engines.len();
-    tracing::info!(records = l.summary.records, rejected = l.summary.rejected, "pipeline stopped");
+    l.summary.busy = first_record.map_or(Duration::ZERO, |t| t.elapsed());
+    tracing::info!(
+        records = l.summary.records,
+        rejected = l.summary.rejected,
+        "pipeline stopped"
+    );
     Ok(l.summary)
 }
 
@@ -145,7 +169,13 @@ impl Loop<'_> {
             .with_context(|| format!("cannot restore state of partition {p}"))?
         {
             Some(r) => {
-                tracing::info!(partition = p, next_offset = r.snapshot.next_offset, pending = r.pending.len(), timers = r.timers.len(), "partition state restored");
+                tracing::info!(
+                    partition = p,
+                    next_offset = r.snapshot.next_offset,
+                    pending = r.pending.len(),
+                    timers = r.timers.len(),
+                    "partition state restored"
+                );
                 PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.pending, r.timers)
             }
             None => PartitionEngine::new(self.engine_cfg.clone()),
@@ -177,7 +207,9 @@ impl Loop<'_> {
                 }
             }
         }
-        self.health.assigned.store(self.assigned.len(), Ordering::Relaxed);
+        self.health
+            .assigned
+            .store(self.assigned.len(), Ordering::Relaxed);
         self.health.restored.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -224,9 +256,20 @@ impl Loop<'_> {
                     if engine.reject(msg.offset()) != Ingest::AlreadyApplied {
                         self.summary.rejected += 1;
                         telemetry::rejected(err.reason.as_str());
-                        tracing::debug!(partition = p, offset = msg.offset(), reason = err.reason.as_str(), "record rejected");
+                        tracing::debug!(
+                            partition = p,
+                            offset = msg.offset(),
+                            reason = err.reason.as_str(),
+                            "record rejected"
+                        );
                         if let Some(dlq) = &self.dlq {
-                            send_dead_letter(dlq, &self.cfg.kafka.dead_letter_topic, &self.cfg.kafka.input_topic, &msg, &err)?;
+                            send_dead_letter(
+                                dlq,
+                                &self.cfg.kafka.dead_letter_topic,
+                                &self.cfg.kafka.input_topic,
+                                &msg,
+                                &err,
+                            )?;
                             dead_lettered += 1;
                         }
                     } else {
@@ -264,7 +307,8 @@ impl Loop<'_> {
         if !touched.is_empty() {
             if let (Some(dlq), true) = (&self.dlq, dead_lettered > 0) {
                 // the dead letters must be durable before the offsets that skip them
-                deflect_kafka::flush(dlq, Duration::from_secs(30)).context("cannot deliver dead-letter records")?;
+                deflect_kafka::flush(dlq, Duration::from_secs(30))
+                    .context("cannot deliver dead-letter records")?;
             }
             let mut batch = self.store.batch();
             for p in &touched {
@@ -273,7 +317,10 @@ impl Loop<'_> {
                 batch.partition(*p, e.snapshot(), &ch);
             }
             batch.commit().context("cannot write state batch")?;
-            let offsets: Vec<(i32, i64)> = touched.iter().map(|p| (*p, self.engines[p].next_offset())).collect();
+            let offsets: Vec<(i32, i64)> = touched
+                .iter()
+                .map(|p| (*p, self.engines[p].next_offset()))
+                .collect();
             self.consumer.commit(&offsets)?;
             for p in &touched {
                 let none = Vec::new();
@@ -317,22 +364,46 @@ fn send_dead_letter(
     let mut headers = OwnedHeaders::new();
     if let Some(h) = msg.headers() {
         for hd in h.iter() {
-            headers = headers.insert(Header { key: hd.key, value: hd.value });
+            headers = headers.insert(Header {
+                key: hd.key,
+                value: hd.value,
+            });
         }
     }
     let headers = headers
-        .insert(Header { key: "deflect.reason", value: Some(err.reason.as_str()) })
-        .insert(Header { key: "deflect.detail", value: Some(err.detail.as_str()) })
-        .insert(Header { key: "deflect.source.topic", value: Some(source_topic) })
-        .insert(Header { key: "deflect.source.partition", value: Some(partition.as_str()) })
-        .insert(Header { key: "deflect.source.offset", value: Some(offset.as_str()) });
+        .insert(Header {
+            key: "deflect.reason",
+            value: Some(err.reason.as_str()),
+        })
+        .insert(Header {
+            key: "deflect.detail",
+            value: Some(err.detail.as_str()),
+        })
+        .insert(Header {
+            key: "deflect.source.topic",
+            value: Some(source_topic),
+        })
+        .insert(Header {
+            key: "deflect.source.partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "deflect.source.offset",
+            value: Some(offset.as_str()),
+        });
     let payload = msg.payload().unwrap_or_default();
     let key = msg.key().unwrap_or_default();
-    let mut record = BaseRecord::to(topic).payload(payload).key(key).headers(headers);
+    let mut record = BaseRecord::to(topic)
+        .payload(payload)
+        .key(key)
+        .headers(headers);
     loop {
         match dlq.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
                 record = r;
                 std::thread::sleep(Duration::from_millis(10));
             }

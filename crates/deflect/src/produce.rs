@@ -62,7 +62,9 @@ impl EventProducer {
                     record = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => return Err(e).with_context(|| format!("cannot produce to {}", self.topic)),
+                Err((e, _)) => {
+                    return Err(e).with_context(|| format!("cannot produce to {}", self.topic))
+                }
             }
         }
     }
@@ -70,13 +72,25 @@ impl EventProducer {
     /// Sends to an explicit partition (tests).
     pub fn send_to(&mut self, partition: i32, e: &Event) -> Result<()> {
         let payload = self.format.encode(e);
-        let record = BaseRecord::to(&self.topic).key(record_key(e)).payload(&payload).partition(partition);
-        self.producer.send(record).map_err(|(e, _)| e).context("cannot produce")?;
+        let record = BaseRecord::to(&self.topic)
+            .key(record_key(e))
+            .payload(&payload)
+            .partition(partition);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .context("cannot produce")?;
         self.sent += 1;
         Ok(())
     }
 
     pub fn flush(&self) -> Result<()> {
-        deflect_kafka::flush(&self.producer, Duration::from_secs(60)).context("cannot deliver produced events")
+        deflect_kafka::flush(&self.producer, Duration::from_secs(60))
+            .context("cannot deliver produced events")
     }
+}
+
+/// Decodes a protobuf record (benchmarks compare against the encoder above).
+pub fn decode(bytes: &[u8]) -> Result<Event, deflect_proto::DecodeError> {
+    deflect_proto::decode(bytes, deflect_proto::Format::Protobuf)
 }

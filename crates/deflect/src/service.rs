@@ -36,14 +36,21 @@ impl Service {
         let (recorder, handle) = telemetry::recorder();
         let health = Arc::new(Health::default());
         let (http_stop, stopped) = oneshot::channel::<()>();
-        runtime.spawn(http::serve(listener, handle.clone(), health.clone(), async move {
-            let _ = stopped.await;
-        }));
+        runtime.spawn(http::serve(
+            listener,
+            handle.clone(),
+            health.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let cancel = Arc::new(AtomicBool::new(false));
         let c = cancel.clone();
         let pipeline = std::thread::Builder::new()
             .name("deflect-pipeline".into())
-            .spawn(move || metrics::with_local_recorder(&recorder, || pipeline::run(&cfg, &c, &health, opts)))
+            .spawn(move || {
+                metrics::with_local_recorder(&recorder, || pipeline::run(&cfg, &c, &health, opts))
+            })
             .context("cannot start the pipeline thread")?;
         Ok(Service {
             addr,
@@ -79,7 +86,11 @@ impl Service {
     /// keeps serving until [`Service::shutdown`].
     pub fn wait_pipeline(&mut self) -> Result<Summary> {
         if let Some(p) = self.pipeline.take() {
-            self.result = Some(p.join().map_err(|_| anyhow!("pipeline thread panicked")).and_then(|r| r));
+            self.result = Some(
+                p.join()
+                    .map_err(|_| anyhow!("pipeline thread panicked"))
+                    .and_then(|r| r),
+            );
         }
         match self.result.as_ref().expect("joined above") {
             Ok(s) => Ok(s.clone()),

@@ -5,10 +5,14 @@
 use std::time::Duration;
 
 use deflect_core::engine::{ClosedInterval, PartitionEngine};
-use deflect_core::metrics::{CounterKey, Metric};
+use deflect_core::metrics::{wait_bucket_labels, CounterKey, Metric};
 use deflect_core::time::WEEKDAY_NAMES;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 pub const EVENTS: &str = "deflect_events_total";
 pub const EVENTS_REJECTED: &str = "deflect_events_rejected_total";
@@ -29,8 +33,12 @@ pub const HEAT_ANSWERED: &str = "deflect_heatmap_answered";
 pub const HEAT_WAIT_MS: &str = "deflect_heatmap_answered_wait_milliseconds";
 pub const HEAT_DAYS: &str = "deflect_heatmap_days_observed";
 
-const BATCH_SECONDS_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-const BATCH_RECORDS_BUCKETS: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+const BATCH_SECONDS_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+const BATCH_RECORDS_BUCKETS: [f64; 9] = [
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
 
 /// Builds a recorder (not installed globally: each pipeline records into its own, so tests can run
 /// several in one process) and the handle that renders it.
@@ -41,7 +49,10 @@ pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
         .set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_RECORDS_BUCKETS)
         .expect("non-empty buckets")
         // series of partitions this instance no longer owns stop being refreshed and disappear
-        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(Duration::from_secs(120)))
+        .idle_timeout(
+            metrics_util::MetricKindMask::ALL,
+            Some(Duration::from_secs(120)),
+        )
         .build_recorder();
     let handle = recorder.handle();
     (recorder, handle)
@@ -52,24 +63,72 @@ pub fn describe() {
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
-    describe_counter!(EVENTS, "Records consumed, by what happened to them (accepted, duplicate, late).");
-    describe_counter!(EVENTS_REJECTED, "Records that could not be used, by reason; each goes to the dead-letter topic.");
-    describe_counter!(RECORDS_SKIPPED, "Records re-delivered below the offset stored with the state (already applied).");
-    describe_counter!(INTERVALS_CLOSED, "Intervals closed (watermark passed interval end + grace).");
-    describe_gauge!(WATERMARK, "Event-time watermark of the partition, Unix seconds.");
-    describe_gauge!(FRONTIER, "Every interval before this instant (Unix seconds) is closed and counted.");
-    describe_gauge!(INSTANCE_WATERMARK, "Minimum watermark over non-idle partitions of this instance, Unix seconds.");
-    describe_gauge!(CONSUMER_LAG, "Records behind the log end, per partition (librdkafka statistics).");
-    describe_gauge!(PENDING_EVENTS, "Accepted events waiting for their interval to close.");
-    describe_gauge!(TIMERS, "Journeys with a pending event-time timer (contact timeout, containment).");
-    describe_gauge!(ASSIGNED_PARTITIONS, "Input partitions owned by this instance.");
-    describe_histogram!(BATCH_SECONDS, "Time to process, persist and commit one poll batch.");
+    describe_counter!(
+        EVENTS,
+        "Records consumed, by what happened to them (accepted, duplicate, late)."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Records that could not be used, by reason; each goes to the dead-letter topic."
+    );
+    describe_counter!(
+        RECORDS_SKIPPED,
+        "Records re-delivered below the offset stored with the state (already applied)."
+    );
+    describe_counter!(
+        INTERVALS_CLOSED,
+        "Intervals closed (watermark passed interval end + grace)."
+    );
+    describe_gauge!(
+        WATERMARK,
+        "Event-time watermark of the partition, Unix seconds."
+    );
+    describe_gauge!(
+        FRONTIER,
+        "Every interval before this instant (Unix seconds) is closed and counted."
+    );
+    describe_gauge!(
+        INSTANCE_WATERMARK,
+        "Minimum watermark over non-idle partitions of this instance, Unix seconds."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records behind the log end, per partition (librdkafka statistics)."
+    );
+    describe_gauge!(
+        PENDING_EVENTS,
+        "Accepted events waiting for their interval to close."
+    );
+    describe_gauge!(
+        TIMERS,
+        "Journeys with a pending event-time timer (contact timeout, containment)."
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Input partitions owned by this instance."
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        "Time to process, persist and commit one poll batch."
+    );
     describe_histogram!(BATCH_RECORDS, "Records per poll batch.");
     describe_gauge!(STATE_BYTES, "Estimated live bytes in the RocksDB state.");
-    describe_gauge!(HEAT_ARRIVALS, "Potential calls per local weekday and hour, summed over the trailing heat-map range.");
-    describe_gauge!(HEAT_ANSWERED, "Queued contacts answered per local weekday and hour over the trailing range.");
-    describe_gauge!(HEAT_WAIT_MS, "Queue wait of answered contacts per local weekday and hour over the trailing range, ms.");
-    describe_gauge!(HEAT_DAYS, "Calendar days observed per local weekday and hour in the trailing range (divide by this).");
+    describe_gauge!(
+        HEAT_ARRIVALS,
+        "Potential calls per local weekday and hour, summed over the trailing heat-map range."
+    );
+    describe_gauge!(
+        HEAT_ANSWERED,
+        "Queued contacts answered per local weekday and hour over the trailing range."
+    );
+    describe_gauge!(
+        HEAT_WAIT_MS,
+        "Queue wait of answered contacts per local weekday and hour over the trailing range, ms."
+    );
+    describe_gauge!(
+        HEAT_DAYS,
+        "Calendar days observed per local weekday and hour in the trailing range (divide by this)."
+    );
 }
 
 fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
@@ -78,7 +137,10 @@ fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
         .iter()
         .zip(&key.labels)
         .map(|(k, v)| Label::new(*k, v.clone()))
-        .chain(std::iter::once(Label::new("partition", partition.to_string())))
+        .chain(std::iter::once(Label::new(
+            "partition",
+            partition.to_string(),
+        )))
         .collect()
 }
 
@@ -87,9 +149,29 @@ fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
 pub fn export_totals(p: i32, engine: &PartitionEngine) {
     let ps = p.to_string();
     for (k, v) in &engine.totals().0 {
-        counter!(k.metric.name(), labels(k, &ps)).absolute(*v);
+        export_counter(k, *v, engine, &ps);
     }
     export_partition(p, engine);
+}
+
+/// Sets one counter series; a wait bucket sets the whole cumulative histogram of its group.
+fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
+    if k.metric != Metric::QueueWaitBucket {
+        counter!(k.metric.name(), labels(k, ps)).absolute(v);
+        return;
+    }
+    let group = &k.labels[..k.labels.len() - 1];
+    let mut cumulative = 0;
+    for le in wait_bucket_labels() {
+        let mut l = group.to_vec();
+        l.push(le.to_string());
+        let key = CounterKey {
+            metric: Metric::QueueWaitBucket,
+            labels: l,
+        };
+        cumulative += engine.totals().0.get(&key).copied().unwrap_or(0);
+        counter!(Metric::QueueWaitBucket.name(), labels(&key, ps)).absolute(cumulative);
+    }
 }
 
 /// Updates what closing these intervals changed.
@@ -100,7 +182,7 @@ pub fn export_closed(p: i32, engine: &PartitionEngine, closed: &[ClosedInterval]
     for c in closed {
         for k in c.counters.0.keys() {
             if seen.insert(k) {
-                counter!(k.metric.name(), labels(k, &ps)).absolute(totals[k]);
+                export_counter(k, totals[k], engine, &ps);
             }
         }
     }
@@ -114,7 +196,10 @@ fn export_heatmap(p: i32, engine: &PartitionEngine) {
     let ps = p.to_string();
     for row in engine.heatmap() {
         let l = [
-            ("weekday", WEEKDAY_NAMES[usize::from(row.weekday)].to_string()),
+            (
+                "weekday",
+                WEEKDAY_NAMES[usize::from(row.weekday)].to_string(),
+            ),
             ("hour", row.hour.to_string()),
             ("partition", ps.clone()),
         ];
@@ -129,7 +214,11 @@ fn export_heatmap(p: i32, engine: &PartitionEngine) {
 pub fn export_partition(p: i32, engine: &PartitionEngine) {
     let ps = p.to_string();
     let s = engine.stats();
-    for (result, v) in [("accepted", s.accepted), ("duplicate", s.duplicates), ("late", s.late)] {
+    for (result, v) in [
+        ("accepted", s.accepted),
+        ("duplicate", s.duplicates),
+        ("late", s.late),
+    ] {
         counter!(EVENTS, "result" => result, "partition" => ps.clone()).absolute(v);
     }
     counter!(INTERVALS_CLOSED, "partition" => ps.clone()).absolute(s.intervals_closed);

@@ -1,0 +1,26 @@
+# deflect: `make demo` runs the demo, `make test` runs every test. Both install what is missing.
+# The build cache lives outside the clone so RocksDB's C++ build (15-20 min on 2 cores) happens once.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/deflect/target
+CARGO ?= cargo
+
+.PHONY: setup build demo test lint unit bench clean-state
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --workspace
+
+demo: setup
+	$(CARGO) run --release -p deflect -- demo
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --release --workspace
+
+bench: setup
+	$(CARGO) bench -p deflect-benches --bench engine
+	$(CARGO) bench -p deflect-benches --bench pipeline

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing deflect needs on a fresh Debian machine (idempotent).
+# - libclang (bindgen for the rocksdb crate)
+# - prometheus and promtool (tests that prove dashboards and rules; not needed to build)
+set -euo pipefail
+
+need=()
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found (install Rust with rustup)"; exit 1; }
