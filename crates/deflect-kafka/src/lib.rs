@@ -91,6 +91,14 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // reaching the end of a partition is reported through poll as well; not an error
+            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "end of partition"),
+            e => tracing::warn!(error = %e, %reason, "kafka client error"),
+        }
+    }
+
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
             let mut lag = self.lag.lock().expect("lag lock");

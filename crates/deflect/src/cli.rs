@@ -80,7 +80,7 @@ enum Command {
         /// First event time (RFC 3339); default: now minus the duration.
         #[arg(long)]
         start: Option<jiff::Timestamp>,
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 200_000)]
         customers: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,

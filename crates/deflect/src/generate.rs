@@ -60,7 +60,7 @@ impl Default for GenParams {
         GenParams {
             seed: 1,
             start_ms: 1_700_438_400_000, // 2023-11-20T00:00:00Z, a Monday
-            customers: 5_000,
+            customers: 200_000,
             contacts_per_hour: 600.0,
             time_zone: "UTC".into(),
             unknown_customer_share: 0.05,
