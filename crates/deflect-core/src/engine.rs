@@ -10,7 +10,9 @@
 //! changed is handed out by [`PartitionEngine::take_changes`] and [`PartitionEngine::snapshot`] so
 //! the caller can write it, with the consumed offset, in one atomic batch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -110,15 +112,16 @@ pub struct ClosedInterval {
     pub heat: HeatCell,
 }
 
-/// State writes produced since the last call to `take_changes`.
+/// State writes produced since the last call to `take_changes`, already encoded
+/// ([`crate::codec`]).
 #[derive(Debug, Default)]
 pub struct StateChanges {
-    pub pending_put: Vec<Event>,
+    pub pending_put: Vec<(PendingKey, Vec<u8>)>,
     pub pending_del: Vec<PendingKey>,
     pub timers_put: Vec<TimerKey>,
     pub timers_del: Vec<TimerKey>,
     /// New value of each changed journey; `None` deletes it.
-    pub journeys: Vec<(String, Option<Journey>)>,
+    pub journeys: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl StateChanges {
@@ -159,7 +162,7 @@ pub struct PartitionEngine {
     pending_ids: HashSet<String>,
     timers: BTreeSet<TimerKey>,
     cache: HashMap<String, Journey>,
-    dirty: BTreeSet<String>,
+    dirty: HashSet<String>,
     changes: StateChanges,
 }
 
@@ -175,7 +178,7 @@ impl PartitionEngine {
         pending: Vec<Event>,
         timers: Vec<TimerKey>,
     ) -> Self {
-        let pending_ids = pending.iter().map(|e| e.event_id.clone()).collect();
+        let pending_ids: HashSet<String> = pending.iter().map(|e| e.event_id.clone()).collect();
         let pending = pending
             .into_iter()
             .map(|e| (pending_key(&e), Box::new(e)))
@@ -187,8 +190,8 @@ impl PartitionEngine {
             pending_ids,
             new_pending: Vec::new(),
             timers: timers.into_iter().collect(),
-            cache: HashMap::new(),
-            dirty: BTreeSet::new(),
+            cache: HashMap::default(),
+            dirty: HashSet::default(),
             changes: StateChanges::default(),
         }
     }
@@ -408,11 +411,13 @@ impl PartitionEngine {
         f: impl FnOnce(&JourneyConfig, &mut Journey),
     ) {
         let cfg = &self.cfg.journey;
-        let j = self.cache.entry(key.to_string()).or_insert_with(|| {
-            store
+        if !self.cache.contains_key(key) {
+            let j = store
                 .load(key)
-                .unwrap_or_else(|| Journey::new(key.starts_with("c:")))
-        });
+                .unwrap_or_else(|| Journey::new(key.starts_with("c:")));
+            self.cache.insert(key.to_string(), j);
+        }
+        let j = self.cache.get_mut(key).expect("inserted above");
         let before = j.next_wake(cfg);
         f(cfg, j);
         let after = j.next_wake(cfg);
@@ -429,7 +434,9 @@ impl PartitionEngine {
                 self.changes.timers_put.push(k);
             }
         }
-        self.dirty.insert(key.to_string());
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_string());
+        }
     }
 
     /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
@@ -442,17 +449,19 @@ impl PartitionEngine {
             ch.pending_del.retain(|k| !added.contains(k));
             for k in &added {
                 if let Some(e) = self.pending.get(k) {
-                    ch.pending_put.push((**e).clone());
+                    ch.pending_put.push((k.clone(), crate::codec::encode(&**e)));
                 }
             }
         }
-        for key in std::mem::take(&mut self.dirty) {
+        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        for key in dirty {
             let j = self.cache.get(&key).expect("dirty journeys are cached");
             if j.is_empty() {
                 self.cache.remove(&key);
                 ch.journeys.push((key, None));
             } else {
-                ch.journeys.push((key, Some(j.clone())));
+                ch.journeys.push((key, Some(crate::codec::encode(j))));
             }
         }
         if self.cache.len() > keep_cached {
@@ -631,7 +640,7 @@ mod tests {
         fn apply(&mut self, ch: StateChanges) {
             for (k, j) in ch.journeys {
                 match j {
-                    Some(j) => self.0.insert(k, j),
+                    Some(j) => self.0.insert(k, crate::codec::decode(&j).unwrap()),
                     None => self.0.remove(&k),
                 };
             }

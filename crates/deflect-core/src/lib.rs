@@ -4,6 +4,7 @@
 //! state machines, event-time intervals in a site time zone, per-partition watermarks, and the metric
 //! accumulators. Time is always passed in; nothing here reads a clock.
 
+pub mod codec;
 pub mod dims;
 pub mod engine;
 pub mod event;

@@ -16,6 +16,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use deflect_core::codec;
 use deflect_core::engine::{JourneyStore, PartitionSnapshot, PendingKey, StateChanges, TimerKey};
 use deflect_core::event::{Event, Millis};
 use deflect_core::journey::Journey;
@@ -40,7 +41,7 @@ pub enum StoreError {
     #[error("corrupt {what} in state store: {source}")]
     Corrupt {
         what: &'static str,
-        source: postcard::Error,
+        source: codec::Error,
     },
 }
 
@@ -177,19 +178,17 @@ impl Store {
             return Ok(None);
         };
         let snapshot: PartitionSnapshot =
-            postcard::from_bytes(&meta).map_err(|source| StoreError::Corrupt {
+            codec::decode(&meta).map_err(|source| StoreError::Corrupt {
                 what: "partition snapshot",
                 source,
             })?;
         let mut pending = Vec::new();
         for item in self.scan(CF_PENDING, p) {
             let (_, v) = item.map_err(|e| self.err(e))?;
-            pending.push(
-                postcard::from_bytes(&v).map_err(|source| StoreError::Corrupt {
-                    what: "pending event",
-                    source,
-                })?,
-            );
+            pending.push(codec::decode(&v).map_err(|source| StoreError::Corrupt {
+                what: "pending event",
+                source,
+            })?);
         }
         let mut timers = Vec::new();
         for item in self.scan(CF_TIMERS, p) {
@@ -272,7 +271,7 @@ impl JourneyStore for JourneyReader<'_> {
     fn load(&mut self, key: &str) -> Option<Journey> {
         let k = journey_key(self.partition, key);
         match self.store.db.get_pinned_cf(self.store.cf(CF_JOURNEYS), k) {
-            Ok(Some(v)) => match postcard::from_bytes(&v) {
+            Ok(Some(v)) => match codec::decode(&v) {
                 Ok(j) => Some(j),
                 Err(source) => {
                     self.error.get_or_insert(StoreError::Corrupt {
@@ -301,13 +300,8 @@ impl Batch<'_> {
     pub fn partition(&mut self, p: i32, snap: &PartitionSnapshot, ch: &StateChanges) {
         let s = self.store;
         let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
-        for e in &ch.pending_put {
-            let k = deflect_core::engine::pending_key(e);
-            self.wb.put_cf(
-                pending,
-                pending_key(p, &k),
-                postcard::to_allocvec(e).expect("serializable"),
-            );
+        for (k, bytes) in &ch.pending_put {
+            self.wb.put_cf(pending, pending_key(p, k), bytes);
         }
         for k in &ch.pending_del {
             self.wb.delete_cf(pending, pending_key(p, k));
@@ -320,19 +314,12 @@ impl Batch<'_> {
         }
         for (k, j) in &ch.journeys {
             match j {
-                Some(j) => self.wb.put_cf(
-                    journeys,
-                    journey_key(p, k),
-                    postcard::to_allocvec(j).expect("serializable"),
-                ),
+                Some(j) => self.wb.put_cf(journeys, journey_key(p, k), j),
                 None => self.wb.delete_cf(journeys, journey_key(p, k)),
             }
         }
-        self.wb.put_cf(
-            s.cf(CF_META),
-            prefix(p),
-            postcard::to_allocvec(snap).expect("serializable"),
-        );
+        self.wb
+            .put_cf(s.cf(CF_META), prefix(p), codec::encode(snap));
     }
 
     pub fn len(&self) -> usize {

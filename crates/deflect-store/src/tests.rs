@@ -38,9 +38,12 @@ fn batch_round_trips_and_partitions_are_isolated() {
         ..Default::default()
     };
     let ch = StateChanges {
-        pending_put: vec![ev("b", 20), ev("a", 10)],
+        pending_put: [ev("b", 20), ev("a", 10)]
+            .iter()
+            .map(|e| (deflect_core::engine::pending_key(e), codec::encode(e)))
+            .collect(),
         timers_put: vec![(99, "c:u".into()), (7, "c:v".into())],
-        journeys: vec![("c:u".into(), Some(Journey::new(true)))],
+        journeys: vec![("c:u".into(), Some(codec::encode(&Journey::new(true))))],
         ..Default::default()
     };
     let mut b = store.batch();
