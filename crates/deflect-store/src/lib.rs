@@ -6,7 +6,7 @@
 //! | cf | key | value |
 //! |---|---|---|
 //! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, watermark, frontier, totals, heat map |
-//! | `pending` | partition, event time, rank, event id | an accepted event waiting for its interval to close |
+//! | `pending` | partition, blob id | the events accepted in one batch and still waiting for their interval to close |
 //! | `timers` | partition, fire time, journey key | (empty) |
 //! | `journeys` | partition, journey key | [`Journey`] |
 //!
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use deflect_core::codec;
-use deflect_core::engine::{JourneyStore, PartitionSnapshot, PendingKey, StateChanges, TimerKey};
+use deflect_core::engine::{JourneyStore, PartitionSnapshot, StateChanges, TimerKey};
 use deflect_core::event::{Event, Millis};
 use deflect_core::journey::Journey;
 use rocksdb::{
@@ -85,12 +85,10 @@ fn prefix(p: i32) -> [u8; 4] {
     (p as u32).to_be_bytes()
 }
 
-fn pending_key(p: i32, k: &PendingKey) -> Vec<u8> {
-    let mut v = Vec::with_capacity(13 + k.2.len());
-    v.extend_from_slice(&prefix(p));
-    v.extend_from_slice(&ts_key(k.0));
-    v.push(k.1);
-    v.extend_from_slice(k.2.as_bytes());
+fn blob_key(p: i32, id: u64) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&prefix(p));
+    v[4..].copy_from_slice(&id.to_be_bytes());
     v
 }
 
@@ -114,7 +112,8 @@ type KeyValue = (Box<[u8]>, Box<[u8]>);
 /// Everything a partition needs to resume.
 pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
-    pub pending: Vec<Event>,
+    /// Pending-event blobs: (blob id, events).
+    pub pending: Vec<(u64, Vec<Event>)>,
     pub timers: Vec<TimerKey>,
 }
 
@@ -184,11 +183,13 @@ impl Store {
             })?;
         let mut pending = Vec::new();
         for item in self.scan(CF_PENDING, p) {
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            pending.push(codec::decode(&v).map_err(|source| StoreError::Corrupt {
-                what: "pending event",
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let id = u64::from_be_bytes(k[4..12].try_into().expect("blob keys are 12 bytes"));
+            let events = codec::decode(&v).map_err(|source| StoreError::Corrupt {
+                what: "pending events",
                 source,
-            })?);
+            })?;
+            pending.push((id, events));
         }
         let mut timers = Vec::new();
         for item in self.scan(CF_TIMERS, p) {
@@ -300,11 +301,11 @@ impl Batch<'_> {
     pub fn partition(&mut self, p: i32, snap: &PartitionSnapshot, ch: &StateChanges) {
         let s = self.store;
         let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
-        for (k, bytes) in &ch.pending_put {
-            self.wb.put_cf(pending, pending_key(p, k), bytes);
+        for (id, bytes) in &ch.pending_blobs_put {
+            self.wb.put_cf(pending, blob_key(p, *id), bytes);
         }
-        for k in &ch.pending_del {
-            self.wb.delete_cf(pending, pending_key(p, k));
+        for id in &ch.pending_blobs_del {
+            self.wb.delete_cf(pending, blob_key(p, *id));
         }
         for k in &ch.timers_del {
             self.wb.delete_cf(timers, timer_key(p, k));

@@ -38,10 +38,10 @@ fn batch_round_trips_and_partitions_are_isolated() {
         ..Default::default()
     };
     let ch = StateChanges {
-        pending_put: [ev("b", 20), ev("a", 10)]
-            .iter()
-            .map(|e| (deflect_core::engine::pending_key(e), codec::encode(e)))
-            .collect(),
+        pending_blobs_put: vec![
+            (1, codec::encode(&vec![ev("b", 20)])),
+            (2, codec::encode(&vec![ev("a", 10)])),
+        ],
         timers_put: vec![(99, "c:u".into()), (7, "c:v".into())],
         journeys: vec![("c:u".into(), Some(codec::encode(&Journey::new(true))))],
         ..Default::default()
@@ -55,13 +55,12 @@ fn batch_round_trips_and_partitions_are_isolated() {
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let r = store.load_partition(3).unwrap().unwrap();
     assert_eq!(r.snapshot.next_offset, 42);
-    assert_eq!(
-        r.pending
-            .iter()
-            .map(|e| e.event_id.as_str())
-            .collect::<Vec<_>>(),
-        ["a", "b"]
-    );
+    let ids: Vec<(u64, &str)> = r
+        .pending
+        .iter()
+        .flat_map(|(id, es)| es.iter().map(move |e| (*id, e.event_id.as_str())))
+        .collect();
+    assert_eq!(ids, [(1, "b"), (2, "a")]);
     assert_eq!(
         r.timers,
         vec![(7, "c:v".to_string()), (99, "c:u".to_string())]
@@ -72,7 +71,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     assert!(r4.pending.is_empty() && r4.timers.is_empty());
 
     let del = StateChanges {
-        pending_del: vec![(10, 0, "a".into())],
+        pending_blobs_del: vec![2],
         timers_del: vec![(7, "c:v".into())],
         journeys: vec![("c:u".into(), None)],
         ..Default::default()

@@ -172,7 +172,7 @@ impl Loop<'_> {
                 tracing::info!(
                     partition = p,
                     next_offset = r.snapshot.next_offset,
-                    pending = r.pending.len(),
+                    pending_blobs = r.pending.len(),
                     timers = r.timers.len(),
                     "partition state restored"
                 );
