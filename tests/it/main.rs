@@ -3,5 +3,6 @@
 
 mod support;
 
+mod bank;
 mod restart;
 mod scenario;

@@ -107,6 +107,19 @@ enum Command {
     },
     /// Raw consumer vs full pipeline on the same topic, in one run.
     Bench(crate::bench::BenchArgs),
+    /// Turn real contact-center data into contact events, sorted by event time, and produce them.
+    Replay {
+        /// Source format: `anonymous-bank` (the 1999 bank calls, plain or gzip).
+        source: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "contact-events")]
+        topic: String,
+        #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
+        format: FormatArg,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -194,6 +207,13 @@ fn dispatch(c: Command) -> Result<()> {
             state_dir,
         } => demo(listen, history_days, speed, rate, state_dir),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Replay {
+            source,
+            files,
+            brokers,
+            topic,
+            format,
+        } => replay(&source, &files, brokers, &topic, format.into()),
     }
 }
 
@@ -304,4 +324,41 @@ fn demo(
         .join()
         .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
     r.and(g)
+}
+
+fn replay(
+    source: &str,
+    files: &[PathBuf],
+    brokers: String,
+    topic: &str,
+    format: WireFormat,
+) -> Result<()> {
+    let adapter = crate::replay::adapter(source)
+        .with_context(|| format!("unknown replay source {source:?} (known: anonymous-bank)"))?;
+    let converted = crate::replay::convert_files(adapter.as_ref(), files)?;
+    let mut p = EventProducer::new(&ClientSettings::new(brokers), topic, format)?;
+    let bar = indicatif::ProgressBar::new(converted.events.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    for (i, e) in converted.events.iter().enumerate() {
+        p.send(e)?;
+        if i % 1000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    p.flush()?;
+    bar.finish_and_clear();
+    println!(
+        "replayed {} records as {} events to {topic}",
+        converted.records,
+        converted.events.len()
+    );
+    for (reason, n) in &converted.skipped {
+        println!("skipped {n} records: {reason}");
+    }
+    if let Some(tz) = adapter.time_zone() {
+        println!("run the pipeline with site.time_zone = {tz:?}");
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod http;
 pub mod pipeline;
 pub mod produce;
+pub mod replay;
 pub mod service;
 pub mod telemetry;
 
