@@ -194,6 +194,48 @@ fn month(dir: &std::path::Path, file: &str, readme: (u64, u64, u64, u64, u64, f6
         f.valid,
         converted.events.len()
     );
+    eprintln!("{file} heat map\n{}", heatmap_table(&m));
+}
+
+/// Weekday × hour in local time: mean potential calls per observed day, and ASA (Σ wait / Σ answered).
+fn heatmap_table(m: &BTreeMap<String, f64>) -> String {
+    let days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    let mut out = format!(
+        "| hour | {} |\n|---|---|---|---|---|---|---|---|\n",
+        days.join(" | ")
+    );
+    for h in 6..24 {
+        let hs = h.to_string();
+        out.push_str(&format!("| {h:02} |"));
+        for d in days {
+            let l = [("weekday", d), ("hour", hs.as_str())];
+            let arrivals = sum(m, "deflect_heatmap_arrivals", &l);
+            let observed = m
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("deflect_heatmap_days_observed{")
+                        && k.contains(&format!("hour=\"{h}\""))
+                        && k.contains(&format!("weekday=\"{d}\""))
+                })
+                .map(|(_, v)| *v)
+                .fold(0.0, f64::max);
+            let wait = sum(m, "deflect_heatmap_answered_wait_milliseconds", &l);
+            let answered = sum(m, "deflect_heatmap_answered", &l);
+            if observed == 0.0 || arrivals == 0.0 {
+                out.push_str(" · |");
+            } else if answered == 0.0 {
+                out.push_str(&format!(" {:.0} |", arrivals / observed));
+            } else {
+                out.push_str(&format!(
+                    " {:.0} / {:.0} s |",
+                    arrivals / observed,
+                    wait / answered / 1000.0
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[test]

@@ -212,23 +212,27 @@ impl GroupConsumer {
             .clone()
     }
 
+    fn offset_list(&self, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, Error> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        Ok(tpl)
+    }
+
     /// Commits `next offset` per partition (asynchronously). Commits for partitions revoked in
     /// the meantime fail harmlessly.
     pub fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), Error> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        if let Err(e) = self
+            .consumer
+            .commit(&self.offset_list(offsets)?, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
         }
-        match self.consumer.commit(&tpl, CommitMode::Async) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
     /// Commits synchronously (shutdown).
@@ -236,11 +240,8 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
-        }
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        self.consumer
+            .commit(&self.offset_list(offsets)?, CommitMode::Sync)?;
         Ok(())
     }
 
