@@ -72,6 +72,20 @@ struct Loop<'a> {
     eof: BTreeSet<i32>,
     health: &'a Health,
     summary: Summary,
+    phases: Phases,
+    last_kafka_commit: Instant,
+}
+
+/// Where the loop's time goes (logged when the pipeline stops).
+#[derive(Debug, Default)]
+struct Phases {
+    poll: Duration,
+    empty_polls: u64,
+    empty_poll_time: Duration,
+    consume: Duration,
+    advance: Duration,
+    write: Duration,
+    commit_and_export: Duration,
 }
 
 /// Runs the pipeline on the calling thread until `cancel` is set (or, with `exit_at_eof`, the
@@ -121,6 +135,8 @@ pub fn run(
         eof: BTreeSet::new(),
         health,
         summary: Summary::default(),
+        phases: Phases::default(),
+        last_kafka_commit: Instant::now(),
     };
     let mut last_refresh = Instant::now();
     let mut first_record: Option<Instant> = None;
@@ -156,6 +172,13 @@ pub fn run(
     tracing::info!(
         records = l.summary.records,
         rejected = l.summary.rejected,
+        consume_s = l.phases.consume.as_secs_f64(),
+        poll_s = l.phases.poll.as_secs_f64(),
+        empty_polls = l.phases.empty_polls,
+        empty_poll_s = l.phases.empty_poll_time.as_secs_f64(),
+        advance_s = l.phases.advance.as_secs_f64(),
+        write_s = l.phases.write.as_secs_f64(),
+        commit_export_s = l.phases.commit_and_export.as_secs_f64(),
         "pipeline stopped"
     );
     Ok(l.summary)
@@ -225,8 +248,15 @@ impl Loop<'_> {
         let mut timeout = self.cfg.pipeline.poll_timeout;
         let now = now_ms();
         while n < self.cfg.pipeline.max_batch {
-            let msg = match self.consumer.poll(timeout) {
-                None => break,
+            let tp = Instant::now();
+            let polled = self.consumer.poll(timeout);
+            self.phases.poll += tp.elapsed();
+            let msg = match polled {
+                None => {
+                    self.phases.empty_polls += 1;
+                    self.phases.empty_poll_time += tp.elapsed();
+                    break;
+                }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.eof.insert(p);
                     continue;
@@ -284,6 +314,8 @@ impl Loop<'_> {
             }
         }
         self.summary.records += n as u64;
+        let t_consumed = Instant::now();
+        self.phases.consume += t_consumed - started;
         if skipped > 0 {
             telemetry::already_applied(skipped);
         }
@@ -304,6 +336,9 @@ impl Loop<'_> {
                 closed.insert(*p, c);
             }
         }
+        let t_advanced = Instant::now();
+        self.phases.advance += t_advanced - t_consumed;
+        let mut t_written = t_advanced;
         if !touched.is_empty() {
             if let (Some(dlq), true) = (&self.dlq, dead_lettered > 0) {
                 // the dead letters must be durable before the offsets that skip them
@@ -317,16 +352,25 @@ impl Loop<'_> {
                 batch.partition(*p, e.snapshot(), &ch);
             }
             batch.commit().context("cannot write state batch")?;
-            let offsets: Vec<(i32, i64)> = touched
-                .iter()
-                .map(|p| (*p, self.engines[p].next_offset()))
-                .collect();
-            self.consumer.commit(&offsets)?;
+            t_written = Instant::now();
+            self.phases.write += t_written - t_advanced;
+            // Kafka's committed offsets are only a lower bound (the state store has the real
+            // ones): commit them at most once a second.
+            if self.last_kafka_commit.elapsed() >= Duration::from_secs(1) {
+                let offsets: Vec<(i32, i64)> = self
+                    .engines
+                    .iter()
+                    .map(|(p, e)| (*p, e.next_offset()))
+                    .collect();
+                self.consumer.commit(&offsets)?;
+                self.last_kafka_commit = Instant::now();
+            }
             for p in &touched {
                 let none = Vec::new();
                 telemetry::export_closed(*p, &self.engines[p], closed.get(p).unwrap_or(&none));
             }
         }
+        self.phases.commit_and_export += t_written.elapsed();
         if n > 0 {
             telemetry::batch(started.elapsed().as_secs_f64(), n);
             self.health.records.fetch_add(n as i64, Ordering::Relaxed);
