@@ -4,5 +4,6 @@
 mod support;
 
 mod bank;
+mod dead_letter;
 mod restart;
 mod scenario;

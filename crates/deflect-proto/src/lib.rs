@@ -30,10 +30,16 @@ pub enum RejectReason {
     UnknownEventType,
     MissingField,
     BadValue,
+    /// Larger than the configured limit (checked before decoding).
+    Oversized,
+    /// Null or empty Kafka key: the record cannot be attributed to a customer's partition.
+    MissingKey,
+    /// `occurred_at` outside the configured bounds.
+    TimestampOutOfBounds,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::EmptyRecord,
         RejectReason::NotProtobufOrJson,
         RejectReason::InvalidProtobuf,
@@ -42,6 +48,9 @@ impl RejectReason {
         RejectReason::UnknownEventType,
         RejectReason::MissingField,
         RejectReason::BadValue,
+        RejectReason::Oversized,
+        RejectReason::MissingKey,
+        RejectReason::TimestampOutOfBounds,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,6 +62,9 @@ impl RejectReason {
             RejectReason::UnknownEventType => "unknown_event_type",
             RejectReason::MissingField => "missing_field",
             RejectReason::BadValue => "bad_value",
+            RejectReason::Oversized => "oversized",
+            RejectReason::MissingKey => "missing_key",
+            RejectReason::TimestampOutOfBounds => "timestamp_out_of_bounds",
         }
     }
 }

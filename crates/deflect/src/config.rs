@@ -41,6 +41,33 @@ pub struct Config {
     pub heatmap: HeatmapConfig,
     pub dimensions: DimensionsConfig,
     pub pipeline: PipelineConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Records larger than this (bytes) are dead-lettered as `oversized`.
+    pub max_record_bytes: usize,
+    /// Events before this instant are dead-lettered as `timestamp_out_of_bounds`.
+    pub min_event_time: jiff::Timestamp,
+    /// Events further than this ahead of the wall clock are dead-lettered as
+    /// `timestamp_out_of_bounds`.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Dead-letter records with a null or empty key as `missing_key`.
+    pub require_key: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: 1 << 20,
+            min_event_time: "1990-01-01T00:00:00Z".parse().expect("valid timestamp"),
+            max_future: Duration::from_secs(86_400),
+            require_key: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,6 +359,11 @@ impl Config {
             self.pipeline.max_batch >= 1,
             "pipeline.max_batch",
             "must be at least 1".into(),
+        );
+        check(
+            self.limits.max_record_bytes >= 64,
+            "limits.max_record_bytes",
+            format!("must be at least 64, got {}", self.limits.max_record_bytes),
         );
         if bad.is_empty() {
             Ok(())

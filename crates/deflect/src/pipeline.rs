@@ -276,7 +276,7 @@ impl Loop<'_> {
             }
             let engine = self.engines.get_mut(&p).expect("inserted above");
             let payload = msg.payload().unwrap_or_default();
-            match deflect_proto::decode(payload, format) {
+            match validate(&self.cfg.limits, &msg, payload, format, now) {
                 Ok(ev) => {
                     if engine.ingest(msg.offset(), ev, now) == Ingest::AlreadyApplied {
                         skipped += 1;
@@ -454,4 +454,37 @@ fn send_dead_letter(
             Err((e, _)) => return Err(e).context("cannot send dead-letter record"),
         }
     }
+}
+
+/// Decodes a record and checks it against the configured limits.
+fn validate(
+    limits: &crate::config::LimitsConfig,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    payload: &[u8],
+    format: deflect_proto::Format,
+    now: i64,
+) -> Result<deflect_core::Event, deflect_proto::DecodeError> {
+    use deflect_proto::{DecodeError, RejectReason};
+    if payload.len() > limits.max_record_bytes {
+        return Err(DecodeError::new(
+            RejectReason::Oversized,
+            format!("{} bytes, limit {}", payload.len(), limits.max_record_bytes),
+        ));
+    }
+    if limits.require_key && msg.key().is_none_or(|k| k.is_empty()) {
+        return Err(DecodeError::new(
+            RejectReason::MissingKey,
+            "record has a null or empty key",
+        ));
+    }
+    let ev = deflect_proto::decode(payload, format)?;
+    let max = now.saturating_add(limits.max_future.as_millis() as i64);
+    let min = limits.min_event_time.as_millisecond();
+    if ev.occurred_at < min || ev.occurred_at > max {
+        return Err(DecodeError::new(
+            RejectReason::TimestampOutOfBounds,
+            format!("occurred_at {} outside [{min}, {max}]", ev.occurred_at),
+        ));
+    }
+    Ok(ev)
 }

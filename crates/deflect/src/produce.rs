@@ -51,7 +51,15 @@ impl EventProducer {
 
     /// Sends arbitrary bytes (tests of bad input).
     pub fn send_raw(&mut self, key: &[u8], payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+        self.send_record(Some(key), payload)
+    }
+
+    /// Sends arbitrary bytes with an optional key.
+    pub fn send_record(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => {

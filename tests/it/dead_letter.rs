@@ -1,0 +1,172 @@
+//! Bad input: every record that cannot be used goes to the dead-letter topic with its original bytes
+//! and the reason, is counted by reason, and the partition keeps moving.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deflect::produce::{EventProducer, WireFormat};
+use deflect::RunOptions;
+use deflect_kafka::{EmbeddedBroker, Headers, Message};
+use rdkafka::error::KafkaError;
+
+use crate::support::*;
+
+const GOOD: &str = r#"{"event_id":"ok-1","tenant":"acme","contact_id":"c1","customer_id":"u1","channel":"voice","occurred_at":1704704400000,"contact_started":{"direction":"inbound","initiation":"customer"}}"#;
+
+/// (key, payload, expected reject reason or `None` for a good record)
+type Case<'a> = (Option<&'a [u8]>, Vec<u8>, Option<&'a str>);
+
+fn good_with(id: &str, occurred_at: i64) -> String {
+    GOOD.replace("ok-1", id)
+        .replace("1704704400000", &occurred_at.to_string())
+}
+
+#[test]
+fn every_bad_record_is_dead_lettered_with_its_reason() {
+    let (topic, dlq) = ("dl-input", "dl-dead");
+    let broker = EmbeddedBroker::start(&[(topic, 1), (dlq, 1)]).unwrap();
+    let big = format!("{}{}", " ".repeat(5000), good_with("big", 1704704400000));
+    let cases: Vec<Case> = vec![
+        (Some(b"u1"), GOOD.as_bytes().to_vec(), None),
+        (
+            Some(b"u1"),
+            b"\xff\xfe\x00 not an event".to_vec(),
+            Some("not_protobuf_or_json"),
+        ),
+        (Some(b"u1"), b"{not json".to_vec(), Some("invalid_json")),
+        (
+            Some(b"u1"),
+            br#"{"event_id":"e","contact_started":[1]}"#.to_vec(),
+            Some("bad_json_shape"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("x1", 1704704400000)
+                .replace("contact_started", "teleported")
+                .into_bytes(),
+            Some("unknown_event_type"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("x2", 1704704400000)
+                .replace(r#""tenant":"acme","#, "")
+                .into_bytes(),
+            Some("missing_field"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("x3", 1704704400000)
+                .replace(r#""voice""#, r#""fax""#)
+                .into_bytes(),
+            Some("bad_value"),
+        ),
+        (Some(b"u1"), Vec::new(), Some("empty_record")),
+        (Some(b"u1"), big.into_bytes(), Some("oversized")),
+        (
+            None,
+            good_with("x4", 1704704400000).into_bytes(),
+            Some("missing_key"),
+        ),
+        (
+            Some(b""),
+            good_with("x5", 1704704400000).into_bytes(),
+            Some("missing_key"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("x6", 315532800000).into_bytes(),
+            Some("timestamp_out_of_bounds"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("x7", 4102444800000).into_bytes(),
+            Some("timestamp_out_of_bounds"),
+        ),
+        (
+            Some(b"u1"),
+            good_with("ok-2", 1704704460000).into_bytes(),
+            None,
+        ),
+    ];
+    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Json).unwrap();
+    for (key, payload, _) in &cases {
+        p.send_record(*key, payload).unwrap();
+    }
+    p.flush().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "dl");
+    cfg.kafka.dead_letter_topic = dlq.into();
+    cfg.limits.max_record_bytes = 4096;
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    let summary = svc.wait_pipeline().unwrap();
+    assert_eq!(
+        summary.records,
+        cases.len() as u64,
+        "the partition kept moving"
+    );
+    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+    svc.shutdown().unwrap();
+
+    // the counters
+    let mut expected: BTreeMap<&str, f64> = BTreeMap::new();
+    for (_, _, reason) in &cases {
+        if let Some(r) = reason {
+            *expected.entry(r).or_default() += 1.0;
+        }
+    }
+    for (reason, n) in &expected {
+        assert_eq!(
+            sum(&m, "deflect_events_rejected_total", &[("reason", reason)]),
+            *n,
+            "{reason}"
+        );
+    }
+    assert_eq!(sum(&m, "deflect_events_rejected_total", &[]), 12.0);
+    assert_eq!(
+        sum(&m, "deflect_events_total", &[("result", "accepted")]),
+        2.0
+    );
+    assert_eq!(sum(&m, "deflect_potential_calls_total", &[]), 2.0);
+
+    // the dead letters: original bytes, reason and source in headers, in input order
+    let reader = deflect_kafka::reader(&broker.settings(), dlq, 1).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(msg)) => {
+                let h: BTreeMap<String, String> = msg
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push((msg.payload().unwrap_or_default().to_vec(), h));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => break,
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    let bad: Vec<(usize, &Case)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.2.is_some())
+        .collect();
+    assert_eq!(got.len(), bad.len());
+    for ((offset, (_, payload, reason)), (dl_payload, headers)) in bad.iter().zip(&got) {
+        assert_eq!(dl_payload, payload, "original bytes kept");
+        assert_eq!(headers["deflect.reason"], reason.unwrap());
+        assert_eq!(headers["deflect.source.topic"], topic);
+        assert_eq!(headers["deflect.source.partition"], "0");
+        assert_eq!(headers["deflect.source.offset"], offset.to_string());
+        assert!(!headers["deflect.detail"].is_empty());
+    }
+}
