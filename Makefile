@@ -19,6 +19,7 @@ lint: setup
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 test: lint
+	$(CARGO) build --release --workspace --bins   # the kill test runs the real binary
 	$(CARGO) test --release --workspace
 
 bench: setup

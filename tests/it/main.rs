@@ -5,5 +5,6 @@ mod support;
 
 mod bank;
 mod dead_letter;
+mod kill;
 mod restart;
 mod scenario;

@@ -170,6 +170,9 @@ pub struct PartitionEngine {
     timers: BTreeSet<TimerKey>,
     cache: HashMap<String, Journey>,
     dirty: HashSet<String>,
+    /// Net timer writes since the last `take_changes` (true = put, false = delete): a timer set and
+    /// fired within one batch must not be written back by a later put.
+    timer_ops: BTreeMap<TimerKey, bool>,
     changes: StateChanges,
 }
 
@@ -188,6 +191,11 @@ impl PartitionEngine {
         // Events before the frontier were processed before the state was written; a blob whose
         // events were all processed is deleted with the next write.
         let mut changes = StateChanges::default();
+        // everything before the frontier was processed: a timer there cannot be due
+        let timers: BTreeSet<TimerKey> = timers
+            .into_iter()
+            .filter(|t| snap.frontier.is_none_or(|f| t.0 >= f))
+            .collect();
         let mut pending = BTreeMap::new();
         let mut pending_ids = HashSet::default();
         let mut blob_remaining = HashMap::default();
@@ -214,9 +222,10 @@ impl PartitionEngine {
             blob_remaining,
             pending_ids,
             new_pending: Vec::new(),
-            timers: timers.into_iter().collect(),
+            timers,
             cache: HashMap::default(),
             dirty: HashSet::default(),
+            timer_ops: BTreeMap::new(),
             changes,
         }
     }
@@ -378,7 +387,7 @@ impl PartitionEngine {
                 None => {
                     let key = next_timer.expect("one of the two is due");
                     self.timers.remove(&key);
-                    self.changes.timers_del.push(key.clone());
+                    self.timer_ops.insert(key.clone(), false);
                     self.with_journey(&key.1, store, |cfg, j| j.fire(cfg, t, a));
                 }
             }
@@ -452,13 +461,13 @@ impl PartitionEngine {
             if let Some(b) = before {
                 let k = (b, key.to_string());
                 if self.timers.remove(&k) {
-                    self.changes.timers_del.push(k);
+                    self.timer_ops.insert(k, false);
                 }
             }
             if let Some(a) = after {
                 let k = (a, key.to_string());
                 self.timers.insert(k.clone());
-                self.changes.timers_put.push(k);
+                self.timer_ops.insert(k, true);
             }
         }
         if !self.dirty.contains(key) {
@@ -485,6 +494,13 @@ impl PartitionEngine {
     /// `keep_cached` entries afterwards (everything written is in the store).
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
         let mut ch = std::mem::take(&mut self.changes);
+        for (k, put) in std::mem::take(&mut self.timer_ops) {
+            if put {
+                ch.timers_put.push(k);
+            } else {
+                ch.timers_del.push(k);
+            }
+        }
         // the events accepted since the last write and still pending become one blob
         if !self.new_pending.is_empty() {
             let blob = self.snap.next_blob;

@@ -107,6 +107,13 @@ enum Command {
     },
     /// Raw consumer vs full pipeline on the same topic, in one run.
     Bench(crate::bench::BenchArgs),
+    /// Host librdkafka's mock Kafka cluster in this process (tests and local experiments); prints
+    /// `bootstrap=HOST:PORT` and serves until stdin closes or a signal arrives.
+    Broker {
+        /// Topics to create, as NAME:PARTITIONS.
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+    },
     /// Turn real contact-center data into contact events, sorted by event time, and produce them.
     Replay {
         /// Source format: `anonymous-bank` (the 1999 bank calls, plain or gzip).
@@ -207,6 +214,7 @@ fn dispatch(c: Command) -> Result<()> {
             state_dir,
         } => demo(listen, history_days, speed, rate, state_dir),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Broker { topics } => broker(&topics),
         Command::Replay {
             source,
             files,
@@ -359,6 +367,40 @@ fn replay(
     }
     if let Some(tz) = adapter.time_zone() {
         println!("run the pipeline with site.time_zone = {tz:?}");
+    }
+    Ok(())
+}
+
+fn broker(topics: &[String]) -> Result<()> {
+    let parsed: Vec<(String, i32)> = topics
+        .iter()
+        .map(|t| {
+            let (name, n) = t
+                .rsplit_once(':')
+                .with_context(|| format!("--topic {t:?}: expected NAME:PARTITIONS"))?;
+            let n: i32 = n
+                .parse()
+                .with_context(|| format!("--topic {t:?}: partitions must be a number"))?;
+            Ok((name.to_string(), n))
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, i32)> = parsed.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let b = deflect_kafka::EmbeddedBroker::start(&refs).context("cannot start the mock cluster")?;
+    println!("bootstrap={}", b.bootstrap_servers());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
+        .context("cannot install signal handler")?;
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        s.store(true, Ordering::Relaxed);
+    });
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }

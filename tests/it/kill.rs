@@ -1,0 +1,225 @@
+//! Crash safety: a broker in its own process, 200,000 events, and the pipeline in its own process
+//! killed with SIGKILL at random moments and restarted each time. At the end every business figure
+//! equals a batch computation over the same events (one engine, sorted input, no store, no Kafka).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deflect::generate::{GenParams, Generator};
+use deflect::produce::{EventProducer, WireFormat};
+use deflect::RunOptions;
+use deflect_core::engine::{NoStore, PartitionEngine};
+use deflect_core::metrics::Metric;
+use deflect_kafka::ClientSettings;
+
+use crate::support::*;
+
+fn deflect_bin() -> PathBuf {
+    // target/<profile>/deps/it-… -> target/<profile>/deflect
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("deflect");
+    assert!(
+        bin.exists(),
+        "build the deflect binary first ({})",
+        bin.display()
+    );
+    bin
+}
+
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Broker {
+    fn start(topics: &[&str]) -> Broker {
+        let mut cmd = Command::new(deflect_bin());
+        cmd.arg("broker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for t in topics {
+            cmd.arg("--topic").arg(t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let bootstrap = line
+            .trim()
+            .strip_prefix("bootstrap=")
+            .expect("broker prints its address")
+            .to_string();
+        Broker { child, bootstrap }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny deterministic generator of kill moments (no extra dependency).
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn sigkill_ten_times_then_exact_figures() {
+    let topic = "kill-input";
+    let broker = Broker::start(&[&format!("{topic}:12")]);
+    let params = GenParams {
+        contacts_per_hour: 1_500.0,
+        customers: 30_000,
+        seed: 11,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let mut events = Vec::new();
+    let mut t = params.start_ms;
+    while events.len() < 200_000 {
+        t += 3_600_000;
+        events.extend(g.until(t));
+    }
+    events.truncate(200_000);
+    let mut p = EventProducer::new(
+        &ClientSettings::new(broker.bootstrap.clone()),
+        topic,
+        WireFormat::Protobuf,
+    )
+    .unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+
+    // the batch oracle: one engine, the events in processing order, everything finalized
+    let mut oracle = PartitionEngine::new(std::sync::Arc::new(deflect::Config::default().engine()));
+    let mut sorted = events.clone();
+    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    for (i, e) in sorted.into_iter().enumerate() {
+        oracle.ingest(i as i64, e, 0);
+    }
+    oracle.finalize(&mut NoStore);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&broker.bootstrap, topic, &dir.path().join("state"), "kill");
+    cfg.pipeline.max_batch = 1000;
+    cfg.kafka
+        .properties
+        .insert("session.timeout.ms".into(), "3000".into());
+    cfg.kafka
+        .properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    let cfg_path = dir.path().join("deflect.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut kills = Vec::new();
+    let started = Instant::now();
+    while kills.len() < 10 {
+        let mut child = Command::new(deflect_bin())
+            .args(["run", "--exit-at-eof", "--config"])
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(300 + next_rand(&mut rng) % 2_700);
+        let deadline = Instant::now() + wait;
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match exited {
+            Some(status) => {
+                // finished before the kill: nothing left to kill
+                assert!(status.success(), "deflect run failed: {status}");
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills.push(wait.as_millis());
+            }
+        }
+    }
+    // run to the end
+    let status = Command::new(deflect_bin())
+        .args(["run", "--exit-at-eof", "--config"])
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eprintln!(
+        "kill test: {} SIGKILLs after {:?} ms of each run; {:.1} s in all",
+        kills.len(),
+        kills,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        kills.len() >= 10,
+        "only {} kills happened before the input was consumed",
+        kills.len()
+    );
+
+    // read the figures the state holds, through the pipeline's own /metrics
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    svc.wait_pipeline().unwrap();
+    let m = without_partition(&parse_metrics(
+        &http_get(svc.addr(), "/metrics").1,
+        "deflect_",
+    ));
+    svc.shutdown().unwrap();
+
+    let mut compared = 0;
+    for (k, v) in &oracle.totals().0 {
+        if k.metric == Metric::QueueWaitBucket {
+            continue; // cumulative on /metrics; checked through +Inf below
+        }
+        let mut labels: Vec<String> = k
+            .metric
+            .labels()
+            .iter()
+            .zip(&k.labels)
+            .map(|(l, v)| format!("{l}=\"{v}\""))
+            .collect();
+        labels.sort();
+        let series = format!("{}{{{}}}", k.metric.name(), labels.join(","));
+        assert_eq!(m.get(&series).copied(), Some(*v as f64), "{series}");
+        compared += 1;
+    }
+    for metric in Metric::ALL
+        .iter()
+        .filter(|m| **m != Metric::QueueWaitBucket)
+    {
+        assert_eq!(
+            sum(&m, metric.name(), &[]),
+            oracle.totals().total(*metric) as f64,
+            "{}",
+            metric.name()
+        );
+    }
+    assert_eq!(
+        sum(&m, Metric::QueueWaitBucket.name(), &[("le", "+Inf")]),
+        oracle.totals().total(Metric::QueueAnswered) as f64
+    );
+    assert!(compared > 50, "compared {compared} series");
+    assert!(oracle.totals().total(Metric::PotentialCalls) > 10_000);
+}
