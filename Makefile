@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/deflect/target
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint unit bench clean-state
+.PHONY: setup build demo test lint rules bench
 
 setup:
 	@bash scripts/setup.sh
@@ -18,9 +18,12 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-test: lint
+test: lint rules
 	$(CARGO) build --release --workspace --bins   # the kill test runs the real binary
 	$(CARGO) test --release --workspace
+
+rules: setup
+	cd deploy/prometheus && promtool check rules deflect-rules.yml && promtool test rules deflect-rules.test.yml
 
 bench: setup
 	$(CARGO) bench -p deflect-benches --bench engine
