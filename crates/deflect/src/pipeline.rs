@@ -109,6 +109,14 @@ pub fn run(
     )
     .context("cannot open state store")?;
     let settings = cfg.client_settings();
+    // fail fast, with one clear line, when the brokers cannot be reached or the topic is missing
+    deflect_kafka::partition_count(&settings, &cfg.kafka.input_topic, Duration::from_secs(20))
+        .with_context(|| {
+            format!(
+                "cannot read topic {:?} from Kafka at {}",
+                cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
+            )
+        })?;
     let consumer = GroupConsumer::new(&settings, &cfg.kafka.group_id, &cfg.kafka.input_topic)
         .context("cannot create Kafka consumer")?;
     let dlq = if cfg.kafka.dead_letter_topic.is_empty() {
