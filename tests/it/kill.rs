@@ -28,6 +28,17 @@ fn deflect_bin() -> PathBuf {
     bin
 }
 
+/// `deflect run --exit-at-eof` in its own process, output discarded.
+fn run_command(cfg: &std::path::Path) -> Command {
+    let mut c = Command::new(deflect_bin());
+    c.args(["run", "--exit-at-eof", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 struct Broker {
     child: Child,
     bootstrap: String,
@@ -126,14 +137,7 @@ fn sigkill_ten_times_then_exact_figures() {
     let mut kills = Vec::new();
     let started = Instant::now();
     while kills.len() < 10 {
-        let mut child = Command::new(deflect_bin())
-            .args(["run", "--exit-at-eof", "--config"])
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run_command(&cfg_path).spawn().unwrap();
         let wait = Duration::from_millis(300 + next_rand(&mut rng) % 2_700);
         let deadline = Instant::now() + wait;
         let mut exited = None;
@@ -158,14 +162,7 @@ fn sigkill_ten_times_then_exact_figures() {
         }
     }
     // run to the end
-    let status = Command::new(deflect_bin())
-        .args(["run", "--exit-at-eof", "--config"])
-        .arg(&cfg_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = run_command(&cfg_path).status().unwrap();
     assert!(status.success());
     eprintln!(
         "kill test: {} SIGKILLs after {:?} ms of each run; {:.1} s in all",
