@@ -116,7 +116,8 @@ enum Command {
     },
     /// Turn real contact-center data into contact events, sorted by event time, and produce them.
     Replay {
-        /// Source format: `anonymous-bank` (the 1999 bank calls, plain or gzip).
+        /// Source format: `anonymous-bank` (the 1999 bank calls, plain or gzip) or `connect-ctr`
+        /// (Amazon Connect contact records: JSON lines, arrays or back-to-back objects).
         source: String,
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -341,8 +342,9 @@ fn replay(
     topic: &str,
     format: WireFormat,
 ) -> Result<()> {
-    let adapter = crate::replay::adapter(source)
-        .with_context(|| format!("unknown replay source {source:?} (known: anonymous-bank)"))?;
+    let adapter = crate::replay::adapter(source).with_context(|| {
+        format!("unknown replay source {source:?} (known: anonymous-bank, connect-ctr)")
+    })?;
     let converted = crate::replay::convert_files(adapter.as_ref(), files)?;
     let mut p = EventProducer::new(&ClientSettings::new(brokers), topic, format)?;
     let bar = indicatif::ProgressBar::new(converted.events.len() as u64).with_style(

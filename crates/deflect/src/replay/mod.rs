@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use deflect_core::event::Event;
 
 pub mod anonymous_bank;
+pub mod connect_ctr;
 
 /// What an adapter read from one source.
 #[derive(Debug, Default)]
@@ -49,6 +50,7 @@ pub trait Adapter {
 pub fn adapter(name: &str) -> Option<Box<dyn Adapter>> {
     match name {
         "anonymous-bank" => Some(Box::new(anonymous_bank::AnonymousBank)),
+        "connect-ctr" => Some(Box::new(connect_ctr::ConnectCtr)),
         _ => None,
     }
 }
