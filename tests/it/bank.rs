@@ -97,6 +97,7 @@ fn month(dir: &std::path::Path, file: &str, readme: (u64, u64, u64, u64, u64, f6
     let converted =
         replay::convert_files(&replay::anonymous_bank::AnonymousBank, &[&path]).unwrap();
     assert_eq!(converted.records, f.valid);
+    per_interval(&text, &converted.events, file);
     assert_eq!(
         converted.skipped.get("phantom").copied().unwrap_or(0),
         f.phantom
@@ -252,4 +253,100 @@ fn anonymous_bank_january_and_february_match_the_data() {
         "02_February.txt.gz",
         (33_043, 1_047, 18_035, 3_961, 14_074, 78.54, 21.96),
     );
+}
+
+/// Per 15-minute local interval: (calls, queued, answered in queue, wait ms of those answers,
+/// abandoned in queue), attributed to the interval in which each happened (calls at IVR entry, TT
+/// callback legs excluded; queue entry; answer and abandon at `q_start + q_time`).
+type IntervalFigures = BTreeMap<String, (u64, u64, u64, u64, u64)>;
+
+/// Straight from the file, with local clock arithmetic (no time zone library, no engine).
+fn intervals_from_file(text: &str) -> IntervalFigures {
+    fn secs(clock: &str) -> i64 {
+        let p: Vec<i64> = clock.split(':').map(|x| x.parse().unwrap()).collect();
+        p[0] * 3600 + p[1] * 60 + p[2]
+    }
+    fn key(date: jiff::civil::Date, mut sec: i64) -> String {
+        let mut d = date;
+        while sec >= 86_400 {
+            sec -= 86_400;
+            d = d.tomorrow().unwrap();
+        }
+        let quarter = sec / 900 * 900;
+        format!("{d}T{:02}:{:02}", quarter / 3600, quarter % 3600 / 60)
+    }
+    let mut out = IntervalFigures::new();
+    for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
+        let c: Vec<&str> = line.split('\t').collect();
+        if c[12] == "PHANTOM" || c[8].parse::<i64>().unwrap() < 0 {
+            continue;
+        }
+        let date = jiff::civil::Date::new(
+            1900 + c[5][..2].parse::<i16>().unwrap(),
+            c[5][2..4].parse().unwrap(),
+            c[5][4..].parse().unwrap(),
+        )
+        .unwrap();
+        let entry = secs(c[6]);
+        if c[4] != "TT" {
+            out.entry(key(date, entry)).or_default().0 += 1;
+        }
+        if c[9] == "0:00:00" {
+            continue;
+        }
+        let mut q = secs(c[9]);
+        if q < entry - 3600 {
+            q += 86_400; // queued after midnight
+        }
+        let wait: i64 = c[11].parse().unwrap();
+        out.entry(key(date, q)).or_default().1 += 1;
+        let e = out.entry(key(date, q + wait)).or_default();
+        if c[12] == "AGENT" {
+            e.2 += 1;
+            e.3 += wait as u64 * 1000;
+        } else {
+            e.4 += 1;
+        }
+    }
+    out
+}
+
+/// The same figures from the engine's closed intervals over the replayed events.
+fn per_interval(text: &str, events: &[deflect_core::Event], file: &str) {
+    use deflect_core::metrics::Metric;
+    let mut cfg = deflect::Config::default();
+    cfg.site.time_zone = replay::anonymous_bank::TIME_ZONE.into();
+    let engine_cfg = std::sync::Arc::new(cfg.engine());
+    let mut e = deflect_core::engine::PartitionEngine::new(engine_cfg.clone());
+    for (i, ev) in events.iter().enumerate() {
+        e.ingest(i as i64, ev.clone(), 0);
+    }
+    let mut got = IntervalFigures::new();
+    for c in e.finalize(&mut deflect_core::engine::NoStore) {
+        let local = engine_cfg.intervals.format_local(c.interval.start);
+        let f = (
+            c.counters.total(Metric::PotentialCalls),
+            c.counters.total(Metric::QueueEntered),
+            c.counters.total(Metric::QueueAnswered),
+            c.counters.total(Metric::QueueWaitMs),
+            c.counters.total(Metric::QueueAbandoned),
+        );
+        if f != (0, 0, 0, 0, 0) {
+            got.insert(local[..16].to_string(), f);
+        }
+    }
+    let expected = intervals_from_file(text);
+    for (k, v) in &expected {
+        assert_eq!(
+            got.get(k),
+            Some(v),
+            "{file}: interval {k} (calls, queued, answered, wait ms, abandoned)"
+        );
+    }
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{file}: intervals with queue activity"
+    );
+    eprintln!("{file}: {} intervals match", expected.len());
 }
