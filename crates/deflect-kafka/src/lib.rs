@@ -92,10 +92,11 @@ impl GroupContext {
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            // reaching the end of a partition is reported through poll as well; not an error
-            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "end of partition"),
-            e => tracing::warn!(error = %e, %reason, "kafka client error"),
+        // reaching the end of a partition is reported through poll as well; not an error
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(%reason, "end of partition");
+        } else {
+            tracing::warn!(error = %error, %reason, "kafka client error");
         }
     }
 
