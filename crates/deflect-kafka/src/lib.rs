@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -245,23 +245,6 @@ impl GroupConsumer {
             .commit(&self.offset_list(offsets)?, CommitMode::Sync)?;
         Ok(())
     }
-
-    /// The high watermark (log end offset) of each partition, fetched from the broker.
-    pub fn high_watermarks(
-        &self,
-        partitions: &[i32],
-        timeout: Duration,
-    ) -> Result<Vec<(i32, i64)>, Error> {
-        partitions
-            .iter()
-            .map(|p| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, *p, timeout)
-                    .map(|(_, high)| (*p, high))
-                    .map_err(Error::from)
-            })
-            .collect()
-    }
 }
 
 /// A plain consumer that reads a topic from the beginning without a group (benchmarks, tests).
@@ -386,6 +369,3 @@ impl Drop for EmbeddedBroker {
         }
     }
 }
-
-/// Keeps `Arc` in the public API tidy for callers that share settings across threads.
-pub type SharedSettings = Arc<ClientSettings>;

@@ -244,16 +244,6 @@ impl Store {
             })
             .sum()
     }
-
-    /// Number of write stalls so far (`rocksdb.actual-delayed-write-rate` is 0 when none).
-    pub fn is_write_stopped(&self) -> bool {
-        self.db
-            .property_int_value("rocksdb.is-write-stopped")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-            != 0
-    }
 }
 
 pub struct JourneyReader<'a> {

@@ -73,11 +73,6 @@ impl Service {
         self.metrics.render()
     }
 
-    /// A flag that stops the pipeline after its current batch when set (signal handlers).
-    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
-        self.cancel.clone()
-    }
-
     pub fn pipeline_finished(&self) -> bool {
         self.pipeline.as_ref().is_none_or(|p| p.is_finished())
     }
