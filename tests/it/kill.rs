@@ -112,14 +112,7 @@ fn sigkill_ten_times_then_exact_figures() {
     }
     p.flush().unwrap();
 
-    // the batch oracle: one engine, the events in processing order, everything finalized
-    let mut oracle = PartitionEngine::new(std::sync::Arc::new(deflect::Config::default().engine()));
-    let mut sorted = events.clone();
-    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    for (i, e) in sorted.into_iter().enumerate() {
-        oracle.ingest(i as i64, e, 0);
-    }
-    oracle.finalize(&mut NoStore);
+    let oracle = batch_oracle(&events);
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&broker.bootstrap, topic, &dir.path().join("state"), "kill");
@@ -176,6 +169,24 @@ fn sigkill_ten_times_then_exact_figures() {
         kills.len()
     );
 
+    assert_state_matches(cfg, &oracle);
+}
+
+/// The batch oracle: one engine, the events in processing order, everything finalized.
+fn batch_oracle(events: &[deflect_core::Event]) -> PartitionEngine {
+    let mut oracle = PartitionEngine::new(std::sync::Arc::new(deflect::Config::default().engine()));
+    let mut sorted = events.to_vec();
+    sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    for (i, e) in sorted.into_iter().enumerate() {
+        oracle.ingest(i as i64, e, 0);
+    }
+    oracle.finalize(&mut NoStore);
+    oracle
+}
+
+/// Reads the figures the state holds through the pipeline's own /metrics and compares every business
+/// counter with the oracle's.
+fn assert_state_matches(cfg: deflect::Config, oracle: &PartitionEngine) {
     // read the figures the state holds, through the pipeline's own /metrics
     let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
     svc.wait_pipeline().unwrap();
@@ -219,4 +230,77 @@ fn sigkill_ten_times_then_exact_figures() {
     );
     assert!(compared > 50, "compared {compared} series");
     assert!(oracle.totals().total(Metric::PotentialCalls) > 10_000);
+}
+
+/// SIGTERM: the pipeline finishes the batch in hand, writes it, commits and exits 0 within a bounded
+/// time; a restart then completes to exactly the oracle's figures.
+#[test]
+fn sigterm_exits_cleanly_and_loses_nothing() {
+    let topic = "term-input";
+    // 8 partitions keep each under the mock cluster's ~5 MiB retention
+    let broker = Broker::start(&[&format!("{topic}:8")]);
+    let params = GenParams {
+        contacts_per_hour: 1_000.0,
+        customers: 20_000,
+        seed: 5,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 24 * 3_600_000);
+    let mut p = EventProducer::new(
+        &ClientSettings::new(broker.bootstrap.clone()),
+        topic,
+        WireFormat::Protobuf,
+    )
+    .unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+    let oracle = batch_oracle(&events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&broker.bootstrap, topic, &dir.path().join("state"), "term");
+    cfg.pipeline.max_batch = 500;
+    cfg.kafka
+        .properties
+        .insert("session.timeout.ms".into(), "3000".into());
+    let cfg_path = dir.path().join("deflect.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+
+    // without --exit-at-eof: it would run forever
+    let mut child = Command::new(deflect_bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "deflect did not exit within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "sigterm: exited {status} after {} ms",
+        sent.elapsed().as_millis()
+    );
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    let status = run_command(&cfg_path).status().unwrap();
+    assert!(status.success());
+    assert_state_matches(cfg, &oracle);
 }
