@@ -1,6 +1,8 @@
 // Compiles proto/ with protox (pure Rust; no protoc needed) and hands the descriptors to prost-build.
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // read at run time: a build script binary may be reused from another checkout of the workspace
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest).join("../../proto");
     let file = root.join("deflect/v1/events.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let fds = protox::compile([&file], [&root]).expect("compile proto/deflect/v1/events.proto");

@@ -101,30 +101,12 @@ fn sigkill_ten_times_then_exact_figures() {
         events.extend(g.until(t));
     }
     events.truncate(200_000);
-    let mut p = EventProducer::new(
-        &ClientSettings::new(broker.bootstrap.clone()),
-        topic,
-        WireFormat::Protobuf,
-    )
-    .unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
+    produce(&broker, topic, &events);
 
     let oracle = batch_oracle(&events);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&broker.bootstrap, topic, &dir.path().join("state"), "kill");
-    cfg.pipeline.max_batch = 1000;
-    cfg.kafka
-        .properties
-        .insert("session.timeout.ms".into(), "3000".into());
-    cfg.kafka
-        .properties
-        .insert("heartbeat.interval.ms".into(), "500".into());
-    let cfg_path = dir.path().join("deflect.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let (cfg, cfg_path) = pipeline_config(&broker, topic, dir.path(), "kill", 1000);
 
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut kills = Vec::new();
@@ -247,26 +229,11 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
     };
     let mut g = Generator::new(params.clone()).unwrap();
     let events = g.until(params.start_ms + 24 * 3_600_000);
-    let mut p = EventProducer::new(
-        &ClientSettings::new(broker.bootstrap.clone()),
-        topic,
-        WireFormat::Protobuf,
-    )
-    .unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
+    produce(&broker, topic, &events);
     let oracle = batch_oracle(&events);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&broker.bootstrap, topic, &dir.path().join("state"), "term");
-    cfg.pipeline.max_batch = 500;
-    cfg.kafka
-        .properties
-        .insert("session.timeout.ms".into(), "3000".into());
-    let cfg_path = dir.path().join("deflect.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let (cfg, cfg_path) = pipeline_config(&broker, topic, dir.path(), "term", 500);
 
     // without --exit-at-eof: it would run forever
     let mut child = Command::new(deflect_bin())
@@ -303,4 +270,32 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
     let status = run_command(&cfg_path).status().unwrap();
     assert!(status.success());
     assert_state_matches(cfg, &oracle);
+}
+
+fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
+    let settings = ClientSettings::new(broker.bootstrap.clone());
+    let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
+    for e in events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+}
+
+/// A config for a pipeline process (short group session so restarts rejoin quickly), written to
+/// `dir/deflect.toml`.
+fn pipeline_config(
+    broker: &Broker,
+    topic: &str,
+    dir: &std::path::Path,
+    group: &str,
+    max_batch: usize,
+) -> (deflect::Config, PathBuf) {
+    let mut cfg = config(&broker.bootstrap, topic, &dir.join("state"), group);
+    cfg.pipeline.max_batch = max_batch;
+    let props = &mut cfg.kafka.properties;
+    props.insert("session.timeout.ms".into(), "3000".into());
+    props.insert("heartbeat.interval.ms".into(), "500".into());
+    let path = dir.join("deflect.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    (cfg, path)
 }
