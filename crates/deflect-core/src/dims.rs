@@ -20,6 +20,8 @@ pub struct DimensionsConfig {
     pub intents: Vec<String>,
     /// Queues reported by name; others are `other`, absent ones `none`.
     pub queues: Vec<String>,
+    /// IVR node ids reported by name; others are `other`.
+    pub ivr_nodes: Vec<String>,
 }
 
 impl DimensionsConfig {
@@ -38,6 +40,9 @@ impl DimensionsConfig {
     }
     pub fn queue(&self, v: Option<&str>) -> String {
         Self::fold(&self.queues, v)
+    }
+    pub fn ivr_node(&self, v: &str) -> String {
+        Self::fold(&self.ivr_nodes, Some(v))
     }
 }
 
@@ -60,6 +65,7 @@ mod tests {
             tenants: vec!["acme".into()],
             intents: vec!["billing".into()],
             queues: vec![],
+            ivr_nodes: vec!["main".into()],
         };
         assert_eq!(c.tenant("acme"), "acme");
         assert_eq!(c.tenant("evil-corp"), "other");
@@ -68,5 +74,7 @@ mod tests {
         assert_eq!(c.intent(None), "none");
         assert_eq!(c.queue(Some("")), "none");
         assert_eq!(c.queue(Some("sales")), "other");
+        assert_eq!(c.ivr_node("main"), "main");
+        assert_eq!(c.ivr_node("menu-7"), "other");
     }
 }

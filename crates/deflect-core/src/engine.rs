@@ -83,6 +83,8 @@ pub struct PartitionSnapshot {
     pub stats: Stats,
     /// Id of the blob the events accepted in the current batch will be written in.
     pub next_blob: u64,
+    /// Open callbacks of closed intervals: id → (requested at, tenant, queue).
+    pub callbacks: BTreeMap<String, (Millis, String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +140,16 @@ impl StateChanges {
     }
 }
 
+enum CallbackOp {
+    Open(String, Millis, String, String),
+    Close(String),
+}
+
 struct Acc {
     interval: Interval,
     counters: Counters,
     heat: HeatCell,
+    callbacks: Vec<CallbackOp>,
 }
 
 impl Figures for Acc {
@@ -154,6 +162,17 @@ impl Figures for Acc {
     fn heat_answer(&mut self, wait_ms: i64) {
         self.heat.answered += 1;
         self.heat.wait_ms += wait_ms.max(0) as u64;
+    }
+    fn callback_opened(&mut self, id: &str, at: Millis, tenant: &str, queue: &str) {
+        self.callbacks.push(CallbackOp::Open(
+            id.to_string(),
+            at,
+            tenant.to_string(),
+            queue.to_string(),
+        ));
+    }
+    fn callback_closed(&mut self, id: &str) {
+        self.callbacks.push(CallbackOp::Close(id.to_string()));
     }
 }
 
@@ -373,6 +392,7 @@ impl PartitionEngine {
                     interval,
                     counters: Counters::default(),
                     heat: HeatCell::default(),
+                    callbacks: Vec::new(),
                 });
             }
             let a = acc.as_mut().expect("set above");
@@ -405,6 +425,16 @@ impl PartitionEngine {
 
     fn close(&mut self, a: Acc) -> ClosedInterval {
         self.snap.totals.merge(&a.counters);
+        for op in a.callbacks {
+            match op {
+                CallbackOp::Open(id, at, tenant, queue) => {
+                    self.snap.callbacks.insert(id, (at, tenant, queue));
+                }
+                CallbackOp::Close(id) => {
+                    self.snap.callbacks.remove(&id);
+                }
+            }
+        }
         let lh = self.cfg.intervals.local_hour(a.interval.start);
         let cell = self.snap.heat.entry((lh.date, lh.hour)).or_default();
         cell.arrivals += a.heat.arrivals;
@@ -532,6 +562,19 @@ impl PartitionEngine {
         ch
     }
 
+    /// Open callbacks per (tenant, queue): how many, and when the oldest was requested.
+    pub fn callback_backlog(&self) -> BTreeMap<(String, String), (u64, Millis)> {
+        let mut out: BTreeMap<(String, String), (u64, Millis)> = BTreeMap::new();
+        for (at, tenant, queue) in self.snap.callbacks.values() {
+            let e = out
+                .entry((tenant.clone(), queue.clone()))
+                .or_insert((0, *at));
+            e.0 += 1;
+            e.1 = e.1.min(*at);
+        }
+        out
+    }
+
     /// The heat map over the trailing range, one row per (weekday, hour) with data or observation.
     pub fn heatmap(&self) -> Vec<HeatRow> {
         let mut rows: BTreeMap<(u8, u8), HeatRow> = BTreeMap::new();
@@ -575,10 +618,7 @@ mod tests {
             grace_ms: 5 * MIN,
             idle_timeout_ms: i64::MAX / 4,
             heatmap_days: 28,
-            journey: JourneyConfig {
-                dims: DimensionsConfig::default(),
-                contact_timeout_ms: 4 * 60 * MIN,
-            },
+            journey: JourneyConfig::new(DimensionsConfig::default()),
         })
     }
 

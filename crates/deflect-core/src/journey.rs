@@ -1,6 +1,6 @@
-//! The journey of one customer: its open contacts and its deflected contacts awaiting a
-//! containment decision. A pure state machine: events and timer firings go in, in event-time order;
-//! figures come out through a [`Figures`] sink.
+//! The journey of one customer: its open contacts, its recently ended contacts (for surveys), the
+//! potential calls and notifications awaiting a re-contact decision. A pure state machine: events
+//! and timer firings go in, in event-time order; figures come out through a [`Figures`] sink.
 
 use std::collections::BTreeMap;
 
@@ -8,18 +8,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::dims::{Dimensions, DimensionsConfig};
 use crate::event::{
-    AiOutcome, Direction, Event, EventKind, Initiation, IvrExitReason, Millis, QueueExitReason,
+    AiOutcome, Channel, Direction, Event, EventKind, Initiation, IvrExitReason, Millis,
+    QueueExitReason,
 };
-use crate::metrics::{wait_bucket_label, Metric, Outcome, RECONTACT_WINDOWS};
+use crate::metrics::{csat_box, wait_bucket_label, Metric, Outcome, RECONTACT_WINDOWS};
 
 /// Where figures decided while applying events go. The engine attributes them to the interval of
 /// the event (or timer) being processed.
 pub trait Figures {
     fn count(&mut self, metric: Metric, labels: Vec<String>, v: u64);
+    /// A cohort figure (re-contact, containment, proactive deflection) decided now about a contact
+    /// or notification of instant `origin`. Counted now on the live surface; interval reports
+    /// attribute it to the interval of `origin` as well.
+    fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
+        let _ = origin;
+        self.count(metric, labels, 1);
+    }
     /// A potential call arrived (heat-map volume).
     fn heat_arrival(&mut self);
     /// A queued contact was answered after `wait_ms` (heat-map ASA).
     fn heat_answer(&mut self, wait_ms: i64);
+    /// A callback was requested (backlog); `tenant` and `queue` are folded labels.
+    fn callback_opened(&mut self, id: &str, at: Millis, tenant: &str, queue: &str) {
+        let _ = (id, at, tenant, queue);
+    }
+    /// A callback was completed, canceled or expired.
+    fn callback_closed(&mut self, id: &str) {
+        let _ = id;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -27,7 +43,40 @@ pub struct JourneyConfig {
     pub dims: DimensionsConfig,
     /// A contact with no event for this long ends by timeout (outcome decided then).
     pub contact_timeout_ms: Millis,
+    /// How long an ended contact's outcome is kept for surveys that refer to it.
+    pub survey_window_ms: Millis,
+    /// Service-level threshold T (answered or abandoned within T).
+    pub sl_threshold_ms: Millis,
+    /// Abandons with a wait shorter than this are short abandons.
+    pub short_abandon_ms: Millis,
+    /// Count agent answers without a queue in ASA, with a wait of 0.
+    pub asa_include_direct: bool,
+    /// Intent labels (folded) whose deflection is counted apart.
+    pub high_stakes_intents: Vec<String>,
+    /// Proactive deflection window W.
+    pub proactive_window_ms: Millis,
+    /// A requested callback still open after this long leaves the backlog as `lost`.
+    pub callback_max_age_ms: Millis,
 }
+
+impl JourneyConfig {
+    /// The defaults of the reference (T = 20 s, S = 5 s, W = 24 h, 4 h contact timeout).
+    pub fn new(dims: DimensionsConfig) -> Self {
+        JourneyConfig {
+            dims,
+            contact_timeout_ms: 4 * HOUR,
+            survey_window_ms: 7 * 24 * HOUR,
+            sl_threshold_ms: 20_000,
+            short_abandon_ms: 5_000,
+            asa_include_direct: false,
+            high_stakes_intents: Vec::new(),
+            proactive_window_ms: 24 * HOUR,
+            callback_max_age_ms: 7 * 24 * HOUR,
+        }
+    }
+}
+
+const HOUR: Millis = 3_600_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactState {
@@ -42,6 +91,13 @@ pub struct ContactState {
     pub abandon_signal: bool,
     pub escalated: bool,
     pub automated_step: bool,
+    pub context_passed: bool,
+    /// Talk + hold + after-contact work reported so far.
+    pub handle_ms: u64,
+    pub talk_known: bool,
+    pub talk_unknown: bool,
+    /// The raw intent (proactive deflection matches it against notification topics).
+    pub raw_intent: Option<String>,
 }
 
 impl ContactState {
@@ -63,6 +119,11 @@ impl ContactState {
             abandon_signal: false,
             escalated: false,
             automated_step: false,
+            context_passed: false,
+            handle_ms: 0,
+            talk_known: false,
+            talk_unknown: false,
+            raw_intent: e.intent.clone().filter(|i| !i.is_empty()),
         }
     }
 
@@ -98,14 +159,35 @@ impl ContactState {
     }
 }
 
-/// A deflected contact whose containment is not yet decided for every window.
+/// A potential call (of a known customer) whose re-contact is not yet decided for every window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch {
     pub contact_id: String,
     pub ended_at: Millis,
+    /// tenant, channel, intent.
     pub labels: Vec<String>,
+    pub outcome: Outcome,
     /// Bit i set = window `RECONTACT_WINDOWS[i]` still undecided.
     pub pending: u8,
+}
+
+/// A proactive notification waiting to learn whether the customer called about its topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationWatch {
+    pub sent_at: Millis,
+    pub topic: String,
+    /// tenant, channel, topic (folded).
+    pub labels: Vec<String>,
+}
+
+/// An ended contact, kept for `survey_window` so that a survey can be split by its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub contact_id: String,
+    pub ended_at: Millis,
+    pub outcome: Outcome,
+    pub tenant: String,
+    pub channel: Channel,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,10 +195,19 @@ pub struct Journey {
     pub known_customer: bool,
     pub contacts: BTreeMap<String, ContactState>,
     pub watches: Vec<Watch>,
+    pub notifications: Vec<NotificationWatch>,
+    pub ended: Vec<Ended>,
+    /// Open callbacks: id → (requested at, tenant label, queue label).
+    pub callbacks: BTreeMap<String, (Millis, String, String)>,
 }
 
 fn window_ms(i: usize) -> Millis {
-    RECONTACT_WINDOWS[i].1 * 3_600_000
+    RECONTACT_WINDOWS[i].1 * HOUR
+}
+
+fn with(mut labels: Vec<String>, more: &[&str]) -> Vec<String> {
+    labels.extend(more.iter().map(|s| s.to_string()));
+    labels
 }
 
 impl Journey {
@@ -129,7 +220,11 @@ impl Journey {
 
     /// Nothing left to decide: the journey can be dropped from the state store.
     pub fn is_empty(&self) -> bool {
-        self.contacts.is_empty() && self.watches.is_empty()
+        self.contacts.is_empty()
+            && self.watches.is_empty()
+            && self.notifications.is_empty()
+            && self.ended.is_empty()
+            && self.callbacks.is_empty()
     }
 
     /// The earliest event time at which a timer of this journey fires.
@@ -143,15 +238,87 @@ impl Journey {
                 .filter(move |i| w.pending & (1 << i) != 0)
                 .map(move |i| w.ended_at + window_ms(i))
         });
-        contacts.chain(watches).min()
+        let notifications = self
+            .notifications
+            .iter()
+            .map(|n| n.sent_at + cfg.proactive_window_ms);
+        let ended = self.ended.iter().map(|e| e.ended_at + cfg.survey_window_ms);
+        let callbacks = self
+            .callbacks
+            .values()
+            .map(|c| c.0 + cfg.callback_max_age_ms);
+        contacts
+            .chain(watches)
+            .chain(notifications)
+            .chain(ended)
+            .chain(callbacks)
+            .min()
     }
 
     /// Applies one event (events arrive in event-time order).
     pub fn apply(&mut self, cfg: &JourneyConfig, e: &Event, out: &mut dyn Figures) {
         let t = e.occurred_at;
-        if let EventKind::SurveyResponse { .. } | EventKind::NotificationSent { .. } = e.kind {
-            // Neither opens nor changes a contact (CSAT and proactive figures are not derived yet).
-            return;
+        match &e.kind {
+            EventKind::SurveyResponse {
+                score,
+                scale_min,
+                scale_max,
+            } => {
+                let (outcome, tenant, channel) = match self
+                    .ended
+                    .iter()
+                    .rev()
+                    .find(|x| x.contact_id == e.contact_id)
+                {
+                    Some(x) => (x.outcome.as_str(), x.tenant.clone(), x.channel),
+                    None => ("unknown", cfg.dims.tenant(&e.tenant), e.channel),
+                };
+                let labels = vec![
+                    tenant,
+                    channel.as_str().to_string(),
+                    outcome.to_string(),
+                    csat_box(*score, *scale_min, *scale_max).to_string(),
+                ];
+                out.count(Metric::CsatResponses, labels, 1);
+                return;
+            }
+            EventKind::NotificationSent { topic, .. } => {
+                let labels = vec![
+                    cfg.dims.tenant(&e.tenant),
+                    e.channel.as_str().to_string(),
+                    cfg.dims.intent(Some(topic)),
+                ];
+                if self.known_customer {
+                    self.notifications.push(NotificationWatch {
+                        sent_at: t,
+                        topic: topic.clone(),
+                        labels,
+                    });
+                } else {
+                    out.cohort(Metric::Proactive, with(labels, &["unverifiable"]), t);
+                }
+                return;
+            }
+            EventKind::CallbackCompleted { callback_id }
+            | EventKind::CallbackCanceled { callback_id }
+            | EventKind::CallbackExpired { callback_id } => {
+                let event = match e.kind {
+                    EventKind::CallbackCompleted { .. } => "completed",
+                    EventKind::CallbackCanceled { .. } => "canceled",
+                    _ => "expired",
+                };
+                // labelled like its request when the request is known
+                let (tenant, queue) = match self.callbacks.remove(callback_id) {
+                    Some((_, tenant, queue)) => {
+                        out.callback_closed(callback_id);
+                        (tenant, queue)
+                    }
+                    None => (cfg.dims.tenant(&e.tenant), cfg.dims.queue(e.queue.as_deref())),
+                };
+                out.count(Metric::Callbacks, vec![tenant, queue, event.to_string()], 1);
+                // the event belongs to a (callback) leg: keep it alive below
+            }
+            _ => {}
         }
         if let EventKind::ContactStarted {
             direction: Direction::Inbound,
@@ -165,6 +332,7 @@ impl Journey {
             .entry(e.contact_id.clone())
             .or_insert_with(|| ContactState::new(cfg, e));
         c.last_event_at = t;
+        let mut intent_known: Option<String> = None;
         match &e.kind {
             EventKind::ContactStarted {
                 direction,
@@ -175,20 +343,41 @@ impl Journey {
                 if c.potential {
                     out.count(Metric::PotentialCalls, c.contact_labels(), 1);
                     out.heat_arrival();
+                    intent_known = c.raw_intent.clone();
                 }
             }
             EventKind::IntentIdentified { intent, .. } => {
                 c.dims.intent = cfg.dims.intent(Some(intent));
+                c.raw_intent = Some(intent.clone()).filter(|i| !i.is_empty());
+                if c.potential {
+                    intent_known = c.raw_intent.clone();
+                }
             }
-            EventKind::IvrEntered { .. }
-            | EventKind::IvrMenuSelected { .. }
+            EventKind::IvrEntered { node } => {
+                c.automated_step = true;
+                let labels = vec![
+                    c.dims.tenant.clone(),
+                    c.dims.channel.as_str().to_string(),
+                    cfg.dims.ivr_node(node),
+                ];
+                out.count(Metric::IvrEntries, labels, 1);
+            }
+            EventKind::IvrMenuSelected { .. }
             | EventKind::SelfServiceViewed { .. }
             | EventKind::AiAgentStarted => c.automated_step = true,
-            EventKind::IvrExited { reason, .. } => {
+            EventKind::IvrExited { node, reason } => {
                 c.automated_step = true;
                 match reason {
                     IvrExitReason::SelfServed => c.self_service_resolved = true,
-                    IvrExitReason::HangUp => c.abandon_signal = true,
+                    IvrExitReason::HangUp => {
+                        c.abandon_signal = true;
+                        let labels = vec![
+                            c.dims.tenant.clone(),
+                            c.dims.channel.as_str().to_string(),
+                            cfg.dims.ivr_node(node),
+                        ];
+                        out.count(Metric::IvrDropoffs, labels, 1);
+                    }
                     _ => {}
                 }
             }
@@ -204,7 +393,11 @@ impl Journey {
                     AiOutcome::Escalated => c.escalated = true,
                 }
             }
-            EventKind::EscalationRequested { .. } => c.escalated = true,
+            EventKind::EscalationRequested { context_passed, .. } => {
+                c.automated_step = true;
+                c.escalated = true;
+                c.context_passed |= *context_passed;
+            }
             EventKind::QueueEntered { queue, .. } => {
                 if c.automated_step {
                     c.escalated = true;
@@ -218,42 +411,96 @@ impl Journey {
                 QueueExitReason::Abandoned => {
                     c.abandon_signal = true;
                     if let Some(q) = c.enqueued_at.take() {
-                        out.count(Metric::QueueAbandoned, c.queue_labels(), 1);
-                        out.count(Metric::QueueAbandonWaitMs, c.queue_labels(), (t - q) as u64);
+                        let wait = t - q;
+                        let l = c.queue_labels();
+                        out.count(Metric::QueueAbandoned, l.clone(), 1);
+                        out.count(Metric::QueueAbandonWaitMs, l.clone(), wait as u64);
+                        if wait < cfg.short_abandon_ms {
+                            out.count(Metric::QueueAbandonedShort, l.clone(), 1);
+                        }
+                        if wait <= cfg.sl_threshold_ms {
+                            out.count(Metric::QueueAbandonedWithin, l, 1);
+                        }
                     }
                 }
-                QueueExitReason::Callback => c.callback_requested = true,
+                QueueExitReason::Callback => {
+                    c.callback_requested = true;
+                    queue_callback(cfg, c, t, out);
+                }
                 _ => {}
             },
             EventKind::AgentConnected { .. } => {
                 c.agent_connected = true;
-                if let Some(q) = c.enqueued_at.take() {
-                    let wait = t - q;
+                let wait = match c.enqueued_at.take() {
+                    Some(q) => Some(t - q),
+                    None if cfg.asa_include_direct && !c.queued => Some(0),
+                    None => None,
+                };
+                if let Some(wait) = wait {
                     let labels = c.queue_labels();
                     out.count(Metric::QueueAnswered, labels.clone(), 1);
                     out.count(Metric::QueueWaitMs, labels.clone(), wait as u64);
-                    let mut l = labels;
-                    l.push(wait_bucket_label(wait).to_string());
-                    out.count(Metric::QueueWaitBucket, l, 1);
+                    if wait <= cfg.sl_threshold_ms {
+                        out.count(Metric::QueueAnsweredWithin, labels.clone(), 1);
+                    }
+                    out.count(
+                        Metric::QueueWaitBucket,
+                        with(labels, &[wait_bucket_label(wait)]),
+                        1,
+                    );
                     out.heat_answer(wait);
                 }
             }
-            EventKind::CallbackRequested { .. } => c.callback_requested = true,
+            EventKind::AgentDisconnected { talk_ms, hold_ms } => match talk_ms {
+                Some(talk) => {
+                    c.talk_known = true;
+                    c.handle_ms += talk + hold_ms.unwrap_or(0);
+                }
+                None => c.talk_unknown = true,
+            },
+            EventKind::AfterContactWorkEnded { acw_ms } => c.handle_ms += acw_ms.unwrap_or(0),
+            EventKind::CallbackRequested { callback_id } => {
+                c.callback_requested = true;
+                queue_callback(cfg, c, t, out);
+                let (tenant, queue) = (c.dims.tenant.clone(), c.dims.queue.clone());
+                out.callback_opened(callback_id, t, &tenant, &queue);
+                out.count(
+                    Metric::Callbacks,
+                    vec![tenant.clone(), queue.clone(), "requested".to_string()],
+                    1,
+                );
+                // a repeated request with the same id replaces the open one
+                self.callbacks.insert(callback_id.clone(), (t, tenant, queue));
+            }
             EventKind::ContactEnded { .. } => {
                 let c = self.contacts.remove(&e.contact_id).expect("inserted above");
-                self.end_contact(&e.contact_id, c, t, out);
+                self.end_contact(cfg, &e.contact_id, c, t, out);
             }
-            EventKind::AgentDisconnected { .. }
-            | EventKind::AfterContactWorkEnded { .. }
-            | EventKind::CallbackCompleted { .. }
+            EventKind::CallbackCompleted { .. }
             | EventKind::CallbackCanceled { .. }
             | EventKind::CallbackExpired { .. }
             | EventKind::SurveyResponse { .. }
             | EventKind::NotificationSent { .. } => {}
         }
+        if let Some(intent) = intent_known {
+            self.proactive_call(&intent, t, out);
+        }
     }
 
-    /// A new potential call: every watched deflected contact that ended at most W before it is
+    /// A potential call about `intent` at `t`: notifications on that topic sent at most W before
+    /// it did not deflect it.
+    fn proactive_call(&mut self, intent: &str, t: Millis, out: &mut dyn Figures) {
+        self.notifications.retain(|n| {
+            if n.topic == intent && n.sent_at <= t {
+                out.cohort(Metric::Proactive, with(n.labels.clone(), &["called"]), n.sent_at);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// A new potential call: every watched potential call that ended at most W before it is
     /// re-contacted for W.
     fn recontact(&mut self, e: &Event, out: &mut dyn Figures) {
         let t = e.occurred_at;
@@ -264,40 +511,76 @@ impl Journey {
             for (i, (name, _)) in RECONTACT_WINDOWS.iter().enumerate() {
                 if w.pending & (1 << i) != 0 && t <= w.ended_at + window_ms(i) {
                     w.pending &= !(1 << i);
-                    let mut l = w.labels.clone();
-                    l.push(name.to_string());
-                    l.push("recontacted".to_string());
-                    out.count(Metric::Containment, l, 1);
+                    decide(w, name, "recontacted", out);
                 }
             }
         }
         self.watches.retain(|w| w.pending != 0);
     }
 
-    fn end_contact(&mut self, contact_id: &str, c: ContactState, t: Millis, out: &mut dyn Figures) {
+    fn end_contact(
+        &mut self,
+        cfg: &JourneyConfig,
+        contact_id: &str,
+        c: ContactState,
+        t: Millis,
+        out: &mut dyn Figures,
+    ) {
+        let outcome = c.outcome();
+        self.ended.push(Ended {
+            contact_id: contact_id.to_string(),
+            ended_at: t,
+            outcome,
+            tenant: c.dims.tenant.clone(),
+            channel: c.dims.channel,
+        });
+        if c.automated_step {
+            out.count(Metric::AutomatedContacts, c.contact_labels(), 1);
+            if c.escalated {
+                let context = if c.context_passed { "passed" } else { "missing" };
+                out.count(Metric::Escalations, with(c.contact_labels(), &[context]), 1);
+            }
+        }
+        if c.agent_connected {
+            if c.talk_known && !c.talk_unknown {
+                out.count(Metric::Handled, c.queue_labels(), 1);
+                out.count(Metric::HandleTimeMs, c.queue_labels(), c.handle_ms);
+            } else {
+                out.count(Metric::HandleTimeUnknown, c.queue_labels(), 1);
+            }
+        }
         if !c.potential {
             return;
         }
-        let outcome = c.outcome();
-        let mut l = c.contact_labels();
-        l.push(outcome.as_str().to_string());
-        out.count(Metric::ContactOutcomes, l, 1);
-        if outcome == Outcome::Deflected {
-            if self.known_customer {
-                self.watches.push(Watch {
-                    contact_id: contact_id.to_string(),
-                    ended_at: t,
-                    labels: c.contact_labels(),
-                    pending: (1 << RECONTACT_WINDOWS.len()) - 1,
-                });
-            } else {
-                out.count(Metric::ContainmentUnverifiable, c.contact_labels(), 1);
+        let labels = c.contact_labels();
+        out.count(
+            Metric::ContactOutcomes,
+            with(labels.clone(), &[outcome.as_str()]),
+            1,
+        );
+        if outcome == Outcome::Deflected && cfg.high_stakes_intents.contains(&c.dims.intent) {
+            out.count(Metric::HighStakesDeflected, labels.clone(), 1);
+        }
+        if self.known_customer {
+            self.watches.push(Watch {
+                contact_id: contact_id.to_string(),
+                ended_at: t,
+                labels,
+                outcome,
+                pending: (1 << RECONTACT_WINDOWS.len()) - 1,
+            });
+        } else {
+            let l = with(labels.clone(), &[outcome.as_str()]);
+            out.cohort(Metric::RecontactUnverifiable, l, t);
+            if outcome == Outcome::Deflected {
+                out.cohort(Metric::ContainmentUnverifiable, labels, t);
             }
         }
     }
 
-    /// Fires every timer due at or before `t`: contacts silent for the contact timeout end, and
-    /// watches whose window passed without a re-contact are contained.
+    /// Fires every timer due at or before `t`: contacts silent for the contact timeout end,
+    /// watches whose window passed without a re-contact are decided, notifications whose window
+    /// passed deflected a call, and ended contacts older than the survey window are forgotten.
     pub fn fire(&mut self, cfg: &JourneyConfig, t: Millis, out: &mut dyn Figures) {
         let due: Vec<String> = self
             .contacts
@@ -308,20 +591,70 @@ impl Journey {
         for id in due {
             let c = self.contacts.remove(&id).expect("listed above");
             let at = c.last_event_at + cfg.contact_timeout_ms;
-            self.end_contact(&id, c, at, out);
+            self.end_contact(cfg, &id, c, at, out);
         }
         for w in &mut self.watches {
             for (i, (name, _)) in RECONTACT_WINDOWS.iter().enumerate() {
                 if w.pending & (1 << i) != 0 && w.ended_at + window_ms(i) <= t {
                     w.pending &= !(1 << i);
-                    let mut l = w.labels.clone();
-                    l.push(name.to_string());
-                    l.push("contained".to_string());
-                    out.count(Metric::Containment, l, 1);
+                    decide(w, name, "not_recontacted", out);
                 }
             }
         }
         self.watches.retain(|w| w.pending != 0);
+        self.notifications.retain(|n| {
+            if n.sent_at + cfg.proactive_window_ms <= t {
+                out.cohort(Metric::Proactive, with(n.labels.clone(), &["deflected"]), n.sent_at);
+                false
+            } else {
+                true
+            }
+        });
+        self.ended.retain(|e| e.ended_at + cfg.survey_window_ms > t);
+        self.callbacks.retain(|id, (at, tenant, queue)| {
+            if *at + cfg.callback_max_age_ms <= t {
+                out.callback_closed(id);
+                out.count(
+                    Metric::Callbacks,
+                    vec![tenant.clone(), queue.clone(), "lost".to_string()],
+                    1,
+                );
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// A queued contact asked for a callback: counted once per queue stay, for the connect variant of
+/// the service level.
+fn queue_callback(cfg: &JourneyConfig, c: &mut ContactState, t: Millis, out: &mut dyn Figures) {
+    if let Some(q) = c.enqueued_at.take() {
+        let l = c.queue_labels();
+        out.count(Metric::QueueCallbackRequested, l.clone(), 1);
+        if t - q <= cfg.sl_threshold_ms {
+            out.count(Metric::QueueCallbackWithin, l, 1);
+        }
+    }
+}
+
+/// Re-contact for one window is decided: the outcome-split figure, and containment for a
+/// deflected contact.
+fn decide(w: &Watch, window: &str, result: &str, out: &mut dyn Figures) {
+    let l = with(w.labels.clone(), &[w.outcome.as_str(), window, result]);
+    out.cohort(Metric::Recontact, l, w.ended_at);
+    if w.outcome == Outcome::Deflected {
+        let result = if result == "recontacted" {
+            "recontacted"
+        } else {
+            "contained"
+        };
+        out.cohort(
+            Metric::Containment,
+            with(w.labels.clone(), &[window, result]),
+            w.ended_at,
+        );
     }
 }
 
@@ -346,10 +679,7 @@ mod tests {
     }
 
     fn cfg() -> JourneyConfig {
-        JourneyConfig {
-            dims: DimensionsConfig::default(),
-            contact_timeout_ms: 4 * 3_600_000,
-        }
+        JourneyConfig::new(DimensionsConfig::default())
     }
 
     fn ev(contact: &str, t: Millis, kind: EventKind) -> Event {
@@ -570,6 +900,11 @@ mod tests {
             1
         );
         assert_eq!(s.0.total(Metric::ContainmentUnverifiable), 1);
+        assert_eq!(s.0.total(Metric::RecontactUnverifiable), 1);
+        // the outcome is kept for surveys until the survey window passes
+        assert_eq!(j.ended.len(), 1);
+        assert_eq!(j.next_wake(&cfg), Some(4 * H + 100 + cfg.survey_window_ms));
+        j.fire(&cfg, 4 * H + 100 + cfg.survey_window_ms, &mut s);
         assert!(j.is_empty());
     }
 

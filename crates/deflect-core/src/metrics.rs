@@ -54,22 +54,73 @@ metrics_table! {
         "Inbound, customer-initiated contacts (the deflection denominator), counted at contact_started.";
     ContactOutcomes => "deflect_contact_outcomes_total", ["tenant", "channel", "intent", "outcome"],
         "Potential calls by outcome, counted when the contact ends (contact_ended or contact timeout).";
+    HighStakesDeflected => "deflect_high_stakes_deflected_total", ["tenant", "channel", "intent"],
+        "Deflected potential calls whose intent is in journey.high_stakes_intents, counted when the contact ends.";
     Containment => "deflect_containment_total", ["tenant", "channel", "intent", "window", "result"],
         "Deflected potential calls of known customers, counted when containment is decided: result=recontacted when the customer opens a new potential call within the window, result=contained at contact end + window.";
     ContainmentUnverifiable => "deflect_containment_unverifiable_total", ["tenant", "channel", "intent"],
         "Deflected potential calls without a customer id, whose containment cannot be verified.";
+    Recontact => "deflect_recontact_total", ["tenant", "channel", "intent", "outcome", "window", "result"],
+        "Potential calls of known customers by outcome, counted when re-contact is decided (result=recontacted or not_recontacted).";
+    RecontactUnverifiable => "deflect_recontact_unverifiable_total", ["tenant", "channel", "intent", "outcome"],
+        "Potential calls without a customer id by outcome (re-contact cannot be verified).";
+    AutomatedContacts => "deflect_automated_contacts_total", ["tenant", "channel", "intent"],
+        "Contacts that had a self-service, IVR or AI-agent step (the escalation denominator), counted when the contact ends.";
+    Escalations => "deflect_escalations_total", ["tenant", "channel", "intent", "context"],
+        "Automated contacts escalated to a queue or agent, counted when the contact ends; context=passed when an escalation_requested carried context_passed=true, else missing.";
+    CsatResponses => "deflect_csat_responses_total", ["tenant", "channel", "outcome", "box"],
+        "Survey responses by the outcome of the contact they refer to (unknown if not in state) and box (top2 = the two best points of the scale, rest).";
     QueueEntered => "deflect_queue_entered_total", ["tenant", "channel", "queue"],
         "Contacts entering a queue (offered), counted at queue_entered.";
     QueueAnswered => "deflect_queue_answered_total", ["tenant", "channel", "queue"],
-        "Queued contacts answered by an agent, counted at agent_connected.";
+        "Queued contacts answered by an agent, counted at agent_connected (direct answers too when service.asa_include_direct_answers).";
     QueueWaitMs => "deflect_queue_answered_wait_milliseconds_total", ["tenant", "channel", "queue"],
         "Sum of queue waits (answer - enqueue) of answered queued contacts, in milliseconds; ASA = this / answered.";
     QueueWaitBucket => "deflect_queue_answered_wait_seconds_bucket", ["tenant", "channel", "queue", "le"],
         "Histogram buckets (cumulative on /metrics) of queue waits of answered contacts, seconds.";
+    QueueAnsweredWithin => "deflect_queue_answered_within_threshold_total", ["tenant", "channel", "queue"],
+        "Answered queued contacts whose wait was at most service.level_threshold.";
     QueueAbandoned => "deflect_queue_abandoned_total", ["tenant", "channel", "queue"],
         "Queued contacts that abandoned (queue_exited reason=abandoned).";
     QueueAbandonWaitMs => "deflect_queue_abandoned_wait_milliseconds_total", ["tenant", "channel", "queue"],
         "Sum of waits of abandoned queued contacts, in milliseconds.";
+    QueueAbandonedShort => "deflect_queue_abandoned_short_total", ["tenant", "channel", "queue"],
+        "Abandons whose wait was shorter than service.short_abandon.";
+    QueueAbandonedWithin => "deflect_queue_abandoned_within_threshold_total", ["tenant", "channel", "queue"],
+        "Abandons whose wait was at most service.level_threshold (the connect service-level variant).";
+    QueueCallbackRequested => "deflect_queue_callback_requested_total", ["tenant", "channel", "queue"],
+        "Queued contacts that left the queue for a callback (not an abandon).";
+    QueueCallbackWithin => "deflect_queue_callback_requested_within_threshold_total", ["tenant", "channel", "queue"],
+        "Callback requests from the queue within service.level_threshold of enqueue.";
+    Handled => "deflect_handled_total", ["tenant", "channel", "queue"],
+        "Contacts an agent handled whose handle time is known, counted when the contact ends.";
+    HandleTimeMs => "deflect_handle_time_milliseconds_total", ["tenant", "channel", "queue"],
+        "Sum of talk + hold + after-contact work of handled contacts, ms; AHT = this / handled.";
+    HandleTimeUnknown => "deflect_handle_time_unknown_total", ["tenant", "channel", "queue"],
+        "Contacts an agent connected to whose handle time is unknown (no talk duration); not counted as zero.";
+    IvrEntries => "deflect_ivr_node_entries_total", ["tenant", "channel", "node"],
+        "IVR node entries (ivr_entered); nodes outside dimensions.ivr_nodes are other.";
+    IvrDropoffs => "deflect_ivr_node_dropoffs_total", ["tenant", "channel", "node"],
+        "IVR hang-ups at a node (ivr_exited reason=hang_up).";
+    Callbacks => "deflect_callbacks_total", ["tenant", "queue", "event"],
+        "Callback events: requested, completed, canceled, expired, and lost (still open after journey.callback_max_age).";
+    Proactive => "deflect_proactive_notifications_total", ["tenant", "channel", "topic", "result"],
+        "Proactive notifications, counted when decided: deflected (no potential call on the topic within proactive.window), called, or unverifiable (no customer id, at send).";
+}
+
+/// The CSAT box of a response: `top2` for the two best points of the scale (4–5 of 1–5, 9–10 of
+/// 0–10), `rest` otherwise. A scale of fewer than three points has only its best point on top.
+pub fn csat_box(score: f64, scale_min: f64, scale_max: f64) -> &'static str {
+    let top = if scale_max - scale_min >= 2.0 {
+        scale_max - 1.0
+    } else {
+        scale_max
+    };
+    if score >= top {
+        "top2"
+    } else {
+        "rest"
+    }
 }
 
 /// One counter series: the metric and its label values in the order of `Metric::labels`.
@@ -145,6 +196,16 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Metric::ALL.len());
         assert!(names.iter().all(|n| n.starts_with("deflect_")));
+    }
+
+    #[test]
+    fn csat_boxes_normalise_scales() {
+        assert_eq!(csat_box(4.0, 1.0, 5.0), "top2");
+        assert_eq!(csat_box(3.0, 1.0, 5.0), "rest");
+        assert_eq!(csat_box(9.0, 0.0, 10.0), "top2");
+        assert_eq!(csat_box(8.0, 0.0, 10.0), "rest");
+        assert_eq!(csat_box(1.0, 0.0, 1.0), "top2");
+        assert_eq!(csat_box(0.0, 0.0, 1.0), "rest");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Config {
     pub journey: JourneySection,
     pub heatmap: HeatmapConfig,
     pub dimensions: DimensionsConfig,
+    pub service: ServiceConfig,
+    pub staffing: StaffingConfig,
     pub pipeline: PipelineConfig,
     pub limits: LimitsConfig,
 }
@@ -186,12 +188,79 @@ pub struct JourneySection {
     /// A contact with no event for this long (event time) ends by timeout.
     #[serde(with = "humantime_serde")]
     pub contact_timeout: Duration,
+    /// How long an ended contact's outcome is kept for surveys that refer to it (event time).
+    #[serde(with = "humantime_serde")]
+    pub survey_window: Duration,
+    /// A requested callback still open after this long (event time) leaves the backlog as `lost`.
+    #[serde(with = "humantime_serde")]
+    pub callback_max_age: Duration,
+    /// Proactive deflection window W: a notified customer who opens no potential call on the
+    /// notification's topic within W was deflected.
+    #[serde(with = "humantime_serde")]
+    pub proactive_window: Duration,
+    /// Intent labels whose deflection is counted apart (each must be in dimensions.intents).
+    pub high_stakes_intents: Vec<String>,
 }
 
 impl Default for JourneySection {
     fn default() -> Self {
         JourneySection {
             contact_timeout: Duration::from_secs(4 * 3600),
+            survey_window: Duration::from_secs(7 * 86_400),
+            callback_max_age: Duration::from_secs(7 * 86_400),
+            proactive_window: Duration::from_secs(86_400),
+            high_stakes_intents: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Service-level threshold T: answered (or abandoned, or callback requested) within T.
+    #[serde(with = "humantime_serde")]
+    pub level_threshold: Duration,
+    /// Abandons with a shorter wait are short abandons (reported apart).
+    #[serde(with = "humantime_serde")]
+    pub short_abandon: Duration,
+    /// Service-level variant of the interval reports: `standard`, `answered`, `offered` or
+    /// `connect` (Prometheus gets the counters of all four).
+    pub level_variant: String,
+    /// Count agent answers without a queue in ASA, with a wait of 0.
+    pub asa_include_direct_answers: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            level_threshold: Duration::from_secs(20),
+            short_abandon: Duration::from_secs(5),
+            level_variant: "standard".into(),
+            asa_include_direct_answers: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaffingConfig {
+    /// Service-level target for the required agents (Erlang C), fraction answered within
+    /// service.level_threshold.
+    pub target: f64,
+    /// Share of paid time agents are not available (breaks, training): scheduled staff =
+    /// ceil(agents / (1 - shrinkage)).
+    pub shrinkage: f64,
+    /// Mean patience for the Erlang A abandonment estimate.
+    #[serde(with = "humantime_serde")]
+    pub mean_patience: Duration,
+}
+
+impl Default for StaffingConfig {
+    fn default() -> Self {
+        StaffingConfig {
+            target: 0.8,
+            shrinkage: 0.3,
+            mean_patience: Duration::from_secs(300),
         }
     }
 }
@@ -229,6 +298,10 @@ impl Default for PipelineConfig {
 }
 
 const ENV_PREFIX: &str = "DEFLECT__";
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
 
 impl Config {
     /// Reads `path` (or only defaults when `None`), applies `DEFLECT__…` overrides from `env`,
@@ -350,6 +423,44 @@ impl Config {
             "journey.contact_timeout",
             "must be at least 1s".into(),
         );
+        for (i, intent) in self.journey.high_stakes_intents.iter().enumerate() {
+            check(
+                self.dimensions.intents.contains(intent),
+                &format!("journey.high_stakes_intents[{i}]"),
+                format!("{intent:?} is not in dimensions.intents (it would be folded into other)"),
+            );
+        }
+        for (key, d) in [
+            ("journey.survey_window", self.journey.survey_window),
+            ("journey.callback_max_age", self.journey.callback_max_age),
+            ("journey.proactive_window", self.journey.proactive_window),
+            ("service.level_threshold", self.service.level_threshold),
+        ] {
+            check(
+                d >= Duration::from_secs(1),
+                key,
+                "must be at least 1s".into(),
+            );
+        }
+        check(
+            ["standard", "answered", "offered", "connect"]
+                .contains(&self.service.level_variant.as_str()),
+            "service.level_variant",
+            format!(
+                "must be standard, answered, offered or connect, got {:?}",
+                self.service.level_variant
+            ),
+        );
+        check(
+            self.staffing.target > 0.0 && self.staffing.target < 1.0,
+            "staffing.target",
+            format!("must be between 0 and 1 (exclusive), got {}", self.staffing.target),
+        );
+        check(
+            (0.0..0.95).contains(&self.staffing.shrinkage),
+            "staffing.shrinkage",
+            format!("must be in [0, 0.95), got {}", self.staffing.shrinkage),
+        );
         check(
             (1..=366).contains(&self.heatmap.days),
             "heatmap.days",
@@ -381,7 +492,14 @@ impl Config {
             heatmap_days: self.heatmap.days,
             journey: JourneyConfig {
                 dims: self.dimensions.clone(),
-                contact_timeout_ms: self.journey.contact_timeout.as_millis() as i64,
+                contact_timeout_ms: ms(self.journey.contact_timeout),
+                survey_window_ms: ms(self.journey.survey_window),
+                sl_threshold_ms: ms(self.service.level_threshold),
+                short_abandon_ms: ms(self.service.short_abandon),
+                asa_include_direct: self.service.asa_include_direct_answers,
+                high_stakes_intents: self.journey.high_stakes_intents.clone(),
+                proactive_window_ms: ms(self.journey.proactive_window),
+                callback_max_age_ms: ms(self.journey.callback_max_age),
             },
         }
     }
