@@ -22,10 +22,7 @@ fn engine(c: &mut Criterion) {
         grace_ms: 300_000,
         idle_timeout_ms: i64::MAX / 4,
         heatmap_days: 28,
-        journey: JourneyConfig {
-            dims: Default::default(),
-            contact_timeout_ms: 4 * 3_600_000,
-        },
+        journey: JourneyConfig::new(Default::default()),
     });
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(events.len() as u64));

@@ -32,6 +32,8 @@ pub const HEAT_ARRIVALS: &str = "deflect_heatmap_arrivals";
 pub const HEAT_ANSWERED: &str = "deflect_heatmap_answered";
 pub const HEAT_WAIT_MS: &str = "deflect_heatmap_answered_wait_milliseconds";
 pub const HEAT_DAYS: &str = "deflect_heatmap_days_observed";
+pub const CALLBACK_BACKLOG: &str = "deflect_callback_backlog";
+pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
 
 const BATCH_SECONDS_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -112,6 +114,14 @@ pub fn describe() {
         "Time to process, persist and commit one poll batch."
     );
     describe_histogram!(BATCH_RECORDS, "Records per poll batch.");
+    describe_gauge!(
+        CALLBACK_BACKLOG,
+        "Callbacks requested and not yet completed, canceled, expired or lost, at the closed frontier."
+    );
+    describe_gauge!(
+        CALLBACK_OLDEST,
+        "Age of the oldest open callback at the closed frontier (event time), seconds; take max across partitions."
+    );
     describe_gauge!(STATE_BYTES, "Estimated live bytes in the RocksDB state.");
     describe_gauge!(
         HEAT_ARRIVALS,
@@ -228,8 +238,33 @@ pub fn export_partition(p: i32, engine: &PartitionEngine) {
     if let Some(f) = engine.frontier() {
         gauge!(FRONTIER, "partition" => ps.clone()).set(f as f64 / 1000.0);
     }
+    export_callbacks(&ps, engine);
     gauge!(PENDING_EVENTS, "partition" => ps.clone()).set(engine.pending_len() as f64);
     gauge!(TIMERS, "partition" => ps).set(engine.timers_len() as f64);
+}
+
+/// Backlog gauges of every (tenant, queue) with open callbacks; a pair whose backlog emptied is set
+/// to zero while the engine remembers it was seen.
+fn export_callbacks(ps: &str, engine: &PartitionEngine) {
+    let backlog = engine.callback_backlog();
+    let frontier = engine.frontier().unwrap_or(0);
+    // pairs that had callbacks go to zero rather than vanish (a cleared backlog is a value)
+    for k in engine.totals().0.keys() {
+        if k.metric == Metric::Callbacks && k.labels[2] == "requested" {
+            let (tenant, queue) = (k.labels[0].clone(), k.labels[1].clone());
+            let (n, oldest) = backlog
+                .get(&(tenant.clone(), queue.clone()))
+                .copied()
+                .map_or((0, 0.0), |(n, at)| (n, (frontier - at).max(0) as f64 / 1000.0));
+            let l = [
+                ("tenant", tenant),
+                ("queue", queue),
+                ("partition", ps.to_string()),
+            ];
+            gauge!(CALLBACK_BACKLOG, &l).set(n as f64);
+            gauge!(CALLBACK_OLDEST, &l).set(oldest);
+        }
+    }
 }
 
 pub fn full_refresh(p: i32, engine: &PartitionEngine) {
