@@ -116,6 +116,50 @@ pub struct ClosedInterval {
     pub heat: HeatCell,
 }
 
+/// Which part of an interval's report a record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportPart {
+    /// Figures attributed to the interval by their deciding event: final when it closes.
+    Figures,
+    /// Cohort figures (re-contact, containment, proactive deflection) of the contacts that ended
+    /// and the notifications sent in the interval: revised as each horizon passes.
+    Cohort,
+}
+
+impl ReportPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportPart::Figures => "figures",
+            ReportPart::Cohort => "cohort",
+        }
+    }
+}
+
+/// One revision of one part of an interval's report. Its content depends only on the accepted
+/// events (it is a snapshot at an event-time instant), so replaying the same input yields the
+/// same reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub interval: Interval,
+    pub part: ReportPart,
+    pub revision: u32,
+    pub is_final: bool,
+    /// Labels of the horizons (`24h`, `72h`, `7d`, the proactive window) already final.
+    pub horizons_final: Vec<String>,
+    pub counters: Counters,
+    pub heat: HeatCell,
+}
+
+/// The cohort of one closed interval until its last horizon passes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortState {
+    pub start: Millis,
+    pub end: Millis,
+    /// Revisions emitted so far.
+    pub emitted: u32,
+    pub counters: Counters,
+}
+
 /// State writes produced since the last call to `take_changes`, already encoded
 /// ([`crate::codec`]).
 #[derive(Debug, Default)]
@@ -128,6 +172,8 @@ pub struct StateChanges {
     pub timers_del: Vec<TimerKey>,
     /// New value of each changed journey; `None` deletes it.
     pub journeys: Vec<(String, Option<Vec<u8>>)>,
+    /// New value of each changed cohort (by interval start); `None` deletes it.
+    pub cohorts: Vec<(Millis, Option<Vec<u8>>)>,
 }
 
 impl StateChanges {
@@ -137,6 +183,7 @@ impl StateChanges {
             && self.timers_put.is_empty()
             && self.timers_del.is_empty()
             && self.journeys.is_empty()
+            && self.cohorts.is_empty()
     }
 }
 
@@ -150,6 +197,8 @@ struct Acc {
     counters: Counters,
     heat: HeatCell,
     callbacks: Vec<CallbackOp>,
+    /// Cohort figures decided by the item being processed: (origin instant, metric, labels).
+    cohort: Vec<(Millis, Metric, Vec<String>)>,
 }
 
 impl Figures for Acc {
@@ -174,6 +223,10 @@ impl Figures for Acc {
     fn callback_closed(&mut self, id: &str) {
         self.callbacks.push(CallbackOp::Close(id.to_string()));
     }
+    fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
+        self.counters.add(metric, labels.clone(), 1);
+        self.cohort.push((origin, metric, labels));
+    }
 }
 
 pub struct PartitionEngine {
@@ -193,11 +246,24 @@ pub struct PartitionEngine {
     /// fired within one batch must not be written back by a later put.
     timer_ops: BTreeMap<TimerKey, bool>,
     changes: StateChanges,
+    /// Cohorts of closed intervals whose last horizon has not passed, by interval start.
+    cohorts: BTreeMap<Millis, CohortState>,
+    /// (instant the next revision is due, interval start) of every cohort past revision 0.
+    revisions_due: BTreeSet<(Millis, Millis)>,
+    dirty_cohorts: BTreeSet<Millis>,
+    /// Reports produced since the last `take_reports`.
+    reports: Vec<Report>,
 }
 
 impl PartitionEngine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
-        Self::restore(cfg, PartitionSnapshot::default(), Vec::new(), Vec::new())
+        Self::restore(
+            cfg,
+            PartitionSnapshot::default(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )
     }
 
     /// Rebuilds an engine from stored state.
@@ -206,6 +272,7 @@ impl PartitionEngine {
         snap: PartitionSnapshot,
         blobs: Vec<(u64, Vec<Event>)>,
         timers: Vec<TimerKey>,
+        cohorts: Vec<CohortState>,
     ) -> Self {
         // Events before the frontier were processed before the state was written; a blob whose
         // events were all processed is deleted with the next write.
@@ -246,7 +313,111 @@ impl PartitionEngine {
             dirty: HashSet::default(),
             timer_ops: BTreeMap::new(),
             changes,
+            cohorts: BTreeMap::new(),
+            revisions_due: BTreeSet::new(),
+            dirty_cohorts: BTreeSet::new(),
+            reports: Vec::new(),
         }
+        .with_cohorts(cohorts)
+    }
+
+    fn with_cohorts(mut self, cohorts: Vec<CohortState>) -> Self {
+        for c in cohorts {
+            let start = c.start;
+            self.cohorts.insert(start, c);
+            self.schedule(start);
+        }
+        self
+    }
+
+    /// Indexes when the next revision of a cohort is due.
+    fn schedule(&mut self, start: Millis) {
+        let horizons = self.horizons();
+        if let Some(c) = self.cohorts.get(&start) {
+            if c.emitted >= 1 {
+                if let Some((_, ms)) = horizons.get(c.emitted as usize - 1) {
+                    self.revisions_due.insert((c.end + ms, start));
+                }
+            }
+        }
+    }
+
+    /// The horizons of the cohort figures, increasing, with their labels: the re-contact windows
+    /// and the proactive window.
+    fn horizons(&self) -> Vec<(String, Millis)> {
+        let mut h: Vec<(String, Millis)> = crate::metrics::RECONTACT_WINDOWS
+            .iter()
+            .map(|(n, hours)| (n.to_string(), hours * 3_600_000))
+            .collect();
+        let pw = self.cfg.journey.proactive_window_ms;
+        if !h.iter().any(|(_, ms)| *ms == pw) {
+            h.push((format!("proactive_{}m", pw / 60_000), pw));
+        }
+        h.sort_by_key(|(_, ms)| *ms);
+        h
+    }
+
+    fn cohort_state(&mut self, i: Interval) -> &mut CohortState {
+        self.cohorts.entry(i.start).or_insert_with(|| CohortState {
+            start: i.start,
+            end: i.end,
+            emitted: 0,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Emits the cohort revision of `start` for every horizon that passed by now (revision 0 at
+    /// close, then one per horizon).
+    fn emit_cohort(&mut self, start: Millis) {
+        let horizons = self.horizons();
+        let Some(c) = self.cohorts.get(&start) else {
+            return;
+        };
+        let passed = horizons.iter().take(c.emitted as usize);
+        let final_labels: Vec<String> = passed.map(|(n, _)| n.clone()).collect();
+        let is_final = final_labels.len() == horizons.len();
+        self.reports.push(Report {
+            interval: Interval {
+                start: c.start,
+                end: c.end,
+            },
+            part: ReportPart::Cohort,
+            revision: c.emitted,
+            is_final,
+            horizons_final: final_labels,
+            counters: c.counters.clone(),
+            heat: HeatCell::default(),
+        });
+        let c = self.cohorts.get_mut(&start).expect("present");
+        c.emitted += 1;
+        self.dirty_cohorts.insert(start);
+        if is_final {
+            self.cohorts.remove(&start);
+        } else {
+            self.schedule(start);
+        }
+    }
+
+    /// Every item before `t` is processed: emits each cohort revision whose horizon is at or
+    /// before `t` (interval end + horizon), in order.
+    fn emit_revisions(&mut self, t: Millis) {
+        while let Some(&(due, start)) = self.revisions_due.first() {
+            if due > t {
+                break;
+            }
+            self.revisions_due.remove(&(due, start));
+            self.emit_cohort(start);
+        }
+    }
+
+    /// Reports produced since the last call, in event-time order of their production.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// Cohorts still awaiting a horizon.
+    pub fn cohorts_len(&self) -> usize {
+        self.cohorts.len()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -360,6 +531,8 @@ impl PartitionEngine {
             let target = self.cfg.intervals.interval_of(last).end;
             out.extend(self.process_until(target, store));
         }
+        // nothing is left to decide: every cohort's remaining revisions hold their final figures
+        self.emit_revisions(Millis::MAX);
         out
     }
 
@@ -393,8 +566,11 @@ impl PartitionEngine {
                     counters: Counters::default(),
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
+                    cohort: Vec::new(),
                 });
             }
+            // every item before t is processed: cohort horizons up to t are final
+            self.emit_revisions(t);
             let a = acc.as_mut().expect("set above");
             match next_event.filter(|e| e.0 == t) {
                 Some(key) => {
@@ -411,10 +587,16 @@ impl PartitionEngine {
                     self.with_journey(&key.1, store, |cfg, j| j.fire(cfg, t, a));
                 }
             }
+            for (origin, metric, labels) in a.cohort.drain(..) {
+                let i = self.cfg.intervals.interval_of(origin);
+                self.cohort_state(i).counters.add(metric, labels, 1);
+                self.dirty_cohorts.insert(i.start);
+            }
         }
         if let Some(a) = acc.take() {
             closed.push(self.close(a));
         }
+        self.emit_revisions(target);
         // The frontier starts at the first processed item's interval, never before it, so the
         // observed hours do not depend on when `advance` happened to be called.
         if self.snap.frontier.is_some() {
@@ -425,6 +607,19 @@ impl PartitionEngine {
 
     fn close(&mut self, a: Acc) -> ClosedInterval {
         self.snap.totals.merge(&a.counters);
+        // the interval's own figures are final; its cohort gets revision 0 (provisional)
+        self.reports.push(Report {
+            interval: a.interval,
+            part: ReportPart::Figures,
+            revision: 0,
+            is_final: true,
+            horizons_final: Vec::new(),
+            counters: a.counters.clone(),
+            heat: a.heat,
+        });
+        self.cohort_state(a.interval);
+        self.dirty_cohorts.insert(a.interval.start);
+        self.emit_cohort(a.interval.start);
         for op in a.callbacks {
             match op {
                 CallbackOp::Open(id, at, tenant, queue) => {
@@ -558,6 +753,10 @@ impl PartitionEngine {
         }
         if self.cache.len() > keep_cached {
             self.cache.clear();
+        }
+        for start in std::mem::take(&mut self.dirty_cohorts) {
+            let v = self.cohorts.get(&start).map(crate::codec::encode);
+            ch.cohorts.push((start, v));
         }
         ch
     }
@@ -737,6 +936,7 @@ mod tests {
         snapshot: PartitionSnapshot,
         blobs: BTreeMap<u64, Vec<Event>>,
         timers: BTreeSet<TimerKey>,
+        cohorts: BTreeMap<Millis, CohortState>,
     }
     impl JourneyStore for MemStore {
         fn load(&mut self, key: &str) -> Option<Journey> {
@@ -766,6 +966,12 @@ mod tests {
                 self.timers.remove(&t);
             }
             self.timers.extend(ch.timers_put);
+            for (k, c) in ch.cohorts {
+                match c {
+                    Some(c) => self.cohorts.insert(k, crate::codec::decode(&c).unwrap()),
+                    None => self.cohorts.remove(&k),
+                };
+            }
             self.snapshot = e.snapshot().clone();
         }
         /// A crash: everything not written is lost; the engine comes back from the store.
@@ -776,6 +982,7 @@ mod tests {
                 self.snapshot.clone(),
                 blobs,
                 self.timers.iter().cloned().collect(),
+                self.cohorts.values().cloned().collect(),
             )
         }
     }
@@ -788,8 +995,21 @@ mod tests {
         deliveries: &[Event],
         advance_every: usize,
         crash_every: usize,
-    ) -> (Counters, Vec<HeatRow>, Stats) {
+    ) -> (Counters, Vec<HeatRow>, Stats, ReportSums) {
         let cfg = cfg();
+        // every report ever emitted, by (partition, interval, part, revision): a report emitted
+        // again after a crash must be identical
+        let mut emitted: BTreeMap<(usize, Millis, &'static str, u32), Report> = BTreeMap::new();
+        let mut record = |p: usize, reports: Vec<Report>| {
+            for r in reports {
+                let k = (p, r.interval.start, r.part.as_str(), r.revision);
+                if let Some(prev) = emitted.get(&k) {
+                    assert_eq!(prev, &r, "a re-emitted report differs");
+                } else {
+                    emitted.insert(k, r);
+                }
+            }
+        };
         let mut es: Vec<PartitionEngine> = (0..engines)
             .map(|_| PartitionEngine::new(cfg.clone()))
             .collect();
@@ -802,6 +1022,7 @@ mod tests {
             assert_ne!(es[p].ingest(offset, e.clone(), 0), Ingest::Late, "{e:?}");
             if advance_every > 0 && i % advance_every == 0 {
                 es[p].advance(0, &mut stores[p]);
+                record(p, es[p].take_reports());
                 stores[p].write(&mut es[p], if i % 2 == 0 { 0 } else { usize::MAX });
             }
             if crash_every > 0 && i % crash_every == crash_every - 1 {
@@ -815,8 +1036,9 @@ mod tests {
         let mut totals = Counters::default();
         let mut heat: BTreeMap<(u8, u8), HeatCell> = BTreeMap::new();
         let mut stats = Stats::default();
-        for (e, store) in es.iter_mut().zip(&mut stores) {
+        for (p, (e, store)) in es.iter_mut().zip(&mut stores).enumerate() {
             e.finalize(store);
+            record(p, e.take_reports());
             assert_eq!(e.pending_len(), 0);
             assert_eq!(e.timers_len(), 0);
             totals.merge(e.totals());
@@ -838,8 +1060,17 @@ mod tests {
                 days_observed: 0,
             })
             .collect();
-        (totals, heat, stats)
+        let mut sums = ReportSums::new();
+        for ((_, start, part, rev), r) in emitted {
+            if !r.counters.is_empty() {
+                sums.entry((start, part, rev)).or_default().merge(&r.counters);
+            }
+        }
+        (totals, heat, stats, sums)
     }
+
+    /// Report counters summed over partitions by (interval, part, revision).
+    type ReportSums = BTreeMap<(Millis, &'static str, u32), Counters>;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
@@ -851,16 +1082,17 @@ mod tests {
         fn figures_do_not_depend_on_delivery(events in arb_events(), delays in prop::collection::vec(0..(2 * MIN), 200), split in 1usize..4, every in 0usize..7, crash in prop::sample::select(vec![0usize, 3, 7, 11])) {
             let mut sorted = events.clone();
             sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-            let (expected, heat, _) = run(1, &sorted, 0, 0);
+            let (expected, heat, _, reports) = run(1, &sorted, 0, 0);
             let mut shuffled: Vec<(Millis, usize, Event)> = events.into_iter().enumerate().map(|(i, e)| (e.occurred_at + delays[i % delays.len()], i, e)).collect();
             shuffled.sort_by_key(|(t, i, _)| (*t, *i));
             let deliveries: Vec<Event> = shuffled.into_iter().map(|(_, _, e)| e).collect();
-            let (got, got_heat, stats) = run(split, &deliveries, every, crash);
+            let (got, got_heat, stats, got_reports) = run(split, &deliveries, every, crash);
             if crash == 0 {
                 prop_assert_eq!(stats.accepted as usize, deliveries.len());
             }
             prop_assert_eq!(got, expected);
             prop_assert_eq!(got_heat, heat);
+            prop_assert_eq!(got_reports, reports);
         }
     }
 

@@ -34,6 +34,21 @@ pub struct Figures {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub intervals: BTreeMap<Millis, Figures>,
+    /// Cohort report revisions by (interval start, revision): the cohort figures of the contacts
+    /// that ended (notifications sent) in the interval, decided before the interval's end
+    /// (revision 0) or before its end plus the revision's horizon. Empty revisions are left out.
+    pub cohorts: BTreeMap<(Millis, u32), Counters>,
+}
+
+/// The horizons of the cohort reports, increasing: the re-contact windows, and the proactive
+/// window when it is not one of them.
+pub fn horizons(cfg: &JourneyConfig) -> Vec<Millis> {
+    let mut h: Vec<Millis> = RECONTACT_WINDOWS.iter().map(|(_, hours)| hours * 3_600_000).collect();
+    if !h.contains(&cfg.proactive_window_ms) {
+        h.push(cfg.proactive_window_ms);
+    }
+    h.sort();
+    h
 }
 
 /// Floors `t` to its interval of `minutes` in local wall-clock time of `tz`.
@@ -50,6 +65,8 @@ struct Out<'a> {
     tz: &'a jiff::tz::TimeZone,
     minutes: i64,
     report: Report,
+    /// (origin, decided at, metric, labels) of every cohort figure.
+    cohort: Vec<(Millis, Millis, Metric, Vec<String>)>,
 }
 
 impl Out<'_> {
@@ -60,6 +77,12 @@ impl Out<'_> {
     fn count(&mut self, t: Millis, m: Metric, labels: &[&str], v: u64) {
         let labels = labels.iter().map(|s| s.to_string()).collect();
         self.at(t).counters.add(m, labels, v);
+    }
+    /// A cohort figure about a contact ended (or notification sent) at `origin`, decided at `at`.
+    fn cohort(&mut self, origin: Millis, at: Millis, m: Metric, labels: &[&str]) {
+        self.count(at, m, labels, 1);
+        let labels = labels.iter().map(|s| s.to_string()).collect();
+        self.cohort.push((origin, at, m, labels));
     }
 }
 
@@ -87,6 +110,7 @@ pub fn compute(cfg: &JourneyConfig, tz_name: &str, minutes: u32, events: &[Event
         tz: &tz,
         minutes: i64::from(minutes),
         report: Report::default(),
+        cohort: Vec::new(),
     };
     // duplicates (same event id) count once
     let mut seen = HashSet::new();
@@ -99,6 +123,25 @@ pub fn compute(cfg: &JourneyConfig, tz_name: &str, minutes: u32, events: &[Event
     }
     for (key, evs) in &journeys {
         journey(cfg, key.starts_with("c:"), evs, &mut out);
+    }
+    let len = i64::from(minutes) * 60_000;
+    let h = horizons(cfg);
+    let cohort = std::mem::take(&mut out.cohort);
+    for (origin, at, m, labels) in cohort {
+        let start = interval_start(&tz, i64::from(minutes), origin);
+        // the interval's end in local time: the next interval's start (a DST change falls on an
+        // interval boundary, so an interval is `len` long in UTC)
+        let end = start + len;
+        for r in 0..=h.len() {
+            let bound = if r == 0 { end } else { end + h[r - 1] };
+            if at < bound {
+                out.report
+                    .cohorts
+                    .entry((start, r as u32))
+                    .or_default()
+                    .add(m, labels.clone(), 1);
+            }
+        }
     }
     out.report
 }
@@ -158,14 +201,14 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
         let base = [s.tenant.as_str(), s.channel, s.intent.as_str()];
         if !known {
             let o = s.outcome.as_str();
-            out.count(
+            out.cohort(
+                s.end,
                 s.end,
                 Metric::RecontactUnverifiable,
                 &[base[0], base[1], base[2], o],
-                1,
             );
             if s.outcome == Outcome::Deflected {
-                out.count(s.end, Metric::ContainmentUnverifiable, &base, 1);
+                out.cohort(s.end, s.end, Metric::ContainmentUnverifiable, &base);
             }
             continue;
         }
@@ -179,11 +222,11 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
                 None => (limit, "not_recontacted"),
             };
             let o = s.outcome.as_str();
-            out.count(
+            out.cohort(
+                s.end,
                 at,
                 Metric::Recontact,
                 &[base[0], base[1], base[2], o, name, result],
-                1,
             );
             if s.outcome == Outcome::Deflected {
                 let r = if result == "recontacted" {
@@ -191,11 +234,11 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
                 } else {
                     "contained"
                 };
-                out.count(
+                out.cohort(
+                    s.end,
                     at,
                     Metric::Containment,
                     &[base[0], base[1], base[2], name, r],
-                    1,
                 );
             }
         }
@@ -240,11 +283,11 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
         let topic_l = cfg.dims.intent(Some(topic));
         let l = [tenant.as_str(), e.channel.as_str(), topic_l.as_str()];
         if !known {
-            out.count(
+            out.cohort(
+                e.occurred_at,
                 e.occurred_at,
                 Metric::Proactive,
                 &[l[0], l[1], l[2], "unverifiable"],
-                1,
             );
             continue;
         }
@@ -256,7 +299,12 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
             Some((p, _)) => (p.0, "called"),
             None => (limit, "deflected"),
         };
-        out.count(at, Metric::Proactive, &[l[0], l[1], l[2], result], 1);
+        out.cohort(
+            e.occurred_at,
+            at,
+            Metric::Proactive,
+            &[l[0], l[1], l[2], result],
+        );
     }
     // --- callbacks: a request opens one (labelled by its contact), a close ends the open one
     // (labelled like it), and one still open after the maximum age is lost

@@ -52,6 +52,17 @@ fn stream(
     parts: usize,
     every: usize,
 ) -> BTreeMap<Millis, Figures> {
+    stream_reports(cfg, deliveries, parts, every).0
+}
+
+/// [`stream`], plus the cohort reports of every partition merged by (interval, revision).
+fn stream_reports(
+    cfg: Arc<EngineConfig>,
+    deliveries: &[Event],
+    parts: usize,
+    every: usize,
+) -> (BTreeMap<Millis, Figures>, BTreeMap<(Millis, u32), Counters>) {
+    use deflect_core::engine::ReportPart;
     let mut es: Vec<PartitionEngine> = (0..parts)
         .map(|_| PartitionEngine::new(cfg.clone()))
         .collect();
@@ -66,9 +77,31 @@ fn stream(
             closed.extend(es[p].advance(0, &mut NoStore));
         }
     }
+    let mut cohorts: BTreeMap<(Millis, u32), Counters> = BTreeMap::new();
+    let mut figures = Counters::default();
     for e in &mut es {
         closed.extend(e.finalize(&mut NoStore));
         assert_eq!(e.pending_len(), 0);
+        assert_eq!(e.cohorts_len(), 0, "every cohort reached its final revision");
+        let mut last: BTreeMap<Millis, u32> = BTreeMap::new();
+        for r in e.take_reports() {
+            match r.part {
+                ReportPart::Figures => figures.merge(&r.counters),
+                ReportPart::Cohort => {
+                    // revisions come in order, the last one final
+                    let prev = last.insert(r.interval.start, r.revision);
+                    assert_eq!(prev.map_or(0, |p| p + 1), r.revision);
+                    assert_eq!(r.is_final, r.revision as usize == horizons(&cfg.journey).len());
+                    assert_eq!(r.horizons_final.len(), r.revision as usize);
+                    if !r.counters.is_empty() {
+                        cohorts
+                            .entry((r.interval.start, r.revision))
+                            .or_default()
+                            .merge(&r.counters);
+                    }
+                }
+            }
+        }
     }
     let mut out: BTreeMap<Millis, Figures> = BTreeMap::new();
     for c in closed {
@@ -79,7 +112,12 @@ fn stream(
         f.heat.wait_ms += c.heat.wait_ms;
     }
     out.retain(|_, f| *f != Figures::default());
-    out
+    let all = out.values().fold(Counters::default(), |mut a, f| {
+        a.merge(&f.counters);
+        a
+    });
+    assert_eq!(figures, all, "figures reports carry the closed intervals' figures");
+    (out, cohorts)
 }
 
 fn oracle(minutes: u32, j: &JourneyConfig, events: &[Event]) -> BTreeMap<Millis, Figures> {
@@ -308,8 +346,10 @@ proptest! {
         }
         deliveries.sort_by_key(|(t, i, _)| (*t, *i));
         let deliveries: Vec<Event> = deliveries.into_iter().map(|(_, _, e)| e).collect();
-        let got = stream(engine_cfg(minutes, j), &deliveries, parts, every);
+        let expected_cohorts = compute(&j, TZ, minutes, &events).cohorts;
+        let (got, cohorts) = stream_reports(engine_cfg(minutes, j), &deliveries, parts, every);
         prop_assert_eq!(got, expected);
+        prop_assert_eq!(cohorts, expected_cohorts);
     }
 }
 
