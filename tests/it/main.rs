@@ -6,5 +6,6 @@ mod support;
 mod bank;
 mod dead_letter;
 mod kill;
+mod reports;
 mod restart;
 mod scenario;

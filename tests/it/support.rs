@@ -103,6 +103,8 @@ pub fn config(bootstrap: &str, topic: &str, state: &Path, group: &str) -> Config
     c.kafka.input_topic = topic.to_string();
     c.kafka.group_id = group.to_string();
     c.kafka.dead_letter_topic = String::new();
+    c.kafka.late_topic = String::new();
+    c.kafka.output_topic = String::new();
     c.state.dir = state.to_path_buf();
     c.http.listen = "127.0.0.1:0".into();
     c

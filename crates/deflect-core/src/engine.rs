@@ -376,18 +376,20 @@ impl PartitionEngine {
         let passed = horizons.iter().take(c.emitted as usize);
         let final_labels: Vec<String> = passed.map(|(n, _)| n.clone()).collect();
         let is_final = final_labels.len() == horizons.len();
-        self.reports.push(Report {
-            interval: Interval {
-                start: c.start,
-                end: c.end,
-            },
-            part: ReportPart::Cohort,
-            revision: c.emitted,
-            is_final,
-            horizons_final: final_labels,
-            counters: c.counters.clone(),
-            heat: HeatCell::default(),
-        });
+        if !c.counters.is_empty() {
+            self.reports.push(Report {
+                interval: Interval {
+                    start: c.start,
+                    end: c.end,
+                },
+                part: ReportPart::Cohort,
+                revision: c.emitted,
+                is_final,
+                horizons_final: final_labels,
+                counters: c.counters.clone(),
+                heat: HeatCell::default(),
+            });
+        }
         let c = self.cohorts.get_mut(&start).expect("present");
         c.emitted += 1;
         self.dirty_cohorts.insert(start);
@@ -607,16 +609,19 @@ impl PartitionEngine {
 
     fn close(&mut self, a: Acc) -> ClosedInterval {
         self.snap.totals.merge(&a.counters);
-        // the interval's own figures are final; its cohort gets revision 0 (provisional)
-        self.reports.push(Report {
-            interval: a.interval,
-            part: ReportPart::Figures,
-            revision: 0,
-            is_final: true,
-            horizons_final: Vec::new(),
-            counters: a.counters.clone(),
-            heat: a.heat,
-        });
+        // the interval's own figures are final; its cohort gets revision 0 (provisional). Parts
+        // without any figure are not reported.
+        if !a.counters.is_empty() {
+            self.reports.push(Report {
+                interval: a.interval,
+                part: ReportPart::Figures,
+                revision: 0,
+                is_final: true,
+                horizons_final: Vec::new(),
+                counters: a.counters.clone(),
+                heat: a.heat,
+            });
+        }
         self.cohort_state(a.interval);
         self.dirty_cohorts.insert(a.interval.start);
         self.emit_cohort(a.interval.start);
@@ -1063,7 +1068,9 @@ mod tests {
         let mut sums = ReportSums::new();
         for ((_, start, part, rev), r) in emitted {
             if !r.counters.is_empty() {
-                sums.entry((start, part, rev)).or_default().merge(&r.counters);
+                sums.entry((start, part, rev))
+                    .or_default()
+                    .merge(&r.counters);
             }
         }
         (totals, heat, stats, sums)

@@ -313,7 +313,10 @@ impl Journey {
                         out.callback_closed(callback_id);
                         (tenant, queue)
                     }
-                    None => (cfg.dims.tenant(&e.tenant), cfg.dims.queue(e.queue.as_deref())),
+                    None => (
+                        cfg.dims.tenant(&e.tenant),
+                        cfg.dims.queue(e.queue.as_deref()),
+                    ),
                 };
                 out.count(Metric::Callbacks, vec![tenant, queue, event.to_string()], 1);
                 // the event belongs to a (callback) leg: keep it alive below
@@ -470,7 +473,8 @@ impl Journey {
                     1,
                 );
                 // a repeated request with the same id replaces the open one
-                self.callbacks.insert(callback_id.clone(), (t, tenant, queue));
+                self.callbacks
+                    .insert(callback_id.clone(), (t, tenant, queue));
             }
             EventKind::ContactEnded { .. } => {
                 let c = self.contacts.remove(&e.contact_id).expect("inserted above");
@@ -492,7 +496,11 @@ impl Journey {
     fn proactive_call(&mut self, intent: &str, t: Millis, out: &mut dyn Figures) {
         self.notifications.retain(|n| {
             if n.topic == intent && n.sent_at <= t {
-                out.cohort(Metric::Proactive, with(n.labels.clone(), &["called"]), n.sent_at);
+                out.cohort(
+                    Metric::Proactive,
+                    with(n.labels.clone(), &["called"]),
+                    n.sent_at,
+                );
                 false
             } else {
                 true
@@ -537,7 +545,11 @@ impl Journey {
         if c.automated_step {
             out.count(Metric::AutomatedContacts, c.contact_labels(), 1);
             if c.escalated {
-                let context = if c.context_passed { "passed" } else { "missing" };
+                let context = if c.context_passed {
+                    "passed"
+                } else {
+                    "missing"
+                };
                 out.count(Metric::Escalations, with(c.contact_labels(), &[context]), 1);
             }
         }
@@ -604,7 +616,11 @@ impl Journey {
         self.watches.retain(|w| w.pending != 0);
         self.notifications.retain(|n| {
             if n.sent_at + cfg.proactive_window_ms <= t {
-                out.cohort(Metric::Proactive, with(n.labels.clone(), &["deflected"]), n.sent_at);
+                out.cohort(
+                    Metric::Proactive,
+                    with(n.labels.clone(), &["deflected"]),
+                    n.sent_at,
+                );
                 false
             } else {
                 true

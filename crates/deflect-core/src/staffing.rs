@@ -9,10 +9,15 @@ pub fn offered_load(arrivals: f64, period_s: f64, aht_s: f64) -> f64 {
     arrivals / period_s * aht_s
 }
 
+/// A positive, finite number (NaN is not).
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
 /// Erlang C: probability that a contact waits, C(N, A). `None` unless N > A (the queue would
 /// grow without bound).
 pub fn erlang_c(n: u32, a: f64) -> Option<f64> {
-    if !(a > 0.0) || f64::from(n) <= a {
+    if !positive(a) || f64::from(n) <= a {
         return None;
     }
     // Erlang B by its stable recursion, then C from B.
@@ -39,7 +44,7 @@ pub fn asa(n: u32, a: f64, aht_s: f64) -> Option<f64> {
 /// The smallest N > A whose service level within `t_s` reaches `target`. `None` when there is no
 /// load (no agent needed) or the search passes 100,000 agents.
 pub fn required_agents(a: f64, aht_s: f64, t_s: f64, target: f64) -> Option<u32> {
-    if !(a > 0.0) || !(aht_s > 0.0) {
+    if !positive(a) || !positive(aht_s) {
         return None;
     }
     let first = a.floor() as u32 + 1;
@@ -57,7 +62,7 @@ pub fn scheduled_staff(agents: u32, shrinkage: f64) -> u32 {
 /// (per second), mean handle time `aht_s` and mean patience `patience_s` (θ = 1/patience).
 /// The birth-death chain is summed until its terms vanish.
 pub fn erlang_a_abandon(n: u32, lambda: f64, aht_s: f64, patience_s: f64) -> Option<f64> {
-    if !(lambda > 0.0) || !(aht_s > 0.0) || !(patience_s > 0.0) || n == 0 {
+    if !positive(lambda) || !positive(aht_s) || !positive(patience_s) || n == 0 {
         return None;
     }
     let mu = 1.0 / aht_s;
@@ -70,7 +75,8 @@ pub fn erlang_a_abandon(n: u32, lambda: f64, aht_s: f64, patience_s: f64) -> Opt
     let mut k: u64 = 0;
     loop {
         k += 1;
-        let death = (k.min(u64::from(n)) as f64) * mu + (k.saturating_sub(u64::from(n)) as f64) * theta;
+        let death =
+            (k.min(u64::from(n)) as f64) * mu + (k.saturating_sub(u64::from(n)) as f64) * theta;
         term *= lambda / death;
         total += term;
         if k > u64::from(n) {
@@ -121,7 +127,11 @@ mod tests {
             (12, 0.6401580),
             (11, 0.3896138),
         ] {
-            assert_eq!(round(service_level(n, a, AHT, 20.0).unwrap(), 7), sl, "N={n}");
+            assert_eq!(
+                round(service_level(n, a, AHT, 20.0).unwrap(), 7),
+                sl,
+                "N={n}"
+            );
         }
         assert_eq!(round(asa(14, a, AHT).unwrap(), 4), 7.8359);
         assert_eq!(round(asa(13, a, AHT).unwrap(), 2), 17.12);

@@ -4,7 +4,8 @@
 //!   recorded by its context and handed to the caller after `poll` returns, so the caller decides
 //!   when to load or drop partition state; consumer lag per partition comes from librdkafka's
 //!   statistics.
-//! - [`producer`]: a `ThreadedProducer` for the dead-letter topic and the traffic generator.
+//! - [`OutputProducer`]: dead letters, late events and interval reports, with delivery checks.
+//! - [`producer`]: a plain `ThreadedProducer` for the traffic generator.
 //! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
 //!   so other processes can connect (the demo and the tests).
 
@@ -36,6 +37,8 @@ pub enum Error {
     Broker(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("delivery failed: {0}")]
+    Delivery(String),
 }
 
 /// Connection settings shared by every client.
@@ -285,6 +288,110 @@ pub fn producer(
 pub fn flush(p: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) -> Result<(), Error> {
     p.flush(timeout)?;
     Ok(())
+}
+
+/// Counts failed deliveries, so a writer can refuse to commit offsets past records that never
+/// reached their topic.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failed: std::sync::atomic::AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl rdkafka::producer::ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+    fn delivery(
+        &self,
+        result: &rdkafka::message::DeliveryResult<'_>,
+        _opaque: Self::DeliveryOpaque,
+    ) {
+        if let Err((e, m)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+            *last = Some(format!("{e} (topic {:?})", m.topic()));
+        }
+    }
+}
+
+/// The pipeline's producer for dead letters, late events and interval reports: every record is
+/// sent with retries on a full queue, and [`OutputProducer::flush`] fails if any delivery failed.
+pub struct OutputProducer {
+    inner: ThreadedProducer<DeliveryTracker>,
+    sent: u64,
+}
+
+impl OutputProducer {
+    pub fn new(settings: &ClientSettings) -> Result<Self, Error> {
+        let mut c = settings.config();
+        c.set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("compression.type", "lz4")
+            .set("enable.idempotence", "false");
+        settings.finish(&mut c);
+        let inner = c
+            .create_with_context(DeliveryTracker::default())
+            .map_err(Error::Config)?;
+        Ok(OutputProducer { inner, sent: 0 })
+    }
+
+    /// Queues one record (waits while librdkafka's queue is full).
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), Error> {
+        let mut record = BaseRecord::to(topic).payload(payload).key(key);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(Error::Kafka(e)),
+            }
+        }
+    }
+
+    /// Records queued since the last successful flush.
+    pub fn unflushed(&self) -> u64 {
+        self.sent
+    }
+
+    /// Waits until every queued record is delivered; an error if any delivery failed.
+    pub fn flush(&mut self, timeout: Duration) -> Result<(), Error> {
+        if self.sent == 0 {
+            return Ok(());
+        }
+        self.inner.flush(timeout)?;
+        let ctx = self.inner.context();
+        if ctx.failed.swap(0, std::sync::atomic::Ordering::Relaxed) > 0 {
+            let last = ctx
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_default();
+            return Err(Error::Delivery(last));
+        }
+        self.sent = 0;
+        Ok(())
+    }
 }
 
 /// Number of partitions of `topic` as the broker reports it.

@@ -19,8 +19,8 @@ use deflect_core::event::{
     AiOutcome, Direction, Event, EventKind, Initiation, IvrExitReason, Millis, QueueExitReason,
 };
 use deflect_core::journey::JourneyConfig;
-use deflect_core::metrics::{csat_box, wait_bucket_label, Counters, Metric, Outcome};
 use deflect_core::metrics::RECONTACT_WINDOWS;
+use deflect_core::metrics::{csat_box, wait_bucket_label, Counters, Metric, Outcome};
 
 /// The figures of one interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,7 +43,10 @@ pub struct Report {
 /// The horizons of the cohort reports, increasing: the re-contact windows, and the proactive
 /// window when it is not one of them.
 pub fn horizons(cfg: &JourneyConfig) -> Vec<Millis> {
-    let mut h: Vec<Millis> = RECONTACT_WINDOWS.iter().map(|(_, hours)| hours * 3_600_000).collect();
+    let mut h: Vec<Millis> = RECONTACT_WINDOWS
+        .iter()
+        .map(|(_, hours)| hours * 3_600_000)
+        .collect();
     if !h.contains(&cfg.proactive_window_ms) {
         h.push(cfg.proactive_window_ms);
     }
@@ -150,7 +153,7 @@ fn pos(e: &Event) -> Pos<'_> {
     (e.occurred_at, e.kind.rank(), e.event_id.as_str())
 }
 
-fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Out) {
+fn journey(cfg: &JourneyConfig, known: bool, evs: &[&Event], out: &mut Out) {
     // --- contacts, cut into segments
     let mut by_contact: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     for e in evs {
@@ -178,7 +181,14 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
                 j += 1;
             }
             let seg = &list[i..=j];
-            segments.push(fold_segment(cfg, cid, seg, &mut intents, &mut requests, out));
+            segments.push(fold_segment(
+                cfg,
+                cid,
+                seg,
+                &mut intents,
+                &mut requests,
+                out,
+            ));
             i = j + 1;
         }
     }
@@ -214,9 +224,9 @@ fn journey<'a>(cfg: &JourneyConfig, known: bool, evs: &[&'a Event], out: &mut Ou
         }
         for (name, hours) in RECONTACT_WINDOWS {
             let limit = s.end + hours * 3_600_000;
-            let again = starts
-                .iter()
-                .find(|e| pos(e) > s.end_pos && e.occurred_at <= limit && e.contact_id != s.contact_id);
+            let again = starts.iter().find(|e| {
+                pos(e) > s.end_pos && e.occurred_at <= limit && e.contact_id != s.contact_id
+            });
             let (at, result) = match again {
                 Some(e) => (e.occurred_at, "recontacted"),
                 None => (limit, "not_recontacted"),

@@ -82,16 +82,25 @@ fn stream_reports(
     for e in &mut es {
         closed.extend(e.finalize(&mut NoStore));
         assert_eq!(e.pending_len(), 0);
-        assert_eq!(e.cohorts_len(), 0, "every cohort reached its final revision");
+        assert_eq!(
+            e.cohorts_len(),
+            0,
+            "every cohort reached its final revision"
+        );
         let mut last: BTreeMap<Millis, u32> = BTreeMap::new();
         for r in e.take_reports() {
             match r.part {
                 ReportPart::Figures => figures.merge(&r.counters),
                 ReportPart::Cohort => {
-                    // revisions come in order, the last one final
+                    // revisions come in increasing order (an empty one is not written), the
+                    // last one final
+                    assert!(!r.counters.is_empty());
                     let prev = last.insert(r.interval.start, r.revision);
-                    assert_eq!(prev.map_or(0, |p| p + 1), r.revision);
-                    assert_eq!(r.is_final, r.revision as usize == horizons(&cfg.journey).len());
+                    assert!(prev.is_none_or(|p| p < r.revision));
+                    assert_eq!(
+                        r.is_final,
+                        r.revision as usize == horizons(&cfg.journey).len()
+                    );
                     assert_eq!(r.horizons_final.len(), r.revision as usize);
                     if !r.counters.is_empty() {
                         cohorts
@@ -116,7 +125,10 @@ fn stream_reports(
         a.merge(&f.counters);
         a
     });
-    assert_eq!(figures, all, "figures reports carry the closed intervals' figures");
+    assert_eq!(
+        figures, all,
+        "figures reports carry the closed intervals' figures"
+    );
     (out, cohorts)
 }
 
@@ -131,12 +143,12 @@ fn oracle(minutes: u32, j: &JourneyConfig, events: &[Event]) -> BTreeMap<Millis,
 fn arb_step() -> impl Strategy<Value = EventKind> {
     let s = |s: &str| s.to_string();
     prop_oneof![
-        prop::sample::select(vec!["billing", "card", "dispute", "moving", ""]).prop_map(
-            move |i| EventKind::IntentIdentified {
+        prop::sample::select(vec!["billing", "card", "dispute", "moving", ""]).prop_map(move |i| {
+            EventKind::IntentIdentified {
                 intent: s(i),
-                confidence: 0.9
+                confidence: 0.9,
             }
-        ),
+        }),
         prop::sample::select(vec!["main", "pay", "x"])
             .prop_map(move |n| EventKind::IvrEntered { node: s(n) }),
         prop::sample::select(vec!["main", "x"]).prop_map(move |n| EventKind::IvrMenuSelected {
@@ -147,10 +159,7 @@ fn arb_step() -> impl Strategy<Value = EventKind> {
             prop::sample::select(vec!["main", "pay"]),
             prop::sample::select(IvrExitReason::ALL.to_vec())
         )
-            .prop_map(move |(n, reason)| EventKind::IvrExited {
-                node: s(n),
-                reason
-            }),
+            .prop_map(move |(n, reason)| EventKind::IvrExited { node: s(n), reason }),
         Just(EventKind::SelfServiceViewed { item: s("kb-1") }),
         any::<bool>().prop_map(|confirmed| EventKind::SelfServiceResolved { confirmed }),
         Just(EventKind::AiAgentStarted),
@@ -231,13 +240,21 @@ fn arb_contact() -> impl Strategy<
         prop::option::of(prop::sample::select(vec!["billing", "dispute", "other-x"])),
         prop::collection::vec((arb_offset(), arb_step()), 0..7),
         prop::bool::weighted(0.8),
-        prop::option::weighted(0.3, ((0..16i64).prop_map(|k| k * 30 * MIN), 1u8..6, 0u8..2, 0u8..11)),
+        prop::option::weighted(
+            0.3,
+            (
+                (0..16i64).prop_map(|k| k * 30 * MIN),
+                1u8..6,
+                0u8..2,
+                0u8..11,
+            ),
+        ),
         prop::option::weighted(
             0.15,
             (
                 (0..56i64).prop_map(|k| k * 15 * MIN),
-                prop::sample::select(vec!["billing", "dispute"])
-            )
+                prop::sample::select(vec!["billing", "dispute"]),
+            ),
         ),
     )
 }
@@ -253,7 +270,11 @@ fn arb_events() -> impl Strategy<Value = Vec<Event>> {
             let customer = (cust > 0).then(|| format!("u{cust}"));
             let mk = |j: usize, t: Millis, kind: EventKind| Event {
                 event_id: format!("e{i}-{j}"),
-                tenant: if i % 7 == 0 { "zeta".into() } else { "acme".into() },
+                tenant: if i % 7 == 0 {
+                    "zeta".into()
+                } else {
+                    "acme".into()
+                },
                 contact_id: format!("c{i}"),
                 parent_contact_id: None,
                 customer_id: customer.clone(),
@@ -391,26 +412,129 @@ fn oracle_matches_a_hand_computed_day() {
     let events = vec![
         // c1: deflected by the IVR at 09:05, dispute (high stakes)
         ev("1a", u, "c1", t0, start()),
-        ev("1b", u, "c1", t0 + MIN, EventKind::IntentIdentified { intent: "dispute".into(), confidence: 1.0 }),
-        ev("1c", u, "c1", t0 + 2 * MIN, EventKind::IvrEntered { node: "main".into() }),
-        ev("1d", u, "c1", t0 + 4 * MIN, EventKind::IvrExited { node: "main".into(), reason: IvrExitReason::SelfServed }),
+        ev(
+            "1b",
+            u,
+            "c1",
+            t0 + MIN,
+            EventKind::IntentIdentified {
+                intent: "dispute".into(),
+                confidence: 1.0,
+            },
+        ),
+        ev(
+            "1c",
+            u,
+            "c1",
+            t0 + 2 * MIN,
+            EventKind::IvrEntered {
+                node: "main".into(),
+            },
+        ),
+        ev(
+            "1d",
+            u,
+            "c1",
+            t0 + 4 * MIN,
+            EventKind::IvrExited {
+                node: "main".into(),
+                reason: IvrExitReason::SelfServed,
+            },
+        ),
         ev("1e", u, "c1", t0 + 5 * MIN, end()),
         // survey on c1 at 09:20, 4 of 5 → deflected, top2
-        ev("1f", u, "c1", t0 + 20 * MIN, EventKind::SurveyResponse { score: 4.0, scale_min: 1.0, scale_max: 5.0 }),
+        ev(
+            "1f",
+            u,
+            "c1",
+            t0 + 20 * MIN,
+            EventKind::SurveyResponse {
+                score: 4.0,
+                scale_min: 1.0,
+                scale_max: 5.0,
+            },
+        ),
         // c2: the same customer comes back at 10:00 (re-contact of c1 within 24 h), queues 30 s,
         // is answered, talks 100 s, holds 20 s, 40 s of after-contact work
         ev("2a", u, "c2", t0 + 60 * MIN, start()),
-        ev("2b", u, "c2", t0 + 60 * MIN + 1000, EventKind::IvrEntered { node: "pay".into() }),
-        ev("2c", u, "c2", t0 + 61 * MIN, EventKind::EscalationRequested { from: EscalationSource::Ivr, reason: "r".into(), context_passed: true }),
-        ev("2d", u, "c2", t0 + 61 * MIN, EventKind::QueueEntered { queue: "q1".into(), priority: 0 }),
-        ev("2e", u, "c2", t0 + 61 * MIN + 30_000, EventKind::AgentConnected { context_received: true }),
-        ev("2f", u, "c2", t0 + 64 * MIN, EventKind::AgentDisconnected { talk_ms: Some(100_000), hold_ms: Some(20_000) }),
-        ev("2g", u, "c2", t0 + 65 * MIN, EventKind::AfterContactWorkEnded { acw_ms: Some(40_000) }),
+        ev(
+            "2b",
+            u,
+            "c2",
+            t0 + 60 * MIN + 1000,
+            EventKind::IvrEntered { node: "pay".into() },
+        ),
+        ev(
+            "2c",
+            u,
+            "c2",
+            t0 + 61 * MIN,
+            EventKind::EscalationRequested {
+                from: EscalationSource::Ivr,
+                reason: "r".into(),
+                context_passed: true,
+            },
+        ),
+        ev(
+            "2d",
+            u,
+            "c2",
+            t0 + 61 * MIN,
+            EventKind::QueueEntered {
+                queue: "q1".into(),
+                priority: 0,
+            },
+        ),
+        ev(
+            "2e",
+            u,
+            "c2",
+            t0 + 61 * MIN + 30_000,
+            EventKind::AgentConnected {
+                context_received: true,
+            },
+        ),
+        ev(
+            "2f",
+            u,
+            "c2",
+            t0 + 64 * MIN,
+            EventKind::AgentDisconnected {
+                talk_ms: Some(100_000),
+                hold_ms: Some(20_000),
+            },
+        ),
+        ev(
+            "2g",
+            u,
+            "c2",
+            t0 + 65 * MIN,
+            EventKind::AfterContactWorkEnded {
+                acw_ms: Some(40_000),
+            },
+        ),
         ev("2h", u, "c2", t0 + 65 * MIN, end()),
         // c3: unknown customer, queues at 09:10 and abandons after 3 s (a short abandon)
         ev("3a", None, "c3", t0 + 10 * MIN, start()),
-        ev("3b", None, "c3", t0 + 10 * MIN, EventKind::QueueEntered { queue: "q1".into(), priority: 0 }),
-        ev("3c", None, "c3", t0 + 10 * MIN + 3000, EventKind::QueueExited { reason: QueueExitReason::Abandoned }),
+        ev(
+            "3b",
+            None,
+            "c3",
+            t0 + 10 * MIN,
+            EventKind::QueueEntered {
+                queue: "q1".into(),
+                priority: 0,
+            },
+        ),
+        ev(
+            "3c",
+            None,
+            "c3",
+            t0 + 10 * MIN + 3000,
+            EventKind::QueueExited {
+                reason: QueueExitReason::Abandoned,
+            },
+        ),
         ev("3d", None, "c3", t0 + 11 * MIN, end()),
     ];
     let j = journey_cfg();
@@ -421,40 +545,104 @@ fn oracle_matches_a_hand_computed_day() {
     }
     // 09:00–09:15: two potential calls, c1 deflected (dispute), c3 queued and abandoned
     assert_eq!(at(0).get(Metric::PotentialCalls, &acme_voice("none")), 2);
-    assert_eq!(at(0).get(Metric::ContactOutcomes, &["acme", "voice", "dispute", "deflected"]), 1);
-    assert_eq!(at(0).get(Metric::ContactOutcomes, &["acme", "voice", "none", "abandoned"]), 1);
+    assert_eq!(
+        at(0).get(
+            Metric::ContactOutcomes,
+            &["acme", "voice", "dispute", "deflected"]
+        ),
+        1
+    );
+    assert_eq!(
+        at(0).get(
+            Metric::ContactOutcomes,
+            &["acme", "voice", "none", "abandoned"]
+        ),
+        1
+    );
     assert_eq!(at(0).total(Metric::HighStakesDeflected), 1);
     assert_eq!(at(0).get(Metric::IvrEntries, &["acme", "voice", "main"]), 1);
     assert_eq!(at(0).total(Metric::QueueAbandoned), 1);
     assert_eq!(at(0).total(Metric::QueueAbandonWaitMs), 3000);
     assert_eq!(at(0).total(Metric::QueueAbandonedShort), 1);
     assert_eq!(at(0).total(Metric::QueueAbandonedWithin), 1);
-    assert_eq!(at(0).get(Metric::RecontactUnverifiable, &["acme", "voice", "none", "abandoned"]), 1);
-    assert_eq!(at(0).get(Metric::AutomatedContacts, &acme_voice("dispute")), 1);
+    assert_eq!(
+        at(0).get(
+            Metric::RecontactUnverifiable,
+            &["acme", "voice", "none", "abandoned"]
+        ),
+        1
+    );
+    assert_eq!(
+        at(0).get(Metric::AutomatedContacts, &acme_voice("dispute")),
+        1
+    );
     assert_eq!(at(0).total(Metric::Escalations), 0);
     // 09:15–09:30: the survey
-    assert_eq!(at(1).get(Metric::CsatResponses, &["acme", "voice", "deflected", "top2"]), 1);
+    assert_eq!(
+        at(1).get(
+            Metric::CsatResponses,
+            &["acme", "voice", "deflected", "top2"]
+        ),
+        1
+    );
     // 10:00–10:15: c2 arrives (re-contact of c1 for all three windows), is answered within 20 s? no: 30 s
     assert_eq!(at(4).total(Metric::PotentialCalls), 1);
     for w in ["24h", "72h", "7d"] {
-        assert_eq!(at(4).get(Metric::Containment, &["acme", "voice", "dispute", w, "recontacted"]), 1);
-        assert_eq!(at(4).get(Metric::Recontact, &["acme", "voice", "dispute", "deflected", w, "recontacted"]), 1);
+        assert_eq!(
+            at(4).get(
+                Metric::Containment,
+                &["acme", "voice", "dispute", w, "recontacted"]
+            ),
+            1
+        );
+        assert_eq!(
+            at(4).get(
+                Metric::Recontact,
+                &["acme", "voice", "dispute", "deflected", w, "recontacted"]
+            ),
+            1
+        );
     }
     assert_eq!(at(4).total(Metric::QueueAnswered), 1);
     assert_eq!(at(4).total(Metric::QueueWaitMs), 30_000);
     assert_eq!(at(4).total(Metric::QueueAnsweredWithin), 0);
-    assert_eq!(at(4).get(Metric::QueueWaitBucket, &["acme", "voice", "q1", "30"]), 1);
+    assert_eq!(
+        at(4).get(Metric::QueueWaitBucket, &["acme", "voice", "q1", "30"]),
+        1
+    );
     assert_eq!(at(4).get(Metric::IvrEntries, &["acme", "voice", "pay"]), 1);
     // c2 ends at 10:05: assisted, escalated with context, handled in 160 s
-    assert_eq!(at(4).get(Metric::ContactOutcomes, &["acme", "voice", "none", "assisted"]), 1);
-    assert_eq!(at(4).get(Metric::Escalations, &["acme", "voice", "none", "passed"]), 1);
+    assert_eq!(
+        at(4).get(
+            Metric::ContactOutcomes,
+            &["acme", "voice", "none", "assisted"]
+        ),
+        1
+    );
+    assert_eq!(
+        at(4).get(Metric::Escalations, &["acme", "voice", "none", "passed"]),
+        1
+    );
     assert_eq!(at(4).get(Metric::Handled, &["acme", "voice", "q1"]), 1);
-    assert_eq!(at(4).get(Metric::HandleTimeMs, &["acme", "voice", "q1"]), 160_000);
+    assert_eq!(
+        at(4).get(Metric::HandleTimeMs, &["acme", "voice", "q1"]),
+        160_000
+    );
     // c2 itself is not re-contacted: decided at its end + W
     let c2_end = t0 + 65 * MIN;
     let day = interval_start(&jiff::tz::TimeZone::get(TZ).unwrap(), 15, c2_end + 24 * H);
     assert_eq!(
-        r[&day].counters.get(Metric::Recontact, &["acme", "voice", "none", "assisted", "24h", "not_recontacted"]),
+        r[&day].counters.get(
+            Metric::Recontact,
+            &[
+                "acme",
+                "voice",
+                "none",
+                "assisted",
+                "24h",
+                "not_recontacted"
+            ]
+        ),
         1
     );
     // and the heat map: 3 arrivals, one answer after 30 s
@@ -492,20 +680,75 @@ fn thresholds_are_inclusive_where_the_reference_says_so() {
     let events = vec![
         // abandon after exactly S = 5 s: not short, within T
         q("a1", "a", t0, start()),
-        q("a2", "a", t0, EventKind::QueueEntered { queue: "q1".into(), priority: 0 }),
-        q("a3", "a", t0 + 5_000, EventKind::QueueExited { reason: QueueExitReason::Abandoned }),
+        q(
+            "a2",
+            "a",
+            t0,
+            EventKind::QueueEntered {
+                queue: "q1".into(),
+                priority: 0,
+            },
+        ),
+        q(
+            "a3",
+            "a",
+            t0 + 5_000,
+            EventKind::QueueExited {
+                reason: QueueExitReason::Abandoned,
+            },
+        ),
         q("a4", "a", t0 + 6_000, end()),
         // answered after exactly T = 20 s: within the service level; asks for a callback
         q("b1", "b", t0, start()),
-        q("b2", "b", t0, EventKind::QueueEntered { queue: "q1".into(), priority: 0 }),
-        q("b3", "b", t0 + 20_000, EventKind::AgentConnected { context_received: false }),
-        q("b4", "b", t0 + 30_000, EventKind::CallbackRequested { callback_id: "k".into() }),
+        q(
+            "b2",
+            "b",
+            t0,
+            EventKind::QueueEntered {
+                queue: "q1".into(),
+                priority: 0,
+            },
+        ),
+        q(
+            "b3",
+            "b",
+            t0 + 20_000,
+            EventKind::AgentConnected {
+                context_received: false,
+            },
+        ),
+        q(
+            "b4",
+            "b",
+            t0 + 30_000,
+            EventKind::CallbackRequested {
+                callback_id: "k".into(),
+            },
+        ),
         q("b5", "b", t0 + 40_000, end()),
         // the callback completes exactly at its maximum age: completed, not lost
-        q("c1", "c", t0 + 30_000 + j.callback_max_age_ms, EventKind::CallbackCompleted { callback_id: "k".into() }),
+        q(
+            "c1",
+            "c",
+            t0 + 30_000 + j.callback_max_age_ms,
+            EventKind::CallbackCompleted {
+                callback_id: "k".into(),
+            },
+        ),
         // a notification, and a call on its topic exactly W later: called
-        q("n1", "n", t0 + H, EventKind::NotificationSent { campaign: "x".into(), topic: "billing".into() }),
-        Event { intent: Some("billing".into()), ..q("d1", "d", t0 + H + j.proactive_window_ms, start()) },
+        q(
+            "n1",
+            "n",
+            t0 + H,
+            EventKind::NotificationSent {
+                campaign: "x".into(),
+                topic: "billing".into(),
+            },
+        ),
+        Event {
+            intent: Some("billing".into()),
+            ..q("d1", "d", t0 + H + j.proactive_window_ms, start())
+        },
     ];
     let r = compute(&j, TZ, 15, &events).intervals;
     let all = r.values().fold(Counters::default(), |mut a, f| {
@@ -519,8 +762,17 @@ fn thresholds_are_inclusive_where_the_reference_says_so() {
     assert_eq!(all.get(Metric::Callbacks, &["acme", "q1", "requested"]), 1);
     assert_eq!(all.get(Metric::Callbacks, &["acme", "q1", "completed"]), 1);
     assert_eq!(all.get(Metric::Callbacks, &["acme", "q1", "lost"]), 0);
-    assert_eq!(all.get(Metric::Proactive, &["acme", "voice", "billing", "called"]), 1);
-    assert_eq!(all.get(Metric::Proactive, &["acme", "voice", "billing", "deflected"]), 0);
+    assert_eq!(
+        all.get(Metric::Proactive, &["acme", "voice", "billing", "called"]),
+        1
+    );
+    assert_eq!(
+        all.get(
+            Metric::Proactive,
+            &["acme", "voice", "billing", "deflected"]
+        ),
+        0
+    );
     let mut delivered = events.clone();
     delivered.sort_by_key(|e| e.occurred_at);
     let got = stream(engine_cfg(15, j.clone()), &delivered, 1, 1);

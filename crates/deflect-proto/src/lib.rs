@@ -11,6 +11,7 @@ use deflect_core::event::{
 use prost::Message;
 
 mod json;
+pub mod report;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

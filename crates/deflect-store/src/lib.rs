@@ -9,6 +9,7 @@
 //! | `pending` | partition, blob id | the events accepted in one batch and still waiting for their interval to close |
 //! | `timers` | partition, fire time, journey key | (empty) |
 //! | `journeys` | partition, journey key | [`Journey`] |
+//! | `cohorts` | partition, interval start | [`CohortState`]: cohort figures awaiting their horizons |
 //!
 //! Everything one poll produced, for every partition, is written in one `WriteBatch`: the state and
 //! the offsets it corresponds to are durable together or not at all.
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use deflect_core::codec;
-use deflect_core::engine::{JourneyStore, PartitionSnapshot, StateChanges, TimerKey};
+use deflect_core::engine::{CohortState, JourneyStore, PartitionSnapshot, StateChanges, TimerKey};
 use deflect_core::event::{Event, Millis};
 use deflect_core::journey::Journey;
 use rocksdb::{
@@ -29,7 +30,8 @@ const CF_META: &str = "meta";
 const CF_PENDING: &str = "pending";
 const CF_TIMERS: &str = "timers";
 const CF_JOURNEYS: &str = "journeys";
-const CFS: [&str; 4] = [CF_META, CF_PENDING, CF_TIMERS, CF_JOURNEYS];
+const CF_COHORTS: &str = "cohorts";
+const CFS: [&str; 5] = [CF_META, CF_PENDING, CF_TIMERS, CF_JOURNEYS, CF_COHORTS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,6 +117,14 @@ pub struct RestoredPartition {
     /// Pending-event blobs: (blob id, events).
     pub pending: Vec<(u64, Vec<Event>)>,
     pub timers: Vec<TimerKey>,
+    pub cohorts: Vec<CohortState>,
+}
+
+fn cohort_key(p: i32, start: Millis) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&prefix(p));
+    v[4..].copy_from_slice(&ts_key(start));
+    v
 }
 
 impl Store {
@@ -197,10 +207,19 @@ impl Store {
             let t = ts_from(&k[4..12]);
             timers.push((t, String::from_utf8_lossy(&k[12..]).into_owned()));
         }
+        let mut cohorts = Vec::new();
+        for item in self.scan(CF_COHORTS, p) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            cohorts.push(codec::decode(&v).map_err(|source| StoreError::Corrupt {
+                what: "cohort",
+                source,
+            })?);
+        }
         Ok(Some(RestoredPartition {
             snapshot,
             pending,
             timers,
+            cohorts,
         }))
     }
 
@@ -307,6 +326,13 @@ impl Batch<'_> {
             match j {
                 Some(j) => self.wb.put_cf(journeys, journey_key(p, k), j),
                 None => self.wb.delete_cf(journeys, journey_key(p, k)),
+            }
+        }
+        let cohorts = s.cf(CF_COHORTS);
+        for (start, c) in &ch.cohorts {
+            match c {
+                Some(c) => self.wb.put_cf(cohorts, cohort_key(p, *start), c),
+                None => self.wb.delete_cf(cohorts, cohort_key(p, *start)),
             }
         }
         self.wb

@@ -111,6 +111,8 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     cfg.kafka.input_topic = args.topic.clone();
     cfg.kafka.group_id = format!("deflect-bench-{}", std::process::id());
     cfg.kafka.dead_letter_topic = String::new();
+    cfg.kafka.late_topic = String::new();
+    cfg.kafka.output_topic = String::new();
     cfg.state.dir = dir.clone();
     cfg.http.listen = "127.0.0.1:0".into();
     let mut svc = Service::start(cfg, RunOptions { exit_at_eof: true })?;

@@ -264,8 +264,14 @@ fn demo(
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
     let topic = "contact-events";
-    let broker = deflect_kafka::EmbeddedBroker::start(&[(topic, 4), ("deflect-dead-letter", 1)])
-        .context("cannot start the embedded broker")?;
+    let defaults = Config::default();
+    let broker = deflect_kafka::EmbeddedBroker::start(&[
+        (topic, 4),
+        (defaults.kafka.dead_letter_topic.as_str(), 1),
+        (defaults.kafka.late_topic.as_str(), 1),
+        (defaults.kafka.output_topic.as_str(), 4),
+    ])
+    .context("cannot start the embedded broker")?;
     let tmp;
     let dir = match state_dir {
         Some(d) => d,

@@ -85,6 +85,13 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Where records that cannot be used go, with the reason in headers; empty disables it.
     pub dead_letter_topic: String,
+    /// Where events that arrive after their interval closed go (original bytes, reason in
+    /// headers); empty disables it (they are still counted).
+    pub late_topic: String,
+    /// Where interval reports go; empty disables them.
+    pub output_topic: String,
+    /// Format of the interval reports: `protobuf` or `json`.
+    pub output_format: String,
     /// Extra librdkafka properties for every client (security.protocol, sasl.*, …).
     pub properties: BTreeMap<String, String>,
 }
@@ -97,6 +104,9 @@ impl Default for KafkaConfig {
             input_format: "auto".into(),
             group_id: "deflect".into(),
             dead_letter_topic: "deflect-dead-letter".into(),
+            late_topic: "deflect-late-events".into(),
+            output_topic: "deflect-interval-reports".into(),
+            output_format: "protobuf".into(),
             properties: BTreeMap::new(),
         }
     }
@@ -383,10 +393,24 @@ impl Config {
                 self.kafka.input_format
             ),
         );
+        for (key, topic) in [
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.late_topic", &self.kafka.late_topic),
+            ("kafka.output_topic", &self.kafka.output_topic),
+        ] {
+            check(
+                *topic != self.kafka.input_topic,
+                key,
+                "must differ from kafka.input_topic".into(),
+            );
+        }
         check(
-            self.kafka.dead_letter_topic != self.kafka.input_topic,
-            "kafka.dead_letter_topic",
-            "must differ from kafka.input_topic".into(),
+            matches!(self.kafka.output_format.as_str(), "protobuf" | "json"),
+            "kafka.output_format",
+            format!(
+                "must be protobuf or json, got {:?}",
+                self.kafka.output_format
+            ),
         );
         if let Err(e) = IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes) {
             let key = match e {
@@ -454,7 +478,10 @@ impl Config {
         check(
             self.staffing.target > 0.0 && self.staffing.target < 1.0,
             "staffing.target",
-            format!("must be between 0 and 1 (exclusive), got {}", self.staffing.target),
+            format!(
+                "must be between 0 and 1 (exclusive), got {}",
+                self.staffing.target
+            ),
         );
         check(
             (0.0..0.95).contains(&self.staffing.shrinkage),

@@ -12,11 +12,10 @@ use anyhow::{Context, Result};
 use deflect_core::engine::{EngineConfig, Ingest, PartitionEngine};
 use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
-    Assignment, BaseRecord, GroupConsumer, Header, Headers, Message, OwnedHeaders,
+    Assignment, GroupConsumer, Header, Headers, Message, OutputProducer, OwnedHeaders,
 };
 use deflect_store::{Store, StoreOptions};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 
 use crate::config::Config;
 use crate::telemetry;
@@ -66,7 +65,8 @@ struct Loop<'a> {
     engine_cfg: Arc<EngineConfig>,
     store: Store,
     consumer: GroupConsumer,
-    dlq: Option<ThreadedProducer<DefaultProducerContext>>,
+    /// Dead letters, late events and interval reports (`None` when every output is disabled).
+    out: Option<OutputProducer>,
     engines: BTreeMap<i32, PartitionEngine>,
     assigned: BTreeSet<i32>,
     eof: BTreeSet<i32>,
@@ -119,11 +119,13 @@ pub fn run(
         })?;
     let consumer = GroupConsumer::new(&settings, &cfg.kafka.group_id, &cfg.kafka.input_topic)
         .context("cannot create Kafka consumer")?;
-    let dlq = if cfg.kafka.dead_letter_topic.is_empty() {
-        None
-    } else {
-        Some(deflect_kafka::producer(&settings).context("cannot create dead-letter producer")?)
-    };
+    let k = &cfg.kafka;
+    let out =
+        if k.dead_letter_topic.is_empty() && k.late_topic.is_empty() && k.output_topic.is_empty() {
+            None
+        } else {
+            Some(OutputProducer::new(&settings).context("cannot create Kafka producer")?)
+        };
     tracing::info!(
         topic = %cfg.kafka.input_topic,
         group = %cfg.kafka.group_id,
@@ -137,7 +139,7 @@ pub fn run(
         engine_cfg: Arc::new(cfg.engine()),
         store,
         consumer,
-        dlq,
+        out,
         engines: BTreeMap::new(),
         assigned: BTreeSet::new(),
         eof: BTreeSet::new(),
@@ -207,7 +209,13 @@ impl Loop<'_> {
                     timers = r.timers.len(),
                     "partition state restored"
                 );
-                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.pending, r.timers)
+                PartitionEngine::restore(
+                    self.engine_cfg.clone(),
+                    r.snapshot,
+                    r.pending,
+                    r.timers,
+                    r.cohorts,
+                )
             }
             None => PartitionEngine::new(self.engine_cfg.clone()),
         };
@@ -251,7 +259,6 @@ impl Loop<'_> {
         let format = self.cfg.input_format();
         let mut touched = BTreeSet::new();
         let mut n = 0usize;
-        let mut dead_lettered = 0usize;
         let mut skipped = 0u64;
         let mut timeout = self.cfg.pipeline.poll_timeout;
         let now = now_ms();
@@ -286,8 +293,30 @@ impl Loop<'_> {
             let payload = msg.payload().unwrap_or_default();
             match validate(&self.cfg.limits, &msg, payload, format, now) {
                 Ok(ev) => {
-                    if engine.ingest(msg.offset(), ev, now) == Ingest::AlreadyApplied {
-                        skipped += 1;
+                    let kind = ev.kind.type_name();
+                    match engine.ingest(msg.offset(), ev, now) {
+                        Ingest::AlreadyApplied => skipped += 1,
+                        Ingest::Late => {
+                            telemetry::late(kind);
+                            let topic = &self.cfg.kafka.late_topic;
+                            if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
+                                let closed = engine.frontier().unwrap_or(0).to_string();
+                                let extra = [
+                                    ("deflect.event_type", kind),
+                                    ("deflect.closed_until_ms", &closed),
+                                ];
+                                forward(
+                                    out,
+                                    topic,
+                                    &self.cfg.kafka.input_topic,
+                                    &msg,
+                                    "late",
+                                    "interval already closed",
+                                    &extra,
+                                )?;
+                            }
+                        }
+                        Ingest::Accepted | Ingest::Duplicate => {}
                     }
                 }
                 Err(err) => {
@@ -300,15 +329,17 @@ impl Loop<'_> {
                             reason = err.reason.as_str(),
                             "record rejected"
                         );
-                        if let Some(dlq) = &self.dlq {
-                            send_dead_letter(
-                                dlq,
-                                &self.cfg.kafka.dead_letter_topic,
+                        let topic = &self.cfg.kafka.dead_letter_topic;
+                        if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
+                            forward(
+                                out,
+                                topic,
                                 &self.cfg.kafka.input_topic,
                                 &msg,
-                                &err,
+                                err.reason.as_str(),
+                                &err.detail,
+                                &[],
                             )?;
-                            dead_lettered += 1;
                         }
                     } else {
                         skipped += 1;
@@ -343,15 +374,33 @@ impl Loop<'_> {
                 touched.insert(*p);
                 closed.insert(*p, c);
             }
+            let reports = e.take_reports();
+            let topic = &self.cfg.kafka.output_topic;
+            if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
+                let json = self.cfg.kafka.output_format == "json";
+                for r in &reports {
+                    let m = deflect_proto::report::to_message(r, *p, &self.engine_cfg.intervals);
+                    let bytes = if json {
+                        deflect_proto::report::encode_json(&m)
+                    } else {
+                        deflect_proto::report::encode_protobuf(&m)
+                    };
+                    let key = deflect_proto::report::key(r, *p);
+                    out.send(topic, key.as_bytes(), &bytes, None)
+                        .context("cannot send interval report")?;
+                }
+            }
+            telemetry::reports(&reports);
         }
         let t_advanced = Instant::now();
         self.phases.advance += t_advanced - t_consumed;
         let mut t_written = t_advanced;
         if !touched.is_empty() {
-            if let (Some(dlq), true) = (&self.dlq, dead_lettered > 0) {
-                // the dead letters must be durable before the offsets that skip them
-                deflect_kafka::flush(dlq, Duration::from_secs(30))
-                    .context("cannot deliver dead-letter records")?;
+            if let Some(out) = &mut self.out {
+                // dead letters, late events and reports must be durable before the offsets and
+                // state that skip past them
+                out.flush(Duration::from_secs(30))
+                    .context("cannot deliver dead letters, late events or reports")?;
             }
             let mut batch = self.store.batch();
             for p in &touched {
@@ -404,12 +453,17 @@ impl Loop<'_> {
     }
 }
 
-fn send_dead_letter(
-    dlq: &ThreadedProducer<DefaultProducerContext>,
+/// Forwards a consumed record unchanged (bytes, key, headers) to `topic`, with headers saying why
+/// and where it came from: `deflect.reason`, `deflect.detail`, `deflect.source.{topic,partition,offset}`
+/// and any `extra`.
+fn forward(
+    out: &mut OutputProducer,
     topic: &str,
     source_topic: &str,
     msg: &rdkafka::message::BorrowedMessage<'_>,
-    err: &deflect_proto::DecodeError,
+    reason: &str,
+    detail: &str,
+    extra: &[(&str, &str)],
 ) -> Result<()> {
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
@@ -422,46 +476,23 @@ fn send_dead_letter(
             });
         }
     }
-    let headers = headers
-        .insert(Header {
-            key: "deflect.reason",
-            value: Some(err.reason.as_str()),
-        })
-        .insert(Header {
-            key: "deflect.detail",
-            value: Some(err.detail.as_str()),
-        })
-        .insert(Header {
-            key: "deflect.source.topic",
-            value: Some(source_topic),
-        })
-        .insert(Header {
-            key: "deflect.source.partition",
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: "deflect.source.offset",
-            value: Some(offset.as_str()),
+    let ours = [
+        ("deflect.reason", reason),
+        ("deflect.detail", detail),
+        ("deflect.source.topic", source_topic),
+        ("deflect.source.partition", partition.as_str()),
+        ("deflect.source.offset", offset.as_str()),
+    ];
+    for (key, value) in ours.iter().chain(extra) {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
         });
+    }
     let payload = msg.payload().unwrap_or_default();
     let key = msg.key().unwrap_or_default();
-    let mut record = BaseRecord::to(topic)
-        .payload(payload)
-        .key(key)
-        .headers(headers);
-    loop {
-        match dlq.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e).context("cannot send dead-letter record"),
-        }
-    }
+    out.send(topic, key, payload, Some(headers))
+        .with_context(|| format!("cannot forward a record to topic {topic:?}"))
 }
 
 /// Decodes a record and checks it against the configured limits.

@@ -32,6 +32,8 @@ pub const HEAT_ARRIVALS: &str = "deflect_heatmap_arrivals";
 pub const HEAT_ANSWERED: &str = "deflect_heatmap_answered";
 pub const HEAT_WAIT_MS: &str = "deflect_heatmap_answered_wait_milliseconds";
 pub const HEAT_DAYS: &str = "deflect_heatmap_days_observed";
+pub const LATE_EVENTS: &str = "deflect_late_events_total";
+pub const REPORTS: &str = "deflect_reports_total";
 pub const CALLBACK_BACKLOG: &str = "deflect_callback_backlog";
 pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
 
@@ -114,6 +116,14 @@ pub fn describe() {
         "Time to process, persist and commit one poll batch."
     );
     describe_histogram!(BATCH_RECORDS, "Records per poll batch.");
+    describe_counter!(
+        LATE_EVENTS,
+        "Events that arrived after their interval closed, by event type; each goes to the late-events topic."
+    );
+    describe_counter!(
+        REPORTS,
+        "Interval reports produced to the output topic, by part (figures, cohort) and whether final."
+    );
     describe_gauge!(
         CALLBACK_BACKLOG,
         "Callbacks requested and not yet completed, canceled, expired or lost, at the closed frontier."
@@ -255,7 +265,9 @@ fn export_callbacks(ps: &str, engine: &PartitionEngine) {
             let (n, oldest) = backlog
                 .get(&(tenant.clone(), queue.clone()))
                 .copied()
-                .map_or((0, 0.0), |(n, at)| (n, (frontier - at).max(0) as f64 / 1000.0));
+                .map_or((0, 0.0), |(n, at)| {
+                    (n, (frontier - at).max(0) as f64 / 1000.0)
+                });
             let l = [
                 ("tenant", tenant),
                 ("queue", queue),
@@ -274,6 +286,17 @@ pub fn full_refresh(p: i32, engine: &PartitionEngine) {
 
 pub fn rejected(reason: &'static str) {
     counter!(EVENTS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn late(event_type: &'static str) {
+    counter!(LATE_EVENTS, "type" => event_type).increment(1);
+}
+
+pub fn reports(reports: &[deflect_core::engine::Report]) {
+    for r in reports {
+        let fin = if r.is_final { "true" } else { "false" };
+        counter!(REPORTS, "part" => r.part.as_str(), "final" => fin).increment(1);
+    }
 }
 
 pub fn already_applied(n: u64) {

@@ -1,0 +1,233 @@
+//! Interval reports on the output topic: they carry exactly the batch oracle's figures (every
+//! interval, every cohort revision), replaying the same input yields byte-identical reports, and
+//! events that arrive after their interval closed go to the late-events topic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deflect::generate::{GenParams, Generator};
+use deflect::produce::{EventProducer, WireFormat};
+use deflect::RunOptions;
+use deflect_core::metrics::{Counters, Metric};
+use deflect_kafka::{EmbeddedBroker, Headers, Message};
+use rdkafka::error::KafkaError;
+
+use crate::support::*;
+
+/// Every record of `topic` (one partition): (key, payload, headers).
+fn read_all(
+    broker: &EmbeddedBroker,
+    topic: &str,
+) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
+    let reader = deflect_kafka::reader(&broker.settings(), topic, 1).unwrap();
+    let mut out = Vec::new();
+    loop {
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_string(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => panic!("timed out reading {topic}"),
+        }
+    }
+    out
+}
+
+/// The series of a report as counters.
+fn counters(r: &deflect_proto::pb::IntervalReport) -> Counters {
+    let mut c = Counters::default();
+    for s in &r.series {
+        let m = *Metric::ALL
+            .iter()
+            .find(|m| m.name() == s.metric)
+            .expect("known metric");
+        c.add(
+            m,
+            s.labels.iter().map(|l| l.value.clone()).collect(),
+            s.value,
+        );
+    }
+    c
+}
+
+#[test]
+fn reports_equal_the_oracle_and_replay_byte_identically() {
+    let (input, out_a, out_b) = ("rep-input", "rep-out-a", "rep-out-b");
+    // 8 partitions keep each well under the mock cluster's ~5 MiB retention
+    let broker = EmbeddedBroker::start(&[(input, 8), (out_a, 1), (out_b, 1)]).unwrap();
+    let params = GenParams {
+        contacts_per_hour: 60.0,
+        customers: 500,
+        seed: 5,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    // ten days: re-contacts within 7 days, surveys, callbacks and notifications all decided
+    let events = g.until(params.start_ms + 10 * 86_400_000);
+    assert!(events.len() > 50_000, "{} events", events.len());
+    let mut p = EventProducer::new(&broker.settings(), input, WireFormat::Protobuf).unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+
+    let run = |out: &str, group: &str, max_batch: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(broker.bootstrap_servers(), input, dir.path(), group);
+        cfg.kafka.output_topic = out.into();
+        cfg.pipeline.max_batch = max_batch;
+        let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+        svc.wait_pipeline().unwrap();
+        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_events_total");
+        eprintln!("{group}: {:?}", without_partition(&m));
+        svc.shutdown().unwrap();
+        let mut recs: Vec<(String, Vec<u8>)> = read_all(&broker, out)
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect();
+        recs.sort();
+        recs
+    };
+    // two runs with different batching: the same reports, byte for byte
+    let a = run(out_a, "rep-a", 5000);
+    let b = run(out_b, "rep-b", 400);
+    assert!(a.len() > 500, "{} reports", a.len());
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "replaying the same input gave different reports");
+
+    // merged over partitions, the reports carry exactly the oracle's figures
+    let cfg = deflect::Config::default();
+    let oracle = deflect_oracle::compute(
+        &cfg.engine().journey,
+        &cfg.site.time_zone,
+        cfg.site.interval_minutes,
+        &events,
+    );
+    let mut figures: BTreeMap<i64, Counters> = BTreeMap::new();
+    let mut cohorts: BTreeMap<(i64, u32), Counters> = BTreeMap::new();
+    let mut finals = 0;
+    for (key, bytes) in &a {
+        let r = deflect_proto::report::decode_protobuf(bytes).unwrap();
+        assert!(
+            key.contains(&format!("/{}/p{}", r.part, r.partition)),
+            "{key}"
+        );
+        let c = counters(&r);
+        match r.part.as_str() {
+            "figures" => {
+                assert!(r.r#final && r.revision == 0);
+                figures.entry(r.interval_start_ms).or_default().merge(&c);
+            }
+            "cohort" => {
+                finals += usize::from(r.r#final);
+                assert_eq!(r.r#final, r.revision == 3, "three horizons: 24h, 72h, 7d");
+                if !c.is_empty() {
+                    cohorts
+                        .entry((r.interval_start_ms, r.revision))
+                        .or_default()
+                        .merge(&c);
+                }
+            }
+            other => panic!("unknown part {other}"),
+        }
+    }
+    figures.retain(|_, c| !c.is_empty());
+    let expected: BTreeMap<i64, Counters> = oracle
+        .intervals
+        .iter()
+        .filter(|(_, f)| !f.counters.is_empty())
+        .map(|(k, f)| (*k, f.counters.clone()))
+        .collect();
+    assert_eq!(figures.len(), expected.len());
+    assert!(
+        figures == expected,
+        "figures reports differ from the oracle"
+    );
+    assert!(
+        cohorts == oracle.cohorts,
+        "cohort reports differ from the oracle"
+    );
+    assert!(finals > 100, "{finals} final cohort reports");
+    let contained: u64 = oracle
+        .cohorts
+        .iter()
+        .filter(|((_, rev), _)| *rev == 3)
+        .map(|(_, c)| c.get(Metric::Containment, &[]))
+        .sum();
+    assert!(
+        contained > 100,
+        "the scenario decides containment ({contained})"
+    );
+}
+
+#[test]
+fn late_events_go_to_the_late_topic_and_are_counted() {
+    let (input, late) = ("late-input", "late-out");
+    let broker = EmbeddedBroker::start(&[(input, 1), (late, 1)]).unwrap();
+    let t0: i64 = 1_704_704_400_000; // 2024-01-08T09:00Z
+    let ev = |id: &str, t: i64, kind: &str| {
+        format!(
+            r#"{{"event_id":"{id}","tenant":"acme","contact_id":"c-{id}","customer_id":"u1","channel":"voice","occurred_at":{t},{kind}}}"#
+        )
+    };
+    let start = r#""contact_started":{"direction":"inbound","initiation":"customer"}"#;
+    let survey = r#""survey_response":{"score":5,"scale_min":1,"scale_max":5}"#;
+    let mut p = EventProducer::new(&broker.settings(), input, WireFormat::Json).unwrap();
+    p.send_record(Some(b"u1"), ev("a", t0, start).as_bytes())
+        .unwrap();
+    // two hours later: the watermark closes 09:00 (grace 5 minutes)
+    p.send_record(Some(b"u1"), ev("b", t0 + 7_200_000, start).as_bytes())
+        .unwrap();
+    // then a survey for 09:01 arrives: its interval is closed
+    p.send_record(Some(b"u1"), ev("c", t0 + 60_000, survey).as_bytes())
+        .unwrap();
+    p.flush().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker.bootstrap_servers(), input, dir.path(), "late");
+    cfg.kafka.late_topic = late.into();
+    cfg.pipeline.max_batch = 1; // one record per batch: the watermark moves before the survey
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    svc.wait_pipeline().unwrap();
+    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+    svc.shutdown().unwrap();
+
+    assert_eq!(
+        sum(
+            &m,
+            "deflect_late_events_total",
+            &[("type", "survey_response")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "deflect_late_events_total", &[]), 1.0);
+    assert_eq!(sum(&m, "deflect_events_total", &[("result", "late")]), 1.0);
+    assert_eq!(sum(&m, "deflect_csat_responses_total", &[]), 0.0);
+    let recs = read_all(&broker, late);
+    assert_eq!(recs.len(), 1);
+    let (key, payload, headers) = &recs[0];
+    assert_eq!(key, "u1");
+    assert_eq!(payload.as_slice(), ev("c", t0 + 60_000, survey).as_bytes());
+    assert_eq!(headers["deflect.reason"], "late");
+    assert_eq!(headers["deflect.event_type"], "survey_response");
+    assert_eq!(headers["deflect.source.topic"], input);
+    assert_eq!(headers["deflect.source.offset"], "2");
+    let closed: i64 = headers["deflect.closed_until_ms"].parse().unwrap();
+    assert!(closed > t0 + 60_000);
+}
