@@ -53,6 +53,8 @@ impl From<FormatArg> for WireFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Erlang C / Erlang A staffing for one interval's demand.
+    Staffing(crate::staffing::StaffingArgs),
     /// Run the pipeline against Kafka brokers.
     Run {
         /// TOML configuration (every key optional; `DEFLECT__SECTION__KEY` overrides).
@@ -215,6 +217,10 @@ fn dispatch(c: Command) -> Result<()> {
             state_dir,
         } => demo(listen, history_days, speed, rate, state_dir),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Staffing(args) => {
+            print!("{}", crate::staffing::report(&args)?);
+            Ok(())
+        }
         Command::Broker { topics } => broker(&topics),
         Command::Replay {
             source,

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod replay;
 pub mod service;
+pub mod staffing;
 pub mod telemetry;
 
 pub use config::Config;
