@@ -22,6 +22,7 @@ fn engine(c: &mut Criterion) {
         grace_ms: 300_000,
         idle_timeout_ms: i64::MAX / 4,
         heatmap_days: 28,
+        heatmap_by_interval: false,
         journey: JourneyConfig::new(Default::default()),
     });
     let mut group = c.benchmark_group("engine");

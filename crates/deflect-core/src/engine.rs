@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub grace_ms: Millis,
     pub idle_timeout_ms: Millis,
     pub heatmap_days: u32,
+    /// Heat-map cells per interval of the day (weekday × hour × minute) instead of per hour.
+    pub heatmap_by_interval: bool,
     pub journey: JourneyConfig,
 }
 
@@ -46,6 +48,9 @@ impl JourneyStore for NoStore {
 }
 
 pub type PendingKey = (Millis, u8, String);
+/// A heat-map cell of one local date: (date, hour, minute of the interval start, or 0 when cells
+/// are per hour).
+pub type HeatKey = (jiff::civil::Date, u8, u8);
 pub type TimerKey = (Millis, String);
 
 /// Heat-map sums of one local (date, hour).
@@ -56,11 +61,13 @@ pub struct HeatCell {
     pub wait_ms: u64,
 }
 
-/// One row of the heat map: local weekday (0 = Monday) × hour, summed over the trailing range.
+/// One row of the heat map: local weekday (0 = Monday) × hour (× minute of the interval start
+/// when cells are per interval; 0 otherwise), summed over the trailing range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeatRow {
     pub weekday: u8,
     pub hour: u8,
+    pub minute: u8,
     pub cell: HeatCell,
     pub days_observed: u64,
 }
@@ -76,10 +83,10 @@ pub struct PartitionSnapshot {
     pub frontier: Option<Millis>,
     /// Running totals of every closed interval (what Prometheus sees).
     pub totals: Counters,
-    /// Heat-map sums per local (date, hour) over the trailing range.
-    pub heat: BTreeMap<(jiff::civil::Date, u8), HeatCell>,
-    /// Local (date, hour) slots the closed frontier has passed through.
-    pub observed: BTreeSet<(jiff::civil::Date, u8)>,
+    /// Heat-map sums per local (date, hour, minute) cell over the trailing range.
+    pub heat: BTreeMap<HeatKey, HeatCell>,
+    /// Local (date, hour, minute) cells the closed frontier has passed through.
+    pub observed: BTreeSet<HeatKey>,
     pub stats: Stats,
     /// Id of the blob the events accepted in the current batch will be written in.
     pub next_blob: u64,
@@ -635,8 +642,11 @@ impl PartitionEngine {
                 }
             }
         }
-        let lh = self.cfg.intervals.local_hour(a.interval.start);
-        let cell = self.snap.heat.entry((lh.date, lh.hour)).or_default();
+        let cell = self
+            .snap
+            .heat
+            .entry(self.heat_key(a.interval.start))
+            .or_default();
         cell.arrivals += a.heat.arrivals;
         cell.answered += a.heat.answered;
         cell.wait_ms += a.heat.wait_ms;
@@ -648,6 +658,16 @@ impl PartitionEngine {
         }
     }
 
+    fn heat_key(&self, t: Millis) -> HeatKey {
+        let lh = self.cfg.intervals.local_hour(t);
+        let minute = if self.cfg.heatmap_by_interval {
+            lh.minute
+        } else {
+            0
+        };
+        (lh.date, lh.hour, minute)
+    }
+
     /// Moves the frontier to `until`, marking the local hours it passes as observed.
     fn observe_until(&mut self, until: Millis) {
         let spec = &self.cfg.intervals;
@@ -655,8 +675,8 @@ impl PartitionEngine {
         let from = self.snap.frontier.unwrap_or(until).max(until - range_ms);
         let mut t = from;
         while t < until {
-            let lh = spec.local_hour(t);
-            self.snap.observed.insert((lh.date, lh.hour));
+            let k = self.heat_key(t);
+            self.snap.observed.insert(k);
             t = spec.interval_of(t).end;
         }
         if self.snap.frontier.is_none_or(|f| until > f) {
@@ -665,8 +685,8 @@ impl PartitionEngine {
             let cutoff = today
                 .checked_sub(jiff::Span::new().days(i64::from(self.cfg.heatmap_days) - 1))
                 .unwrap_or(today);
-            self.snap.observed.retain(|(d, _)| *d >= cutoff);
-            self.snap.heat.retain(|(d, _), _| *d >= cutoff);
+            self.snap.observed.retain(|(d, _, _)| *d >= cutoff);
+            self.snap.heat.retain(|(d, _, _), _| *d >= cutoff);
         }
     }
 
@@ -781,22 +801,23 @@ impl PartitionEngine {
 
     /// The heat map over the trailing range, one row per (weekday, hour) with data or observation.
     pub fn heatmap(&self) -> Vec<HeatRow> {
-        let mut rows: BTreeMap<(u8, u8), HeatRow> = BTreeMap::new();
+        let mut rows: BTreeMap<(u8, u8, u8), HeatRow> = BTreeMap::new();
         let wd = |d: &jiff::civil::Date| crate::time::weekday_index(d.weekday());
-        for (d, h) in &self.snap.observed {
-            let r = rows.entry((wd(d), *h)).or_default();
+        for (d, h, m) in &self.snap.observed {
+            let r = rows.entry((wd(d), *h, *m)).or_default();
             r.days_observed += 1;
         }
-        for ((d, h), c) in &self.snap.heat {
-            let r = rows.entry((wd(d), *h)).or_default();
+        for ((d, h, m), c) in &self.snap.heat {
+            let r = rows.entry((wd(d), *h, *m)).or_default();
             r.cell.arrivals += c.arrivals;
             r.cell.answered += c.answered;
             r.cell.wait_ms += c.wait_ms;
         }
         rows.into_iter()
-            .map(|((w, h), mut r)| {
+            .map(|((w, h, m), mut r)| {
                 r.weekday = w;
                 r.hour = h;
+                r.minute = m;
                 r
             })
             .collect()
@@ -822,6 +843,7 @@ mod tests {
             grace_ms: 5 * MIN,
             idle_timeout_ms: i64::MAX / 4,
             heatmap_days: 28,
+            heatmap_by_interval: false,
             journey: JourneyConfig::new(DimensionsConfig::default()),
         })
     }
@@ -1061,6 +1083,7 @@ mod tests {
             .map(|((weekday, hour), cell)| HeatRow {
                 weekday,
                 hour,
+                minute: 0,
                 cell,
                 days_observed: 0,
             })
@@ -1230,5 +1253,84 @@ mod tests {
         let closed = e2.advance(1_000 + 20 * MIN, &mut NoStore);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].counters.total(Metric::PotentialCalls), 1);
+    }
+}
+
+#[cfg(test)]
+mod heatmap_tests {
+    use super::*;
+    use crate::dims::DimensionsConfig;
+    use crate::event::*;
+
+    /// One potential call every 15 minutes from `from` to `to` (UTC ms), heat cells per 30-minute
+    /// interval in London.
+    fn run(from: Millis, to: Millis) -> Vec<HeatRow> {
+        let cfg = Arc::new(EngineConfig {
+            intervals: IntervalSpec::new("Europe/London", 30).unwrap(),
+            grace_ms: 300_000,
+            idle_timeout_ms: i64::MAX / 4,
+            heatmap_days: 28,
+            heatmap_by_interval: true,
+            journey: JourneyConfig::new(DimensionsConfig::default()),
+        });
+        let mut e = PartitionEngine::new(cfg);
+        let mut t = from;
+        let mut i = 0;
+        while t < to {
+            let ev = Event {
+                event_id: format!("e{i}"),
+                tenant: "t".into(),
+                contact_id: format!("c{i}"),
+                parent_contact_id: None,
+                customer_id: None,
+                channel: Channel::Voice,
+                occurred_at: t,
+                intent: None,
+                queue: None,
+                kind: EventKind::ContactStarted {
+                    direction: Direction::Inbound,
+                    initiation: Initiation::Customer,
+                },
+            };
+            e.ingest(i, ev, 0);
+            t += 15 * 60_000;
+            i += 1;
+        }
+        e.finalize(&mut NoStore);
+        e.heatmap()
+    }
+
+    fn cell(rows: &[HeatRow], weekday: u8, hour: u8, minute: u8) -> Option<(u64, u64)> {
+        rows.iter()
+            .find(|r| (r.weekday, r.hour, r.minute) == (weekday, hour, minute))
+            .map(|r| (r.cell.arrivals, r.days_observed))
+    }
+
+    #[test]
+    fn interval_cells_across_the_25_hour_day() {
+        // Sunday 2024-10-27: 01:00–02:00 local happens twice (BST, then GMT)
+        let rows = run(1_729_987_200_000, 1_730_073_600_000); // 10-27T00:00Z .. 10-28T00:00Z
+                                                              // two calls per 30-minute interval, each local 01:xx interval twice: 4 calls. The frontier
+                                                              // goes on for a week after the calls (timers of ended contacts), so the next Sunday is
+                                                              // observed too: 2 days.
+        assert_eq!(cell(&rows, 6, 1, 0), Some((4, 2)));
+        assert_eq!(cell(&rows, 6, 1, 30), Some((4, 2)));
+        assert_eq!(cell(&rows, 6, 12, 30), Some((2, 2)));
+        assert_eq!(rows.iter().map(|r| r.cell.arrivals).sum::<u64>(), 24 * 4);
+    }
+
+    #[test]
+    fn interval_cells_across_the_23_hour_day() {
+        // Sunday 2024-03-31: 01:00–02:00 local does not exist
+        let rows = run(1_711_843_200_000, 1_711_926_000_000); // 03-31T00:00Z .. 03-31T23:00Z
+        assert_eq!(cell(&rows, 6, 0, 30), Some((2, 2)));
+        // observed only on the next Sunday, which has a 01:00
+        assert_eq!(cell(&rows, 6, 1, 0), Some((0, 1)));
+        assert_eq!(cell(&rows, 6, 2, 0), Some((2, 2)));
+        // 23 hours of local time, 46 cells of 30 minutes with calls
+        let with_calls = rows
+            .iter()
+            .filter(|r| r.weekday == 6 && r.cell.arrivals > 0);
+        assert_eq!(with_calls.count(), 46);
     }
 }

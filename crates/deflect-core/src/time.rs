@@ -40,6 +40,7 @@ pub struct LocalHour {
     /// 0 = Monday … 6 = Sunday.
     pub weekday: u8,
     pub hour: u8,
+    pub minute: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +98,7 @@ impl IntervalSpec {
             date: z.date(),
             weekday: weekday_index(z.weekday()),
             hour: z.hour() as u8,
+            minute: z.minute() as u8,
         }
     }
 

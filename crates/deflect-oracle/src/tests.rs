@@ -40,6 +40,7 @@ fn engine_cfg(minutes: u32, j: JourneyConfig) -> Arc<EngineConfig> {
         grace_ms: 5 * MIN,
         idle_timeout_ms: i64::MAX / 4,
         heatmap_days: 28,
+        heatmap_by_interval: false,
         journey: j,
     })
 }

@@ -280,11 +280,17 @@ impl Default for StaffingConfig {
 pub struct HeatmapConfig {
     /// Trailing range of local days the heat map covers.
     pub days: u32,
+    /// Cell of the heat map: `hour` (weekday × hour, 168 cells) or `interval` (weekday × interval
+    /// of the day: the series get a `minute` label).
+    pub cell: String,
 }
 
 impl Default for HeatmapConfig {
     fn default() -> Self {
-        HeatmapConfig { days: 28 }
+        HeatmapConfig {
+            days: 28,
+            cell: "hour".into(),
+        }
     }
 }
 
@@ -489,6 +495,11 @@ impl Config {
             format!("must be in [0, 0.95), got {}", self.staffing.shrinkage),
         );
         check(
+            matches!(self.heatmap.cell.as_str(), "hour" | "interval"),
+            "heatmap.cell",
+            format!("must be hour or interval, got {:?}", self.heatmap.cell),
+        );
+        check(
             (1..=366).contains(&self.heatmap.days),
             "heatmap.days",
             format!("must be 1..=366, got {}", self.heatmap.days),
@@ -517,6 +528,7 @@ impl Config {
             grace_ms: self.watermark.grace.as_millis() as i64,
             idle_timeout_ms: self.watermark.idle_timeout.as_millis() as i64,
             heatmap_days: self.heatmap.days,
+            heatmap_by_interval: self.heatmap.cell == "interval",
             journey: JourneyConfig {
                 dims: self.dimensions.clone(),
                 contact_timeout_ms: ms(self.journey.contact_timeout),

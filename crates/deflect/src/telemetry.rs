@@ -215,7 +215,7 @@ pub fn export_closed(p: i32, engine: &PartitionEngine, closed: &[ClosedInterval]
 fn export_heatmap(p: i32, engine: &PartitionEngine) {
     let ps = p.to_string();
     for row in engine.heatmap() {
-        let l = [
+        let mut l = vec![
             (
                 "weekday",
                 WEEKDAY_NAMES[usize::from(row.weekday)].to_string(),
@@ -223,6 +223,9 @@ fn export_heatmap(p: i32, engine: &PartitionEngine) {
             ("hour", row.hour.to_string()),
             ("partition", ps.clone()),
         ];
+        if engine.config().heatmap_by_interval {
+            l.push(("minute", format!("{:02}", row.minute)));
+        }
         gauge!(HEAT_ARRIVALS, &l).set(row.cell.arrivals as f64);
         gauge!(HEAT_ANSWERED, &l).set(row.cell.answered as f64);
         gauge!(HEAT_WAIT_MS, &l).set(row.cell.wait_ms as f64);
