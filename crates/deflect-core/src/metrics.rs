@@ -108,6 +108,34 @@ metrics_table! {
         "Proactive notifications, counted when decided: deflected (no potential call on the topic within proactive.window), called, or unverifiable (no customer id, at send).";
 }
 
+/// Metrics that share a label schema and are divided by one another in PromQL: when one series of
+/// a family exists, the exporter shows its siblings with the same labels at 0 rather than absent,
+/// so that ratios and sums do not vanish for a queue that, say, never had an abandon.
+pub const FAMILIES: &[&[Metric]] = &[
+    &[
+        Metric::QueueEntered,
+        Metric::QueueAnswered,
+        Metric::QueueWaitMs,
+        Metric::QueueAnsweredWithin,
+        Metric::QueueAbandoned,
+        Metric::QueueAbandonWaitMs,
+        Metric::QueueAbandonedShort,
+        Metric::QueueAbandonedWithin,
+        Metric::QueueCallbackRequested,
+        Metric::QueueCallbackWithin,
+        Metric::Handled,
+        Metric::HandleTimeMs,
+        Metric::HandleTimeUnknown,
+    ],
+    &[Metric::IvrEntries, Metric::IvrDropoffs],
+    &[Metric::PotentialCalls, Metric::AutomatedContacts],
+];
+
+/// The family of a metric, if it has one.
+pub fn family(m: Metric) -> Option<&'static [Metric]> {
+    FAMILIES.iter().copied().find(|f| f.contains(&m))
+}
+
 /// The CSAT box of a response: `top2` for the two best points of the scale (4–5 of 1–5, 9–10 of
 /// 0–10), `rest` otherwise. A scale of fewer than three points has only its best point on top.
 pub fn csat_box(score: f64, scale_min: f64, scale_max: f64) -> &'static str {
@@ -196,6 +224,16 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Metric::ALL.len());
         assert!(names.iter().all(|n| n.starts_with("deflect_")));
+    }
+
+    #[test]
+    fn families_share_their_labels() {
+        for f in FAMILIES {
+            for m in *f {
+                assert_eq!(m.labels(), f[0].labels(), "{m:?}");
+                assert_eq!(family(*m), Some(*f));
+            }
+        }
     }
 
     #[test]

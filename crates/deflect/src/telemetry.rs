@@ -174,10 +174,20 @@ pub fn export_totals(p: i32, engine: &PartitionEngine) {
     export_partition(p, engine);
 }
 
-/// Sets one counter series; a wait bucket sets the whole cumulative histogram of its group.
+/// Sets one counter series (and its family's siblings with the same labels, at 0 when they have
+/// no value yet); a wait bucket sets the whole cumulative histogram of its group.
 fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
     if k.metric != Metric::QueueWaitBucket {
         counter!(k.metric.name(), labels(k, ps)).absolute(v);
+        for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
+            let key = CounterKey {
+                metric: *sibling,
+                labels: k.labels.clone(),
+            };
+            if *sibling != k.metric && !engine.totals().0.contains_key(&key) {
+                counter!(sibling.name(), labels(&key, ps)).absolute(0);
+            }
+        }
         return;
     }
     let group = &k.labels[..k.labels.len() - 1];
