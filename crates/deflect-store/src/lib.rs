@@ -252,6 +252,16 @@ impl Store {
         }
     }
 
+    /// Write stalls: (1 when writes are stopped, else 0; the delayed write rate in bytes/s when
+    /// RocksDB is slowing writes down, else 0).
+    pub fn write_stall(&self) -> (u64, u64) {
+        let get = |p: &str| self.db.property_int_value(p).ok().flatten().unwrap_or(0);
+        (
+            get("rocksdb.is-write-stopped"),
+            get("rocksdb.actual-delayed-write-rate"),
+        )
+    }
+
     /// Approximate on-disk size of live data (bytes).
     pub fn live_size_bytes(&self) -> u64 {
         CFS.iter()

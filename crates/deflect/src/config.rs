@@ -144,12 +144,16 @@ impl Default for StateConfig {
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: String,
+    /// `/readyz` fails when the instance watermark has not advanced for this long (0s disables).
+    #[serde(with = "humantime_serde")]
+    pub ready_watermark_stall: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9898".into(),
+            ready_watermark_stall: Duration::from_secs(15 * 60),
         }
     }
 }

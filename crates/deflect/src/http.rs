@@ -70,13 +70,12 @@ async fn render(
     )
 }
 
-async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready(now_ms()) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.check(now_ms()) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no partitions assigned, state restoring, or loop stalled\n",
-        )
+            format!("not ready: {}\n", why.as_str()),
+        ),
     }
 }

@@ -28,13 +28,96 @@ pub struct Health {
     /// Wall-clock ms of the last completed loop iteration.
     pub last_loop_ms: AtomicI64,
     pub records: AtomicI64,
+    /// Instance watermark (event-time ms; `i64::MIN` before the first event).
+    pub watermark_ms: AtomicI64,
+    /// Wall-clock ms when the instance watermark last moved forward.
+    pub watermark_moved_ms: AtomicI64,
+    /// Longest the watermark may stand still before the instance reports not ready (ms; 0 = no
+    /// limit).
+    pub watermark_stall_ms: AtomicI64,
+}
+
+/// Why an instance is not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    NoPartitions,
+    Restoring,
+    LoopStalled,
+    WatermarkStalled,
+}
+
+impl NotReady {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::NoPartitions => "no partitions assigned",
+            NotReady::Restoring => "restoring partition state",
+            NotReady::LoopStalled => "the consuming loop has not run for 30 s",
+            NotReady::WatermarkStalled => "the watermark has not advanced for http.ready_watermark_stall",
+        }
+    }
 }
 
 impl Health {
+    /// Ready: partitions assigned, their state restored, the loop running, and the watermark
+    /// advancing (an idle partition's watermark advances with the wall clock, so a quiet night
+    /// still counts as advancing; an instance that never saw an event is not held back).
+    pub fn check(&self, now_ms: i64) -> Result<(), NotReady> {
+        if self.assigned.load(Ordering::Relaxed) == 0 {
+            return Err(NotReady::NoPartitions);
+        }
+        if !self.restored.load(Ordering::Relaxed) {
+            return Err(NotReady::Restoring);
+        }
+        if now_ms - self.last_loop_ms.load(Ordering::Relaxed) >= 30_000 {
+            return Err(NotReady::LoopStalled);
+        }
+        let stall = self.watermark_stall_ms.load(Ordering::Relaxed);
+        let seen = self.watermark_ms.load(Ordering::Relaxed) != i64::MIN;
+        let moved = self.watermark_moved_ms.load(Ordering::Relaxed);
+        if stall > 0 && seen && now_ms - moved >= stall {
+            return Err(NotReady::WatermarkStalled);
+        }
+        Ok(())
+    }
+
     pub fn ready(&self, now_ms: i64) -> bool {
-        self.assigned.load(Ordering::Relaxed) > 0
-            && self.restored.load(Ordering::Relaxed)
-            && now_ms - self.last_loop_ms.load(Ordering::Relaxed) < 30_000
+        self.check(now_ms).is_ok()
+    }
+
+    /// Records the instance watermark seen at wall-clock `now_ms`.
+    pub fn watermark(&self, wm: Option<i64>, now_ms: i64) {
+        let Some(wm) = wm else { return };
+        if self.watermark_ms.fetch_max(wm, Ordering::Relaxed) < wm {
+            self.watermark_moved_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_assignment_restore_loop_and_watermark() {
+        let h = Health {
+            watermark_ms: AtomicI64::new(i64::MIN),
+            watermark_stall_ms: AtomicI64::new(600_000),
+            ..Default::default()
+        };
+        assert_eq!(h.check(0), Err(NotReady::NoPartitions));
+        h.assigned.store(2, Ordering::Relaxed);
+        assert_eq!(h.check(0), Err(NotReady::Restoring));
+        h.restored.store(true, Ordering::Relaxed);
+        h.last_loop_ms.store(1_000, Ordering::Relaxed);
+        assert_eq!(h.check(2_000), Ok(()), "no event yet: nothing to hold back");
+        assert_eq!(h.check(40_000), Err(NotReady::LoopStalled));
+        h.last_loop_ms.store(1_000_000, Ordering::Relaxed);
+        h.watermark(Some(5_000), 1_000);
+        assert_eq!(h.check(1_000_000), Err(NotReady::WatermarkStalled));
+        h.watermark(Some(5_000), 900_000); // the same watermark is not progress
+        assert_eq!(h.check(1_000_000), Err(NotReady::WatermarkStalled));
+        h.watermark(Some(6_000), 900_000);
+        assert_eq!(h.check(1_000_000), Ok(()));
     }
 }
 
@@ -74,6 +157,7 @@ struct Loop<'a> {
     summary: Summary,
     phases: Phases,
     last_kafka_commit: Instant,
+    staffing: crate::staffing::StaffingTracker,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -147,6 +231,7 @@ pub fn run(
         summary: Summary::default(),
         phases: Phases::default(),
         last_kafka_commit: Instant::now(),
+        staffing: Default::default(),
     };
     let mut last_refresh = Instant::now();
     let mut first_record: Option<Instant> = None;
@@ -371,6 +456,7 @@ impl Loop<'_> {
             }
             reader.into_result().context("cannot read journey state")?;
             if !c.is_empty() {
+                self.staffing.add(&c);
                 touched.insert(*p);
                 closed.insert(*p, c);
             }
@@ -435,7 +521,7 @@ impl Loop<'_> {
         Ok(finished)
     }
 
-    fn refresh(&self) {
+    fn refresh(&mut self) {
         for (p, e) in &self.engines {
             telemetry::full_refresh(*p, e);
         }
@@ -449,7 +535,26 @@ impl Loop<'_> {
             now_ms(),
             self.engine_cfg.idle_timeout_ms,
         );
+        self.health.watermark(wm, now_ms());
         telemetry::instance(self.assigned.len(), wm, self.store.live_size_bytes());
+        let (stopped, delayed) = self.store.write_stall();
+        telemetry::rocksdb_stalls(stopped, delayed);
+        let closed_until = self
+            .assigned
+            .iter()
+            .map(|p| self.engines.get(p).and_then(|e| e.frontier()))
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|f| f.into_iter().min());
+        if let Some(until) = closed_until {
+            let rows = self.staffing.compute(
+                until,
+                self.engine_cfg.intervals.len_ms(),
+                self.cfg.service.level_threshold.as_secs_f64(),
+                self.cfg.staffing.target,
+                self.cfg.staffing.shrinkage,
+            );
+            telemetry::staffing(&rows);
+        }
     }
 }
 

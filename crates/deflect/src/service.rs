@@ -34,7 +34,14 @@ impl Service {
         let listener = runtime.block_on(http::bind(&cfg.http.listen))?;
         let addr = listener.local_addr().context("listener address")?;
         let (recorder, handle) = telemetry::recorder();
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            watermark_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            watermark_moved_ms: std::sync::atomic::AtomicI64::new(pipeline::now_ms()),
+            watermark_stall_ms: std::sync::atomic::AtomicI64::new(
+                cfg.http.ready_watermark_stall.as_millis() as i64,
+            ),
+            ..Default::default()
+        });
         let (http_stop, stopped) = oneshot::channel::<()>();
         runtime.spawn(http::serve(
             listener,

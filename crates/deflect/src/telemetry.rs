@@ -34,6 +34,11 @@ pub const HEAT_WAIT_MS: &str = "deflect_heatmap_answered_wait_milliseconds";
 pub const HEAT_DAYS: &str = "deflect_heatmap_days_observed";
 pub const LATE_EVENTS: &str = "deflect_late_events_total";
 pub const REPORTS: &str = "deflect_reports_total";
+pub const ROCKSDB_WRITE_STOPPED: &str = "deflect_rocksdb_write_stopped";
+pub const ROCKSDB_DELAYED_WRITE_RATE: &str = "deflect_rocksdb_delayed_write_rate_bytes";
+pub const STAFFING_AGENTS: &str = "deflect_staffing_required_agents";
+pub const STAFFING_SCHEDULED: &str = "deflect_staffing_scheduled_staff";
+pub const STAFFING_LOAD: &str = "deflect_staffing_offered_load_erlangs";
 pub const CALLBACK_BACKLOG: &str = "deflect_callback_backlog";
 pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
 
@@ -123,6 +128,26 @@ pub fn describe() {
     describe_counter!(
         REPORTS,
         "Interval reports produced to the output topic, by part (figures, cohort) and whether final."
+    );
+    describe_gauge!(
+        ROCKSDB_WRITE_STOPPED,
+        "1 while RocksDB has stopped writes (too many memtables or level-0 files), else 0."
+    );
+    describe_gauge!(
+        ROCKSDB_DELAYED_WRITE_RATE,
+        "Write rate RocksDB is throttling to while it delays writes (bytes/s), 0 when not delayed."
+    );
+    describe_gauge!(
+        STAFFING_AGENTS,
+        "Erlang C agents for staffing.target within service.level_threshold, from the last interval closed on every owned partition."
+    );
+    describe_gauge!(
+        STAFFING_SCHEDULED,
+        "Scheduled staff for those agents after staffing.shrinkage."
+    );
+    describe_gauge!(
+        STAFFING_LOAD,
+        "Offered load of that interval in Erlangs (queue entries per second x AHT)."
     );
     describe_gauge!(
         CALLBACK_BACKLOG,
@@ -323,6 +348,20 @@ pub fn batch(seconds: f64, records: usize) {
 
 pub fn lag(p: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(lag as f64);
+}
+
+pub fn staffing(rows: &[crate::staffing::Staffing]) {
+    for r in rows {
+        let l = [("tenant", r.tenant.clone()), ("queue", r.queue.clone())];
+        gauge!(STAFFING_AGENTS, &l).set(f64::from(r.agents));
+        gauge!(STAFFING_SCHEDULED, &l).set(f64::from(r.scheduled));
+        gauge!(STAFFING_LOAD, &l).set(r.load);
+    }
+}
+
+pub fn rocksdb_stalls(stopped: u64, delayed_rate: u64) {
+    gauge!(ROCKSDB_WRITE_STOPPED).set(stopped as f64);
+    gauge!(ROCKSDB_DELAYED_WRITE_RATE).set(delayed_rate as f64);
 }
 
 pub fn instance(assigned: usize, watermark: Option<i64>, state_bytes: u64) {
