@@ -4,6 +4,7 @@
 mod support;
 
 mod bank;
+mod dashboards;
 mod dead_letter;
 mod kill;
 mod reports;

@@ -207,6 +207,32 @@ pub enum EventKind {
 // `f32`/`f64` payloads have no NaN in practice (the decoder rejects them), so equality is total.
 impl Eq for EventKind {}
 
+/// Every event type's wire name (a bounded label set).
+pub const EVENT_TYPES: [&str; 22] = [
+    "contact_started",
+    "intent_identified",
+    "ivr_entered",
+    "ivr_menu_selected",
+    "ivr_exited",
+    "self_service_viewed",
+    "self_service_resolved",
+    "ai_agent_started",
+    "ai_agent_ended",
+    "escalation_requested",
+    "queue_entered",
+    "queue_exited",
+    "agent_connected",
+    "agent_disconnected",
+    "after_contact_work_ended",
+    "callback_requested",
+    "callback_completed",
+    "callback_canceled",
+    "callback_expired",
+    "contact_ended",
+    "survey_response",
+    "notification_sent",
+];
+
 impl EventKind {
     /// Lifecycle rank used to order events that share a millisecond.
     pub fn rank(&self) -> u8 {

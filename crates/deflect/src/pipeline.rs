@@ -52,7 +52,9 @@ impl NotReady {
             NotReady::NoPartitions => "no partitions assigned",
             NotReady::Restoring => "restoring partition state",
             NotReady::LoopStalled => "the consuming loop has not run for 30 s",
-            NotReady::WatermarkStalled => "the watermark has not advanced for http.ready_watermark_stall",
+            NotReady::WatermarkStalled => {
+                "the watermark has not advanced for http.ready_watermark_stall"
+            }
         }
     }
 }

@@ -208,7 +208,10 @@ impl StaffingTracker {
         };
         self.intervals = self.intervals.split_off(&(start - 3_600_000));
         let mut hour: Demand = Demand::new();
-        for d in self.intervals.range(start - 3_600_000 + interval_ms..=start) {
+        for d in self
+            .intervals
+            .range(start - 3_600_000 + interval_ms..=start)
+        {
             for (k, v) in d.1 {
                 let h = hour.entry(k.clone()).or_default();
                 h.1 += v.1;

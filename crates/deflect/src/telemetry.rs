@@ -67,8 +67,21 @@ pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
     (recorder, handle)
 }
 
-/// Registers help texts; call inside the recorder's scope.
+/// Registers help texts and shows the process counters of every bounded label value at 0 (so
+/// that rates and alerts see a zero, not an absent series); call inside the recorder's scope.
 pub fn describe() {
+    for reason in deflect_proto::RejectReason::ALL {
+        counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+    for t in deflect_core::event::EVENT_TYPES {
+        counter!(LATE_EVENTS, "type" => t).increment(0);
+    }
+    for part in ["figures", "cohort"] {
+        for fin in ["true", "false"] {
+            counter!(REPORTS, "part" => part, "final" => fin).increment(0);
+        }
+    }
+    counter!(RECORDS_SKIPPED).increment(0);
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }

@@ -1,0 +1,295 @@
+//! The operations package on a real Prometheus: a `prometheus` server on loopback scrapes a running
+//! deflect (nine days of generated traffic through the mock cluster), loads the rules of
+//! `deploy/prometheus/`, and every PromQL expression of the Grafana dashboard and of the rules is
+//! run through Prometheus's HTTP API. Dashboard panels and recording rules must return data; alert
+//! expressions must parse and every series they name must exist.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deflect::generate::{GenParams, Generator, INTENTS, QUEUES, TENANTS};
+use deflect::produce::{EventProducer, WireFormat};
+use deflect::RunOptions;
+use deflect_kafka::EmbeddedBroker;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from Prometheus's API as JSON.
+fn api(port: u16, path: &str) -> Value {
+    let (status, body) = http_get(format!("127.0.0.1:{port}").parse().unwrap(), path);
+    let v: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}), status {status}: {body}"));
+    v
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Runs an instant query; `Err` with Prometheus's message when it does not parse or fails.
+fn query(port: u16, expr: &str) -> Result<Vec<Value>, String> {
+    let v = api(port, &format!("/api/v1/query?query={}", urlencode(expr)));
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Every PromQL expression of the dashboard, with its variables set to "all".
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/deflect.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let expr = ["$tenant", "$channel", "$queue", "$intent"]
+                .iter()
+                .fold(expr.to_string(), |e, v| e.replace(v, ".*"));
+            out.push((p["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(metric, label) → the series it reads
+            let metric = q
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .unwrap();
+            out.push((format!("variable {}", v["name"]), metric.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_rules_work_on_a_real_prometheus() {
+    let Some(prom_bin) = which("prometheus") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prometheus is not installed (scripts/setup.sh installs it)"
+        );
+        eprintln!("skipping: prometheus is not installed (run scripts/setup.sh)");
+        return;
+    };
+    let topic = "ops-input";
+    let defaults = deflect::Config::default();
+    let broker = EmbeddedBroker::start(&[
+        (topic, 12),
+        (defaults.kafka.late_topic.as_str(), 1),
+        (defaults.kafka.output_topic.as_str(), 1),
+    ])
+    .unwrap();
+    let params = GenParams {
+        contacts_per_hour: 150.0,
+        customers: 3_000,
+        seed: 3,
+        start_ms: (now() - 9 * 86_400_000) / 3_600_000 * 3_600_000,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(now() - 600_000);
+    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "ops");
+    cfg.kafka.late_topic = defaults.kafka.late_topic.clone();
+    cfg.kafka.output_topic = defaults.kafka.output_topic.clone();
+    cfg.dimensions.tenants = TENANTS.iter().map(|s| s.to_string()).collect();
+    cfg.dimensions.intents = INTENTS.iter().map(|s| s.to_string()).collect();
+    cfg.dimensions.queues = QUEUES.iter().map(|s| s.to_string()).collect();
+    cfg.dimensions.ivr_nodes = vec!["main".into(), "balance".into(), "cards".into()];
+    cfg.journey.high_stakes_intents = vec![INTENTS[0].to_string()];
+    cfg.watermark.idle_timeout = Duration::from_secs(1);
+    let svc = deflect::Service::start(cfg, RunOptions::default()).unwrap();
+    let addr = svc.addr();
+    // consumed, intervals closed, and the 10 s refresh (staffing, lag) done
+    let t0 = Instant::now();
+    loop {
+        let m = parse_metrics(&http_get(addr, "/metrics").1, "deflect_");
+        let accepted = sum(&m, "deflect_events_total", &[("result", "accepted")]);
+        if accepted as usize >= events.len()
+            && sum(&m, "deflect_staffing_required_agents", &[]) > 0.0
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "deflect did not consume the traffic ({accepted} of {})",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // a real Prometheus scraping deflect every second, with deflect's rules loaded
+    let pdir = tempfile::tempdir().unwrap();
+    let rules = repo().join("deploy/prometheus/deflect-rules.yml");
+    let conf = pdir.path().join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deflect\n    static_configs:\n      - targets: ['{addr}']\n",
+            rules.canonicalize().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prom = Prometheus(
+        Command::new(prom_bin)
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pdir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // ready, scraping, and enough samples for increase() over any range
+    let t0 = Instant::now();
+    let mut first_up: Option<Instant> = None;
+    loop {
+        let ok = std::panic::catch_unwind(|| query(port, "up{job=\"deflect\"} == 1"))
+            .ok()
+            .and_then(|r| r.ok())
+            .is_some_and(|r| !r.is_empty());
+        if ok && first_up.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "prometheus never scraped deflect"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (title, expr) in dashboard_exprs() {
+        checked += 1;
+        match query(port, &expr) {
+            Ok(r) if r.is_empty() => failures.push(format!("dashboard {title:?}: empty: {expr}")),
+            Ok(_) => {}
+            Err(e) => failures.push(format!("dashboard {title:?}: {e}: {expr}")),
+        }
+    }
+    // the rules as Prometheus loaded them
+    let loaded = api(port, "/api/v1/rules");
+    let groups = loaded["data"]["groups"].as_array().unwrap();
+    let mut records = 0;
+    let mut alerts = 0;
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        let expr = rule["query"].as_str().unwrap();
+        let name = rule["name"].as_str().unwrap();
+        checked += 1;
+        let result = query(port, expr);
+        if rule["type"] == "recording" {
+            records += 1;
+            match result {
+                Ok(r) if r.is_empty() => failures.push(format!("rule {name}: empty: {expr}")),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("rule {name}: {e}")),
+            }
+        } else {
+            alerts += 1;
+            if let Err(e) = result {
+                failures.push(format!("alert {name}: {e}"));
+            }
+            // every series the alert reads exists
+            for metric in metric_names(expr) {
+                match query(port, &format!("count({{__name__=\"{metric}\"}})")) {
+                    Ok(r) if !r.is_empty() => {}
+                    _ => failures.push(format!("alert {name}: no series {metric}")),
+                }
+            }
+        }
+    }
+    svc.shutdown().unwrap();
+    eprintln!("checked {checked} expressions ({records} recording rules, {alerts} alerts)");
+    assert!(
+        records >= 15 && alerts >= 10,
+        "{records} records, {alerts} alerts loaded"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The metric names an expression reads (`deflect_…` and `up`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < bytes.len() {
+        let is_start = i == 0
+            || !(bytes[i - 1].is_alphanumeric() || bytes[i - 1] == '_' || bytes[i - 1] == ':');
+        if is_start && bytes[i].is_ascii_alphabetic() {
+            let mut j = i;
+            while j < bytes.len()
+                && (bytes[j].is_alphanumeric() || bytes[j] == '_' || bytes[j] == ':')
+            {
+                j += 1;
+            }
+            let w: String = bytes[i..j].iter().collect();
+            if (w.starts_with("deflect_") || w == "up") && bytes.get(j) != Some(&'(') {
+                out.insert(w);
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+fn now() -> i64 {
+    deflect::pipeline::now_ms()
+}
