@@ -170,3 +170,89 @@ fn every_bad_record_is_dead_lettered_with_its_reason() {
         assert!(!headers["deflect.detail"].is_empty());
     }
 }
+
+#[test]
+fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
+    let (topic, dlq) = ("jo-input", "jo-dead");
+    let broker = EmbeddedBroker::start(&[(topic, 1), (dlq, 1)]).unwrap();
+    let t0: i64 = 1_704_704_400_000;
+    let ev = |id: &str, contact: &str, t: i64, kind: &str| {
+        format!(
+            r#"{{"event_id":"{id}","tenant":"acme","contact_id":"{contact}","customer_id":"u1","channel":"voice","occurred_at":{t},{kind}}}"#
+        )
+    };
+    let start = r#""contact_started":{"direction":"inbound","initiation":"customer"}"#;
+    let answered = r#""agent_connected":{"context_received":false}"#;
+    let queued = r#""queue_entered":{"queue":"cards","priority":0}"#;
+    let left = r#""queue_exited":{"reason":"abandoned"}"#;
+    let end = r#""contact_ended":{"resolved":true}"#;
+    let records = [
+        // answered, then queued: the queue entry makes no sense
+        ev("a1", "c1", t0, start),
+        ev("a2", "c1", t0 + 10_000, answered),
+        ev("a3", "c1", t0 + 20_000, queued),
+        ev("a4", "c1", t0 + 60_000, end),
+        // a queue exit without a queue entry
+        ev("b1", "c2", t0, start),
+        ev("b2", "c2", t0 + 5_000, left),
+        ev("b3", "c2", t0 + 9_000, end),
+    ];
+    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Json).unwrap();
+    for r in &records {
+        p.send_record(Some(b"u1"), r.as_bytes()).unwrap();
+    }
+    p.flush().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "jo");
+    cfg.kafka.dead_letter_topic = dlq.into();
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    svc.wait_pipeline().unwrap();
+    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+    svc.shutdown().unwrap();
+
+    assert_eq!(
+        sum(
+            &m,
+            "deflect_events_rejected_total",
+            &[("reason", "journey_order")]
+        ),
+        2.0
+    );
+    // not applied: no queue entry, no abandon; the first contact is assisted
+    assert_eq!(sum(&m, "deflect_queue_entered_total", &[]), 0.0);
+    assert_eq!(sum(&m, "deflect_queue_abandoned_total", &[]), 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "deflect_contact_outcomes_total",
+            &[("outcome", "assisted")]
+        ),
+        1.0
+    );
+    let got = read_all(&broker, dlq);
+    assert_eq!(got.len(), 2);
+    let mut ids = Vec::new();
+    for (key, payload, headers) in &got {
+        assert_eq!(key, "u1");
+        assert_eq!(headers["deflect.reason"], "journey_order");
+        assert_eq!(headers["deflect.source.topic"], topic);
+        assert_eq!(headers["deflect.source.partition"], "0");
+        let e = deflect_proto::decode_protobuf(payload).expect("the event, re-encoded");
+        assert_eq!(headers["deflect.event_id"], e.event_id);
+        ids.push((e.event_id, headers["deflect.detail"].clone()));
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            (
+                "a3".to_string(),
+                "queue_entered after agent_connected".to_string()
+            ),
+            (
+                "b2".to_string(),
+                "queue_exited without queue_entered".to_string()
+            ),
+        ]
+    );
+}

@@ -3,51 +3,14 @@
 //! events that arrive after their interval closed go to the late-events topic.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use deflect::generate::{GenParams, Generator};
 use deflect::produce::{EventProducer, WireFormat};
 use deflect::RunOptions;
 use deflect_core::metrics::{Counters, Metric};
-use deflect_kafka::{EmbeddedBroker, Headers, Message};
-use rdkafka::error::KafkaError;
+use deflect_kafka::EmbeddedBroker;
 
 use crate::support::*;
-
-/// Every record of `topic` (one partition): (key, payload, headers).
-fn read_all(
-    broker: &EmbeddedBroker,
-    topic: &str,
-) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
-    let reader = deflect_kafka::reader(&broker.settings(), topic, 1).unwrap();
-    let mut out = Vec::new();
-    loop {
-        match reader.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                (h.key.to_string(), v.unwrap_or_default())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push((
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                ));
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => panic!("timed out reading {topic}"),
-        }
-    }
-    out
-}
 
 /// The series of a report as counters.
 fn counters(r: &deflect_proto::pb::IntervalReport) -> Counters {

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use deflect::Config;
+use deflect_kafka::{EmbeddedBroker, Headers, Message};
+use rdkafka::error::KafkaError;
 
 /// GET over plain HTTP/1.1; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -108,4 +110,39 @@ pub fn config(bootstrap: &str, topic: &str, state: &Path, group: &str) -> Config
     c.state.dir = state.to_path_buf();
     c.http.listen = "127.0.0.1:0".into();
     c
+}
+
+/// Every record of `topic` (one partition): (key, payload, headers).
+pub fn read_all(
+    broker: &EmbeddedBroker,
+    topic: &str,
+) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
+    let reader = deflect_kafka::reader(&broker.settings(), topic, 1).unwrap();
+    let mut out = Vec::new();
+    loop {
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_string(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => panic!("timed out reading {topic}"),
+        }
+    }
+    out
 }

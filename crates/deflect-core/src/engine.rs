@@ -101,6 +101,8 @@ pub struct Stats {
     pub late: u64,
     pub rejected: u64,
     pub intervals_closed: u64,
+    /// Events not applied because their order made no sense for their contact.
+    pub out_of_order: u64,
 }
 
 /// What happened to one consumed record.
@@ -206,6 +208,8 @@ struct Acc {
     callbacks: Vec<CallbackOp>,
     /// Cohort figures decided by the item being processed: (origin instant, metric, labels).
     cohort: Vec<(Millis, Metric, Vec<String>)>,
+    /// Events not applied because their order made no sense for their contact.
+    rejected: Vec<(Event, &'static str)>,
 }
 
 impl Figures for Acc {
@@ -229,6 +233,9 @@ impl Figures for Acc {
     }
     fn callback_closed(&mut self, id: &str) {
         self.callbacks.push(CallbackOp::Close(id.to_string()));
+    }
+    fn rejected(&mut self, event: &Event, detail: &'static str) {
+        self.rejected.push((event.clone(), detail));
     }
     fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
         self.counters.add(metric, labels.clone(), 1);
@@ -260,6 +267,8 @@ pub struct PartitionEngine {
     dirty_cohorts: BTreeSet<Millis>,
     /// Reports produced since the last `take_reports`.
     reports: Vec<Report>,
+    /// Events not applied (journey order) since the last `take_rejected`.
+    rejected: Vec<(Event, &'static str)>,
 }
 
 impl PartitionEngine {
@@ -324,6 +333,7 @@ impl PartitionEngine {
             revisions_due: BTreeSet::new(),
             dirty_cohorts: BTreeSet::new(),
             reports: Vec::new(),
+            rejected: Vec::new(),
         }
         .with_cohorts(cohorts)
     }
@@ -417,6 +427,12 @@ impl PartitionEngine {
             self.revisions_due.remove(&(due, start));
             self.emit_cohort(start);
         }
+    }
+
+    /// Events processed since the last call whose order made no sense for their contact (not
+    /// applied), with why.
+    pub fn take_rejected(&mut self) -> Vec<(Event, &'static str)> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Reports produced since the last call, in event-time order of their production.
@@ -576,6 +592,7 @@ impl PartitionEngine {
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
                     cohort: Vec::new(),
+                    rejected: Vec::new(),
                 });
             }
             // every item before t is processed: cohort horizons up to t are final
@@ -616,6 +633,8 @@ impl PartitionEngine {
 
     fn close(&mut self, a: Acc) -> ClosedInterval {
         self.snap.totals.merge(&a.counters);
+        self.snap.stats.out_of_order += a.rejected.len() as u64;
+        self.rejected.extend(a.rejected);
         // the interval's own figures are final; its cohort gets revision 0 (provisional). Parts
         // without any figure are not reported.
         if !a.counters.is_empty() {

@@ -36,6 +36,27 @@ pub trait Figures {
     fn callback_closed(&mut self, id: &str) {
         let _ = id;
     }
+    /// An event whose order makes no sense for its contact was not applied (see
+    /// [`out_of_order`]).
+    fn rejected(&mut self, event: &Event, detail: &'static str) {
+        let _ = (event, detail);
+    }
+}
+
+/// Why `kind` makes no sense for the contact `c` as applied so far (such an event touches the
+/// contact, keeping it alive, and changes nothing else): an answered contact entering a queue, a
+/// queue exit without a queue entry, an agent disconnecting before any agent connected.
+pub fn out_of_order(c: &ContactState, kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::QueueEntered { .. } if c.agent_connected => {
+            Some("queue_entered after agent_connected")
+        }
+        EventKind::QueueExited { .. } if !c.queued => Some("queue_exited without queue_entered"),
+        EventKind::AgentDisconnected { .. } if !c.agent_connected => {
+            Some("agent_disconnected before agent_connected")
+        }
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -335,6 +356,10 @@ impl Journey {
             .entry(e.contact_id.clone())
             .or_insert_with(|| ContactState::new(cfg, e));
         c.last_event_at = t;
+        if let Some(detail) = out_of_order(c, &e.kind) {
+            out.rejected(e, detail);
+            return;
+        }
         let mut intent_known: Option<String> = None;
         match &e.kind {
             EventKind::ContactStarted {

@@ -396,6 +396,16 @@ fn fold_segment<'a>(
     for e in seg {
         let t = e.occurred_at;
         let p: Pos<'a> = (t, e.kind.rank(), e.event_id.as_str());
+        // events whose order makes no sense for the contact are not applied
+        let nonsense = match e.kind {
+            EventKind::QueueEntered { .. } => agent,
+            EventKind::QueueExited { .. } => !queued,
+            EventKind::AgentDisconnected { .. } => !agent,
+            _ => false,
+        };
+        if nonsense {
+            continue;
+        }
         match &e.kind {
             EventKind::ContactStarted {
                 direction,

@@ -37,10 +37,13 @@ pub enum RejectReason {
     MissingKey,
     /// `occurred_at` outside the configured bounds.
     TimestampOutOfBounds,
+    /// The event's order makes no sense for its contact (for example answered before queued);
+    /// found when its interval closes.
+    JourneyOrder,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::EmptyRecord,
         RejectReason::NotProtobufOrJson,
         RejectReason::InvalidProtobuf,
@@ -52,6 +55,7 @@ impl RejectReason {
         RejectReason::Oversized,
         RejectReason::MissingKey,
         RejectReason::TimestampOutOfBounds,
+        RejectReason::JourneyOrder,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,6 +70,7 @@ impl RejectReason {
             RejectReason::Oversized => "oversized",
             RejectReason::MissingKey => "missing_key",
             RejectReason::TimestampOutOfBounds => "timestamp_out_of_bounds",
+            RejectReason::JourneyOrder => "journey_order",
         }
     }
 }

@@ -462,6 +462,14 @@ impl Loop<'_> {
                 touched.insert(*p);
                 closed.insert(*p, c);
             }
+            for (ev, detail) in e.take_rejected() {
+                self.summary.rejected += 1;
+                telemetry::rejected(deflect_proto::RejectReason::JourneyOrder.as_str());
+                let topic = &self.cfg.kafka.dead_letter_topic;
+                if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
+                    dead_letter_event(out, topic, &self.cfg.kafka.input_topic, *p, &ev, detail)?;
+                }
+            }
             let reports = e.take_reports();
             let topic = &self.cfg.kafka.output_topic;
             if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
@@ -600,6 +608,41 @@ fn forward(
     let key = msg.key().unwrap_or_default();
     out.send(topic, key, payload, Some(headers))
         .with_context(|| format!("cannot forward a record to topic {topic:?}"))
+}
+
+/// Dead-letters an event rejected when its interval closed (its record was consumed earlier, so
+/// its original bytes are gone): the event re-encoded as protobuf, keyed like the input, with the
+/// reason, detail, source topic and partition, and its event id.
+fn dead_letter_event(
+    out: &mut OutputProducer,
+    topic: &str,
+    source_topic: &str,
+    partition: i32,
+    ev: &deflect_core::Event,
+    detail: &str,
+) -> Result<()> {
+    let partition = partition.to_string();
+    let headers = [
+        (
+            "deflect.reason",
+            deflect_proto::RejectReason::JourneyOrder.as_str(),
+        ),
+        ("deflect.detail", detail),
+        ("deflect.source.topic", source_topic),
+        ("deflect.source.partition", partition.as_str()),
+        ("deflect.event_id", ev.event_id.as_str()),
+    ]
+    .iter()
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(*value),
+        })
+    });
+    let key = crate::generate::record_key(ev);
+    let payload = deflect_proto::encode_protobuf(ev);
+    out.send(topic, key.as_bytes(), &payload, Some(headers))
+        .with_context(|| format!("cannot dead-letter an event to topic {topic:?}"))
 }
 
 /// Decodes a record and checks it against the configured limits.
