@@ -277,6 +277,108 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
     assert_state_matches(cfg, &oracle);
 }
 
+/// A state store that cannot take more (RLIMIT_FSIZE on the process: writes past 4 MiB per file
+/// fail with EFBIG, as on a full disk): the process exits non-zero with one line naming the state
+/// write, Kafka holds no committed offset beyond the durable state, and a restart without the limit
+/// completes to exactly the oracle's figures.
+#[test]
+fn full_disk_exits_cleanly_and_resumes_exactly() {
+    use std::os::unix::process::CommandExt;
+    let topic = "full-input";
+    let broker = Broker::start(&[&format!("{topic}:8")]);
+    let params = GenParams {
+        contacts_per_hour: 1_000.0,
+        customers: 20_000,
+        seed: 9,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 24 * 3_600_000);
+    produce(&broker, topic, &events);
+    let oracle = batch_oracle(&events);
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, cfg_path) = pipeline_config(&broker, topic, dir.path(), "full", 500);
+
+    let mut cmd = run_command(&cfg_path);
+    cmd.stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4 << 20,
+                rlim_max: 4 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // a write past the limit then fails with EFBIG instead of killing the process
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "deflect run should fail on a full disk"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("deflect: error:"))
+        .collect();
+    eprintln!("full disk: exit {} with {:?}", out.status, errors);
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains("state") && errors[0].contains("File too large"),
+        "{}",
+        errors[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Kafka's committed offsets never pass the offsets stored with the durable state
+    let store =
+        deflect_store::Store::open(&cfg.state.dir, deflect_store::StoreOptions::default()).unwrap();
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "full")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..8 {
+        tpl.add_partition(topic, p);
+    }
+    use rdkafka::consumer::Consumer;
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let mut stored_total = 0;
+    for p in 0..8 {
+        let stored = store
+            .load_partition(p)
+            .unwrap()
+            .map_or(0, |r| r.snapshot.next_offset);
+        stored_total += stored;
+        let c = committed
+            .find_partition(topic, p)
+            .and_then(|e| e.offset().to_raw())
+            .unwrap_or(-1001);
+        assert!(
+            c <= stored,
+            "partition {p}: committed {c} > stored {stored}"
+        );
+    }
+    drop(store);
+    assert!(
+        (stored_total as usize) < events.len(),
+        "the disk filled before the end of the input"
+    );
+
+    // a healthy disk: the restart resumes from the stored offsets and completes exactly
+    let status = run_command(&cfg_path).status().unwrap();
+    assert!(status.success());
+    assert_state_matches(cfg, &oracle);
+}
+
 fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
     let settings = ClientSettings::new(broker.bootstrap.clone());
     let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
