@@ -109,6 +109,8 @@ enum Command {
     },
     /// Raw consumer vs full pipeline on the same topic, in one run.
     Bench(crate::bench::BenchArgs),
+    /// Peak memory of the state path with many distinct customers (no Kafka).
+    BenchState(crate::bench_state::BenchStateArgs),
     /// Host librdkafka's mock Kafka cluster in this process (tests and local experiments); prints
     /// `bootstrap=HOST:PORT` and serves until stdin closes or a signal arrives.
     Broker {
@@ -217,6 +219,7 @@ fn dispatch(c: Command) -> Result<()> {
             state_dir,
         } => demo(listen, history_days, speed, rate, state_dir),
         Command::Bench(args) => crate::bench::run(args),
+        Command::BenchState(args) => crate::bench_state::run(args),
         Command::Staffing(args) => {
             print!("{}", crate::staffing::report(&args)?);
             Ok(())

@@ -134,7 +134,7 @@ impl Default for StateConfig {
             block_cache_mb: 128,
             write_buffer_mb: 64,
             sync_writes: false,
-            journey_cache_entries: 100_000,
+            journey_cache_entries: 10_000,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! HTTP surface, the traffic generator and the benchmark.
 
 pub mod bench;
+pub mod bench_state;
 pub mod cli;
 pub mod config;
 pub mod generate;
