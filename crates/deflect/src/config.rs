@@ -237,9 +237,6 @@ pub struct ServiceConfig {
     /// Abandons with a shorter wait are short abandons (reported apart).
     #[serde(with = "humantime_serde")]
     pub short_abandon: Duration,
-    /// Service-level variant of the interval reports: `standard`, `answered`, `offered` or
-    /// `connect` (Prometheus gets the counters of all four).
-    pub level_variant: String,
     /// Count agent answers without a queue in ASA, with a wait of 0.
     pub asa_include_direct_answers: bool,
 }
@@ -249,7 +246,6 @@ impl Default for ServiceConfig {
         ServiceConfig {
             level_threshold: Duration::from_secs(20),
             short_abandon: Duration::from_secs(5),
-            level_variant: "standard".into(),
             asa_include_direct_answers: false,
         }
     }
@@ -476,15 +472,6 @@ impl Config {
                 "must be at least 1s".into(),
             );
         }
-        check(
-            ["standard", "answered", "offered", "connect"]
-                .contains(&self.service.level_variant.as_str()),
-            "service.level_variant",
-            format!(
-                "must be standard, answered, offered or connect, got {:?}",
-                self.service.level_variant
-            ),
-        );
         check(
             self.staffing.target > 0.0 && self.staffing.target < 1.0,
             "staffing.target",
