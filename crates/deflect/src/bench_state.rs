@@ -89,7 +89,7 @@ fn contact(i: u64, t: i64) -> Vec<Event> {
             },
         ),
     ];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         v.push(ev(
             2,
             60_000,
@@ -187,7 +187,7 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
         if batch.len() >= args.batch {
             flush(&mut batch, &mut engines, &mut offsets)?;
         }
-        if i % 100_000 == 0 {
+        if i.is_multiple_of(100_000) {
             let (_, now) = rss();
             tracing::info!(customers = i, rss_mib = now >> 20, "bench-state progress");
         }
