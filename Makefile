@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/deflect/target
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint rules bench
+.PHONY: setup build demo test lint rules bench fuzz
 
 setup:
 	@bash scripts/setup.sh
@@ -28,3 +28,12 @@ rules: setup
 bench: setup
 	$(CARGO) bench -p deflect-benches --bench engine
 	$(CARGO) bench -p deflect-benches --bench pipeline
+
+# Fuzz the decoders with libFuzzer (cargo install cargo-fuzz; RUSTC_BOOTSTRAP lets a stable compiler
+# take the sanitizer flags). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in decode_protobuf decode_json decode_auto; do \
+	  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(HOME)/.cache/deflect/fuzz-target $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

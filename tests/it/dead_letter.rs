@@ -176,11 +176,7 @@ fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
     let (topic, dlq) = ("jo-input", "jo-dead");
     let broker = EmbeddedBroker::start(&[(topic, 1), (dlq, 1)]).unwrap();
     let t0: i64 = 1_704_704_400_000;
-    let ev = |id: &str, contact: &str, t: i64, kind: &str| {
-        format!(
-            r#"{{"event_id":"{id}","tenant":"acme","contact_id":"{contact}","customer_id":"u1","channel":"voice","occurred_at":{t},{kind}}}"#
-        )
-    };
+    let ev = json_event;
     let start = r#""contact_started":{"direction":"inbound","initiation":"customer"}"#;
     let answered = r#""agent_connected":{"context_received":false}"#;
     let queued = r#""queue_entered":{"queue":"cards","priority":0}"#;

@@ -144,11 +144,7 @@ fn late_events_go_to_the_late_topic_and_are_counted() {
     let (input, late) = ("late-input", "late-out");
     let broker = EmbeddedBroker::start(&[(input, 1), (late, 1)]).unwrap();
     let t0: i64 = 1_704_704_400_000; // 2024-01-08T09:00Z
-    let ev = |id: &str, t: i64, kind: &str| {
-        format!(
-            r#"{{"event_id":"{id}","tenant":"acme","contact_id":"c-{id}","customer_id":"u1","channel":"voice","occurred_at":{t},{kind}}}"#
-        )
-    };
+    let ev = |id: &str, t: i64, kind: &str| json_event(id, &format!("c-{id}"), t, kind);
     let start = r#""contact_started":{"direction":"inbound","initiation":"customer"}"#;
     let survey = r#""survey_response":{"score":5,"scale_min":1,"scale_max":5}"#;
     let mut p = EventProducer::new(&broker.settings(), input, WireFormat::Json).unwrap();

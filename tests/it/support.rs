@@ -146,3 +146,10 @@ pub fn read_all(
     }
     out
 }
+
+/// A JSON event of customer `u1` on voice for tenant acme; `payload` is `"type":{...}`.
+pub fn json_event(id: &str, contact: &str, t: i64, payload: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","tenant":"acme","contact_id":"{contact}","customer_id":"u1","channel":"voice","occurred_at":{t},{payload}}}"#
+    )
+}

@@ -4,8 +4,8 @@
 //!   recorded by its context and handed to the caller after `poll` returns, so the caller decides
 //!   when to load or drop partition state; consumer lag per partition comes from librdkafka's
 //!   statistics.
-//! - [`OutputProducer`]: dead letters, late events and interval reports, with delivery checks.
-//! - [`producer`]: a plain `ThreadedProducer` for the traffic generator.
+//! - [`OutputProducer`]: every record deflect writes (dead letters, late events, interval reports,
+//!   generated traffic), with delivery checks.
 //! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
 //!   so other processes can connect (the demo and the tests).
 
@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -270,26 +270,6 @@ pub fn reader(
     Ok(consumer)
 }
 
-/// A producer with its own polling thread, for the dead-letter topic and the generator.
-pub fn producer(
-    settings: &ClientSettings,
-) -> Result<ThreadedProducer<DefaultProducerContext>, Error> {
-    let mut c = settings.config();
-    c.set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("compression.type", "lz4")
-        .set("enable.idempotence", "false");
-    settings.finish(&mut c);
-    c.create().map_err(Error::Config)
-}
-
-/// Waits until every message handed to `p` is delivered (or `timeout` passes).
-pub fn flush(p: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) -> Result<(), Error> {
-    p.flush(timeout)?;
-    Ok(())
-}
-
 /// Counts failed deliveries, so a writer can refuse to commit offsets past records that never
 /// reached their topic.
 #[derive(Default)]
@@ -316,8 +296,9 @@ impl rdkafka::producer::ProducerContext for DeliveryTracker {
     }
 }
 
-/// The pipeline's producer for dead letters, late events and interval reports: every record is
-/// sent with retries on a full queue, and [`OutputProducer::flush`] fails if any delivery failed.
+/// deflect's producer (dead letters, late events, interval reports, the traffic generator): every
+/// record is sent with retries on a full queue, and [`OutputProducer::flush`] fails if any delivery
+/// failed.
 pub struct OutputProducer {
     inner: ThreadedProducer<DeliveryTracker>,
     sent: u64,
@@ -338,17 +319,25 @@ impl OutputProducer {
         Ok(OutputProducer { inner, sent: 0 })
     }
 
-    /// Queues one record (waits while librdkafka's queue is full).
+    /// Queues one record (waits while librdkafka's queue is full); `partition` `None` lets the
+    /// key choose it.
     pub fn send(
         &mut self,
         topic: &str,
-        key: &[u8],
+        key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
     ) -> Result<(), Error> {
-        let mut record = BaseRecord::to(topic).payload(payload).key(key);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         if let Some(h) = headers {
             record = record.headers(h);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match self.inner.send(record) {

@@ -9,30 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::{envelope, survey, DecodeError, Envelope, RejectReason};
 
 /// Every payload name, in protobuf field order.
-pub const EVENT_TYPES: [&str; 22] = [
-    "contact_started",
-    "intent_identified",
-    "ivr_entered",
-    "ivr_menu_selected",
-    "ivr_exited",
-    "self_service_viewed",
-    "self_service_resolved",
-    "ai_agent_started",
-    "ai_agent_ended",
-    "escalation_requested",
-    "queue_entered",
-    "queue_exited",
-    "agent_connected",
-    "agent_disconnected",
-    "after_contact_work_ended",
-    "callback_requested",
-    "callback_completed",
-    "callback_canceled",
-    "callback_expired",
-    "contact_ended",
-    "survey_response",
-    "notification_sent",
-];
+pub use deflect_core::event::EVENT_TYPES;
 
 const ENVELOPE: [&str; 10] = [
     "event_id",

@@ -482,7 +482,7 @@ impl Loop<'_> {
                         deflect_proto::report::encode_protobuf(&m)
                     };
                     let key = deflect_proto::report::key(r, *p);
-                    out.send(topic, key.as_bytes(), &bytes, None)
+                    out.send(topic, Some(key.as_bytes()), &bytes, None, None)
                         .context("cannot send interval report")?;
                 }
             }
@@ -605,8 +605,7 @@ fn forward(
         });
     }
     let payload = msg.payload().unwrap_or_default();
-    let key = msg.key().unwrap_or_default();
-    out.send(topic, key, payload, Some(headers))
+    out.send(topic, msg.key(), payload, Some(headers), None)
         .with_context(|| format!("cannot forward a record to topic {topic:?}"))
 }
 
@@ -641,7 +640,7 @@ fn dead_letter_event(
     });
     let key = crate::generate::record_key(ev);
     let payload = deflect_proto::encode_protobuf(ev);
-    out.send(topic, key.as_bytes(), &payload, Some(headers))
+    out.send(topic, Some(key.as_bytes()), &payload, Some(headers), None)
         .with_context(|| format!("cannot dead-letter an event to topic {topic:?}"))
 }
 

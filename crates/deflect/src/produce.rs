@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deflect_core::event::Event;
-use deflect_kafka::{BaseRecord, ClientSettings};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use deflect_kafka::{ClientSettings, OutputProducer};
 
 use crate::generate::record_key;
 
@@ -27,7 +24,7 @@ impl WireFormat {
 }
 
 pub struct EventProducer {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: OutputProducer,
     topic: String,
     format: WireFormat,
     pub sent: u64,
@@ -36,7 +33,7 @@ pub struct EventProducer {
 impl EventProducer {
     pub fn new(settings: &ClientSettings, topic: &str, format: WireFormat) -> Result<Self> {
         Ok(EventProducer {
-            producer: deflect_kafka::producer(settings).context("cannot create producer")?,
+            producer: OutputProducer::new(settings).context("cannot create producer")?,
             topic: topic.to_string(),
             format,
             sent: 0,
@@ -56,44 +53,28 @@ impl EventProducer {
 
     /// Sends arbitrary bytes with an optional key.
     pub fn send_record(&mut self, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    return Err(e).with_context(|| format!("cannot produce to {}", self.topic))
-                }
-            }
-        }
+        self.producer
+            .send(&self.topic, key, payload, None, None)
+            .with_context(|| format!("cannot produce to {}", self.topic))?;
+        self.sent += 1;
+        Ok(())
     }
 
     /// Sends to an explicit partition (tests).
     pub fn send_to(&mut self, partition: i32, e: &Event) -> Result<()> {
         let payload = self.format.encode(e);
-        let record = BaseRecord::to(&self.topic)
-            .key(record_key(e))
-            .payload(&payload)
-            .partition(partition);
+        let key = record_key(e).as_bytes();
         self.producer
-            .send(record)
-            .map_err(|(e, _)| e)
-            .context("cannot produce")?;
+            .send(&self.topic, Some(key), &payload, None, Some(partition))
+            .with_context(|| format!("cannot produce to {}", self.topic))?;
         self.sent += 1;
         Ok(())
     }
 
-    pub fn flush(&self) -> Result<()> {
-        deflect_kafka::flush(&self.producer, Duration::from_secs(60))
+    /// Waits until every event sent is delivered; an error if any was not.
+    pub fn flush(&mut self) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(60))
             .context("cannot deliver produced events")
     }
 }
