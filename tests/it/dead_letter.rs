@@ -201,10 +201,7 @@ fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "jo");
     cfg.kafka.dead_letter_topic = dlq.into();
-    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
-    svc.wait_pipeline().unwrap();
-    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
-    svc.shutdown().unwrap();
+    let m = run_to_eof(cfg);
 
     assert_eq!(
         sum(

@@ -162,10 +162,7 @@ fn late_events_go_to_the_late_topic_and_are_counted() {
     let mut cfg = config(broker.bootstrap_servers(), input, dir.path(), "late");
     cfg.kafka.late_topic = late.into();
     cfg.pipeline.max_batch = 1; // one record per batch: the watermark moves before the survey
-    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
-    svc.wait_pipeline().unwrap();
-    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
-    svc.shutdown().unwrap();
+    let m = run_to_eof(cfg);
 
     assert_eq!(
         sum(

@@ -153,3 +153,13 @@ pub fn json_event(id: &str, contact: &str, t: i64, payload: &str) -> String {
         r#"{{"event_id":"{id}","tenant":"acme","contact_id":"{contact}","customer_id":"u1","channel":"voice","occurred_at":{t},{payload}}}"#
     )
 }
+
+/// Runs the pipeline in this process to the end of its input and returns its `/metrics` series
+/// starting with `deflect_`.
+pub fn run_to_eof(cfg: Config) -> BTreeMap<String, f64> {
+    let mut svc = deflect::Service::start(cfg, deflect::RunOptions { exit_at_eof: true }).unwrap();
+    svc.wait_pipeline().unwrap();
+    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+    svc.shutdown().unwrap();
+    m
+}
