@@ -417,3 +417,54 @@ fn pipeline_config(
     std::fs::write(&path, cfg.to_toml()).unwrap();
     (cfg, path)
 }
+
+/// Start-up failures give one error line naming the cause and a non-zero exit, not a backtrace:
+/// a state directory that cannot be created, and brokers that do not answer.
+#[test]
+fn unusable_state_dir_and_unreachable_broker_give_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let run = |envs: &[(&str, String)]| {
+        let mut c = Command::new(deflect_bin());
+        c.arg("run").stdin(Stdio::null());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let errors: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.starts_with("deflect: error:"))
+            .map(str::to_string)
+            .collect();
+        assert!(!out.status.success());
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+            "{stderr}"
+        );
+        assert_eq!(errors.len(), 1, "{stderr}");
+        errors[0].clone()
+    };
+    let state = run(&[
+        (
+            "DEFLECT__STATE__DIR",
+            file.join("state").display().to_string(),
+        ),
+        ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
+    ]);
+    assert!(state.contains("cannot create state directory"), "{state}");
+    let broker = run(&[
+        (
+            "DEFLECT__STATE__DIR",
+            dir.path().join("s").display().to_string(),
+        ),
+        ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1".into()),
+        ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
+    ]);
+    assert!(
+        broker.contains("cannot read topic") && broker.contains("127.0.0.1:1"),
+        "{broker}"
+    );
+    eprintln!("start-up errors:\n  {state}\n  {broker}");
+}

@@ -39,6 +39,8 @@ pub enum Error {
     Kafka(#[from] KafkaError),
     #[error("delivery failed: {0}")]
     Delivery(String),
+    #[error("{0}")]
+    Metadata(String),
 }
 
 /// Connection settings shared by every client.
@@ -390,14 +392,17 @@ pub fn partition_count(
     timeout: Duration,
 ) -> Result<i32, Error> {
     let c: BaseConsumer = settings.config().create().map_err(Error::Config)?;
-    let md = c.fetch_metadata(Some(topic), timeout)?;
+    // the error's own text already names its code: no source chain (it would repeat it)
+    let md = c
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::Metadata(e.to_string()))?;
     let t = md
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or_else(|| Error::Broker(format!("topic {topic:?} not found")))?;
+        .ok_or_else(|| Error::Metadata(format!("topic {topic:?} not found")))?;
     if let Some(e) = t.error() {
-        return Err(Error::Broker(format!("topic {topic:?}: {e:?}")));
+        return Err(Error::Metadata(format!("topic {topic:?}: {e:?}")));
     }
     Ok(t.partitions().len() as i32)
 }
