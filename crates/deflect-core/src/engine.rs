@@ -34,9 +34,28 @@ pub struct EngineConfig {
     pub journey: JourneyConfig,
 }
 
+/// How far past the interval being closed the engine keeps timers in memory (event time). Timers
+/// due later are only in the store (when it [keeps timers](JourneyStore::keeps_timers)) and are
+/// read back, one range scan per partition, as the frontier approaches them.
+pub const TIMER_WINDOW_MS: Millis = 3_600_000;
+
 /// Reads journeys that are not in the engine's cache (the RocksDB store in production).
 pub trait JourneyStore {
     fn load(&mut self, key: &str) -> Option<Journey>;
+    /// Whether the store keeps the timers handed out by [`PartitionEngine::take_changes`]. Then the
+    /// engine holds only the timers due within [`TIMER_WINDOW_MS`] in memory and reads the rest
+    /// back with [`JourneyStore::timers`]; otherwise it holds every timer.
+    fn keeps_timers(&self) -> bool {
+        false
+    }
+    /// The stored timers due in `[from, to)`, as of the last write.
+    fn timers(&mut self, _from: Millis, _to: Millis) -> Vec<TimerKey> {
+        Vec::new()
+    }
+    /// When the first stored timer at or after `from` is due.
+    fn first_timer(&mut self, from: Millis) -> Option<Millis> {
+        self.timers(from, Millis::MAX).first().map(|k| k.0)
+    }
 }
 
 /// A store with nothing in it (tests and fresh state).
@@ -92,6 +111,8 @@ pub struct PartitionSnapshot {
     pub next_blob: u64,
     /// Open callbacks of closed intervals: id → (requested at, tenant, queue).
     pub callbacks: BTreeMap<String, (Millis, String, String)>,
+    /// Journeys with a pending timer (each has exactly one: its next wake).
+    pub live_timers: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +274,10 @@ pub struct PartitionEngine {
     /// Keys inserted into `pending` since the last `take_changes`.
     new_pending: Vec<PendingKey>,
     pending_ids: HashSet<String>,
+    /// Timers in memory: with a store that keeps timers, exactly those due before
+    /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
+    timers_until: Millis,
     cache: HashMap<String, Journey>,
     dirty: HashSet<String>,
     /// Net timer writes since the last `take_changes` (true = put, false = delete): a timer set and
@@ -273,31 +297,20 @@ pub struct PartitionEngine {
 
 impl PartitionEngine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
-        Self::restore(
-            cfg,
-            PartitionSnapshot::default(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        )
+        Self::restore(cfg, PartitionSnapshot::default(), Vec::new(), Vec::new())
     }
 
-    /// Rebuilds an engine from stored state.
+    /// Rebuilds an engine from stored state. Timers are not loaded here: the engine reads them
+    /// from the store ([`JourneyStore::timers`]) as the frontier approaches them.
     pub fn restore(
         cfg: Arc<EngineConfig>,
         snap: PartitionSnapshot,
         blobs: Vec<(u64, Vec<Event>)>,
-        timers: Vec<TimerKey>,
         cohorts: Vec<CohortState>,
     ) -> Self {
         // Events before the frontier were processed before the state was written; a blob whose
         // events were all processed is deleted with the next write.
         let mut changes = StateChanges::default();
-        // everything before the frontier was processed: a timer there cannot be due
-        let timers: BTreeSet<TimerKey> = timers
-            .into_iter()
-            .filter(|t| snap.frontier.is_none_or(|f| t.0 >= f))
-            .collect();
         let mut pending = BTreeMap::new();
         let mut pending_ids = HashSet::default();
         let mut blob_remaining = HashMap::default();
@@ -324,7 +337,8 @@ impl PartitionEngine {
             blob_remaining,
             pending_ids,
             new_pending: Vec::new(),
-            timers,
+            timers: BTreeSet::new(),
+            timers_until: Millis::MIN,
             cache: HashMap::default(),
             dirty: HashSet::default(),
             timer_ops: BTreeMap::new(),
@@ -469,8 +483,9 @@ impl PartitionEngine {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+    /// Journeys with a pending timer (in memory or only in the store).
     pub fn timers_len(&self) -> usize {
-        self.timers.len()
+        self.snap.live_timers as usize
     }
     pub fn snapshot(&self) -> &PartitionSnapshot {
         &self.snap
@@ -540,25 +555,95 @@ impl PartitionEngine {
             .intervals
             .interval_of(wm.saturating_sub(self.cfg.grace_ms))
             .start;
+        if store.keeps_timers() {
+            self.window_timers(target, store);
+        }
         self.process_until(target, store)
+    }
+
+    /// Holds in memory exactly the timers due before `target` + [`TIMER_WINDOW_MS`].
+    fn window_timers(&mut self, target: Millis, store: &mut dyn JourneyStore) {
+        let until = target.saturating_add(TIMER_WINDOW_MS);
+        if self.timers_until < target {
+            self.load_timers(until, store);
+        } else if self.timers_until > until {
+            // the rest is in the store or in `timer_ops`, written with the next batch
+            drop(self.timers.split_off(&(until, String::new())));
+            self.timers_until = until;
+        }
+    }
+
+    /// Reads the timers due in `[timers_until, to)`: the stored ones, with the writes of this
+    /// batch (not in the store yet) applied over them.
+    fn load_timers(&mut self, to: Millis, store: &mut dyn JourneyStore) {
+        // everything before the frontier was processed: a timer there cannot be due
+        let from = self
+            .timers_until
+            .max(self.snap.frontier.unwrap_or(Millis::MIN));
+        if from < to {
+            self.timers.extend(store.timers(from, to));
+            let range = (from, String::new())..(to, String::new());
+            for (k, put) in self.timer_ops.range(range) {
+                if *put {
+                    self.timers.insert(k.clone());
+                } else {
+                    self.timers.remove(k);
+                }
+            }
+        }
+        self.timers_until = self.timers_until.max(to);
     }
 
     /// Closes everything: processes every pending event and every timer, however far ahead
     /// (end of a replay). Events arriving afterwards before the new frontier are late.
     pub fn finalize(&mut self, store: &mut dyn JourneyStore) -> Vec<ClosedInterval> {
         let mut out = Vec::new();
-        loop {
-            let last_event = self.pending.keys().next_back().map(|k| k.0);
-            let last_timer = self.timers.iter().next_back().map(|k| k.0);
-            let Some(last) = last_event.max(last_timer) else {
-                break;
-            };
-            let target = self.cfg.intervals.interval_of(last).end;
-            out.extend(self.process_until(target, store));
+        while let Some(closed) = self.finalize_step(store) {
+            out.extend(closed);
         }
-        // nothing is left to decide: every cohort's remaining revisions hold their final figures
-        self.emit_revisions(Millis::MAX);
         out
+    }
+
+    /// One step of [`PartitionEngine::finalize`]: closes up to about [`TIMER_WINDOW_MS`] past the
+    /// next pending event or timer; `None` once nothing is left. Writing the changes between
+    /// steps keeps memory bounded (the journey cache is trimmed by `take_changes`).
+    pub fn finalize_step(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
+        let mut next = [
+            self.pending.keys().next().map(|k| k.0),
+            self.timers.first().map(|k| k.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if store.keeps_timers() {
+            // timers not in memory: stored, or written since the last batch
+            let floor = self
+                .timers_until
+                .max(self.snap.frontier.unwrap_or(Millis::MIN));
+            let written = self
+                .timer_ops
+                .range((floor, String::new())..)
+                .find(|(_, put)| **put)
+                .map(|(k, _)| k.0);
+            next = [next, store.first_timer(floor), written]
+                .into_iter()
+                .flatten()
+                .min();
+        }
+        let Some(next) = next else {
+            // nothing is left to decide: every cohort's remaining revisions are final
+            self.emit_revisions(Millis::MAX);
+            return None;
+        };
+        let spec = &self.cfg.intervals;
+        let target = spec
+            .interval_of(next)
+            .end
+            .max(spec.interval_of(next.saturating_add(TIMER_WINDOW_MS)).start);
+        if store.keeps_timers() {
+            self.window_timers(target, store);
+        }
+        Some(self.process_until(target, store))
     }
 
     fn process_until(
@@ -716,6 +801,7 @@ impl PartitionEngine {
         f: impl FnOnce(&JourneyConfig, &mut Journey),
     ) {
         let cfg = &self.cfg.journey;
+        let keeps_timers = store.keeps_timers();
         if !self.cache.contains_key(key) {
             let j = store
                 .load(key)
@@ -729,14 +815,22 @@ impl PartitionEngine {
         if before != after {
             if let Some(b) = before {
                 let k = (b, key.to_string());
-                if self.timers.remove(&k) {
+                // a timer outside the window is only in the store
+                if self.timers.remove(&k) || keeps_timers {
                     self.timer_ops.insert(k, false);
                 }
             }
             if let Some(a) = after {
                 let k = (a, key.to_string());
-                self.timers.insert(k.clone());
+                if !keeps_timers || a < self.timers_until {
+                    self.timers.insert(k.clone());
+                }
                 self.timer_ops.insert(k, true);
+            }
+            match (before, after) {
+                (None, Some(_)) => self.snap.live_timers += 1,
+                (Some(_), None) => self.snap.live_timers -= 1,
+                _ => {}
             }
         }
         if !self.dirty.contains(key) {
@@ -988,6 +1082,15 @@ mod tests {
         fn load(&mut self, key: &str) -> Option<Journey> {
             self.journeys.get(key).cloned()
         }
+        fn keeps_timers(&self) -> bool {
+            true
+        }
+        fn timers(&mut self, from: Millis, to: Millis) -> Vec<TimerKey> {
+            self.timers
+                .range((from, String::new())..(to, String::new()))
+                .cloned()
+                .collect()
+        }
     }
     impl MemStore {
         /// One durable write, as `deflect-store` makes it.
@@ -1027,7 +1130,6 @@ mod tests {
                 cfg,
                 self.snapshot.clone(),
                 blobs,
-                self.timers.iter().cloned().collect(),
                 self.cohorts.values().cloned().collect(),
             )
         }
@@ -1248,6 +1350,65 @@ mod tests {
             1
         );
         assert_eq!(e.next_offset(), 8);
+    }
+
+    #[test]
+    fn only_timers_due_soon_are_held_in_memory() {
+        // one resolved self-service contact per customer every 10 minutes for two days: each
+        // leaves re-contact watches that wake 24 h, 72 h and 7 d after it ends
+        let t0 = 1_704_704_400_000;
+        let mut events = Vec::new();
+        for i in 0..288 {
+            let (id, t) = (format!("k{i}"), t0 + i * 10 * MIN);
+            let mut e = ev(&format!("{id}s"), &id, t, EventKind::AiAgentStarted);
+            e.customer_id = Some(id.clone());
+            let kinds = [
+                EventKind::ContactStarted {
+                    direction: Direction::Inbound,
+                    initiation: Initiation::Customer,
+                },
+                EventKind::SelfServiceResolved { confirmed: true },
+                EventKind::ContactEnded {
+                    party: None,
+                    resolved: true,
+                },
+            ];
+            for (n, kind) in kinds.into_iter().enumerate() {
+                events.push(Event {
+                    event_id: format!("{id}-{n}"),
+                    occurred_at: t + n as i64 * MIN,
+                    kind,
+                    ..e.clone()
+                });
+            }
+        }
+        let (mut windowed, mut store) = (PartitionEngine::new(cfg()), MemStore::default());
+        let mut all_in_memory = PartitionEngine::new(cfg());
+        for (o, e) in events.iter().enumerate() {
+            windowed.ingest(o as i64, e.clone(), 0);
+            all_in_memory.ingest(o as i64, e.clone(), 0);
+            if o % 50 == 49 {
+                windowed.advance(0, &mut store);
+                store.write(&mut windowed, 0);
+                all_in_memory.advance(0, &mut NoStore);
+                let until = windowed.frontier().unwrap() + TIMER_WINDOW_MS;
+                assert!(windowed.timers.iter().all(|k| k.0 < until));
+                assert!(windowed.timers.len() < 10, "{}", windowed.timers.len());
+                assert_eq!(windowed.timers_len(), all_in_memory.timers.len());
+            }
+        }
+        assert!(windowed.timers_len() > 200, "most journeys are still live");
+        // a crash: the engine comes back without timers in memory and reads them as it goes
+        let mut windowed = store.restore(cfg());
+        let from = windowed.next_offset() as usize;
+        for (o, e) in events.iter().enumerate().skip(from) {
+            windowed.ingest(o as i64, e.clone(), 0);
+        }
+        windowed.finalize(&mut store);
+        all_in_memory.finalize(&mut NoStore);
+        assert_eq!(windowed.totals(), all_in_memory.totals());
+        assert_eq!(windowed.totals().total(Metric::Containment), 3 * 288);
+        assert_eq!(windowed.timers_len(), 0);
     }
 
     #[test]

@@ -214,7 +214,8 @@ pub struct Ended {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journey {
     pub known_customer: bool,
-    pub contacts: BTreeMap<String, ContactState>,
+    /// Boxed: a B-tree leaf reserves room for eleven values, and most journeys have one contact.
+    pub contacts: BTreeMap<String, Box<ContactState>>,
     pub watches: Vec<Watch>,
     pub notifications: Vec<NotificationWatch>,
     pub ended: Vec<Ended>,
@@ -354,7 +355,7 @@ impl Journey {
         let c = self
             .contacts
             .entry(e.contact_id.clone())
-            .or_insert_with(|| ContactState::new(cfg, e));
+            .or_insert_with(|| Box::new(ContactState::new(cfg, e)));
         c.last_event_at = t;
         if let Some(detail) = out_of_order(c, &e.kind) {
             out.rejected(e, detail);
@@ -502,7 +503,7 @@ impl Journey {
                     .insert(callback_id.clone(), (t, tenant, queue));
             }
             EventKind::ContactEnded { .. } => {
-                let c = self.contacts.remove(&e.contact_id).expect("inserted above");
+                let c = *self.contacts.remove(&e.contact_id).expect("inserted above");
                 self.end_contact(cfg, &e.contact_id, c, t, out);
             }
             EventKind::CallbackCompleted { .. }
@@ -626,7 +627,7 @@ impl Journey {
             .map(|(k, _)| k.clone())
             .collect();
         for id in due {
-            let c = self.contacts.remove(&id).expect("listed above");
+            let c = *self.contacts.remove(&id).expect("listed above");
             let at = c.last_event_at + cfg.contact_timeout_ms;
             self.end_contact(cfg, &id, c, at, out);
         }

@@ -5,6 +5,9 @@
 //! and mapping back with the same offset. Because every real DST transition happens on a quarter hour,
 //! each transition falls on an interval boundary: a 23-hour day has 92 quarter-hour intervals and a
 //! 25-hour day 100, and the repeated local hour at the end of DST yields two distinct intervals.
+//! An offset change that is not a multiple of the interval length (Lord Howe's 30-minute DST with
+//! hourly intervals, historical local mean time) cuts the interval it falls in at the change, so
+//! intervals never overlap: there, the local hour 02:00–03:00 has only its last 30 minutes.
 
 use jiff::civil::{Date, Weekday};
 use jiff::tz::TimeZone;
@@ -83,11 +86,22 @@ impl IntervalSpec {
     pub fn interval_of(&self, t: Millis) -> Interval {
         let off = self.offset_ms(t);
         let local = t + off;
-        let start = local.div_euclid(self.len_ms) * self.len_ms - off;
-        Interval {
-            start,
-            end: start + self.len_ms,
+        let mut start = local.div_euclid(self.len_ms) * self.len_ms - off;
+        let mut end = start + self.len_ms;
+        // an offset change inside the local interval cuts it there
+        if self.offset_ms(start) != off {
+            let after_t = Timestamp::from_millisecond(clamp_ms(t + 1)).expect("clamped");
+            if let Some(tr) = self.tz.preceding(after_t).next() {
+                start = start.max(tr.timestamp().as_millisecond());
+            }
         }
+        if self.offset_ms(end - 1) != off {
+            let at_t = Timestamp::from_millisecond(clamp_ms(t)).expect("clamped");
+            if let Some(tr) = self.tz.following(at_t).next() {
+                end = end.min(tr.timestamp().as_millisecond());
+            }
+        }
+        Interval { start, end }
     }
 
     /// The heat-map cell of instant `t` in site time.
@@ -208,6 +222,36 @@ mod tests {
         assert_eq!(s.local_hour(ms("2024-11-03T05:30:00Z")).hour, 1);
         assert_eq!(s.local_hour(ms("2024-11-03T06:30:00Z")).hour, 1);
         assert_eq!(s.local_hour(ms("2024-11-03T06:30:00Z")).weekday, 6);
+    }
+
+    #[test]
+    fn half_hour_dst_cuts_hourly_intervals_instead_of_overlapping() {
+        // Lord Howe: 1993-10-31 02:00 +10:30 (15:30Z) became 02:30 +11:00
+        let s = IntervalSpec::new("Australia/Lord_Howe", 60).unwrap();
+        let before = s.interval_of(ms("1993-10-30T15:10:00Z"));
+        let cut = s.interval_of(ms("1993-10-30T15:40:00Z"));
+        let after = s.interval_of(ms("1993-10-30T16:10:00Z"));
+        assert_eq!(
+            (before.start, before.end),
+            (ms("1993-10-30T14:30:00Z"), ms("1993-10-30T15:30:00Z"))
+        );
+        assert_eq!(
+            (cut.start, cut.end),
+            (before.end, ms("1993-10-30T16:00:00Z"))
+        );
+        assert_eq!(
+            (after.start, after.end),
+            (cut.end, ms("1993-10-30T17:00:00Z"))
+        );
+        // and back: 02:00 +11:00 (1994-03-05T15:00Z) became 01:30 +10:30
+        let before = s.interval_of(ms("1994-03-05T14:50:00Z"));
+        let cut = s.interval_of(ms("1994-03-05T15:10:00Z"));
+        assert_eq!(before.end, ms("1994-03-05T15:00:00Z"));
+        assert_eq!(
+            (cut.start, cut.end),
+            (before.end, ms("1994-03-05T15:30:00Z"))
+        );
+        assert_eq!(s.interval_of(cut.end).start, cut.end);
     }
 
     proptest! {

@@ -163,7 +163,11 @@ impl GroupConsumer {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // when the prefetch queue is full librdkafka postpones the partition's next fetch by
+            // this much (default 1 s): the pipeline drains the queue in milliseconds and then sat
+            // idle for the rest of the second
+            .set("fetch.queue.backoff.ms", "20");
         settings.finish(&mut c);
         let ctx = GroupContext {
             topic: topic.to_string(),

@@ -54,14 +54,22 @@ pub fn horizons(cfg: &JourneyConfig) -> Vec<Millis> {
     h
 }
 
-/// Floors `t` to its interval of `minutes` in local wall-clock time of `tz`.
+/// Floors `t` to its interval of `minutes` in local wall-clock time of `tz`; an offset change
+/// since that local floor starts the interval at the change instead.
 pub fn interval_start(tz: &jiff::tz::TimeZone, minutes: i64, t: Millis) -> Millis {
     let ts = jiff::Timestamp::from_millisecond(t).expect("event time in range");
     let z = ts.to_zoned(tz.clone());
     let into = (i64::from(z.minute()) % minutes) * 60_000
         + i64::from(z.second()) * 1000
         + i64::from(z.millisecond());
-    t - into
+    let changed = tz
+        .preceding(ts + jiff::SignedDuration::from_millis(1))
+        .next()
+        .map(|tr| tr.timestamp().as_millisecond());
+    match changed {
+        Some(c) if c > t - into => c,
+        _ => t - into,
+    }
 }
 
 struct Out<'a> {

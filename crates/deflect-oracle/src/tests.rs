@@ -671,6 +671,20 @@ fn intervals_follow_local_time_across_dst() {
         let x = t + k * 7 * MIN + 13_000;
         assert_eq!(spec.interval_of(x).start, interval_start(&tz, 30, x), "{x}");
     }
+    // Lord Howe's half-hour DST cuts hourly intervals at the change (1993-10-30T15:30Z forward,
+    // 1994-03-05T15:00Z back)
+    let tz = jiff::tz::TimeZone::get("Australia/Lord_Howe").unwrap();
+    let spec = IntervalSpec::new("Australia/Lord_Howe", 60).unwrap();
+    for t in [751_995_000_000i64, 762_879_600_000] {
+        for k in -100..100 {
+            let x = t + k * 7 * MIN + 13_000;
+            assert_eq!(spec.interval_of(x).start, interval_start(&tz, 60, x), "{x}");
+        }
+    }
+    assert_eq!(
+        interval_start(&tz, 60, 751_995_000_000 + MIN),
+        751_995_000_000
+    );
 }
 
 #[test]

@@ -116,7 +116,6 @@ pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
     /// Pending-event blobs: (blob id, events).
     pub pending: Vec<(u64, Vec<Event>)>,
-    pub timers: Vec<TimerKey>,
     pub cohorts: Vec<CohortState>,
 }
 
@@ -201,12 +200,6 @@ impl Store {
             })?;
             pending.push((id, events));
         }
-        let mut timers = Vec::new();
-        for item in self.scan(CF_TIMERS, p) {
-            let (k, _) = item.map_err(|e| self.err(e))?;
-            let t = ts_from(&k[4..12]);
-            timers.push((t, String::from_utf8_lossy(&k[12..]).into_owned()));
-        }
         let mut cohorts = Vec::new();
         for item in self.scan(CF_COHORTS, p) {
             let (_, v) = item.map_err(|e| self.err(e))?;
@@ -218,7 +211,6 @@ impl Store {
         Ok(Some(RestoredPartition {
             snapshot,
             pending,
-            timers,
             cohorts,
         }))
     }
@@ -307,6 +299,45 @@ impl JourneyStore for JourneyReader<'_> {
                 None
             }
         }
+    }
+
+    fn keeps_timers(&self) -> bool {
+        true
+    }
+
+    fn timers(&mut self, from: Millis, to: Millis) -> Vec<TimerKey> {
+        self.scan_timers(from, to, usize::MAX)
+    }
+
+    fn first_timer(&mut self, from: Millis) -> Option<Millis> {
+        self.scan_timers(from, Millis::MAX, 1).first().map(|k| k.0)
+    }
+}
+
+impl JourneyReader<'_> {
+    /// Up to `limit` timers of this partition due in `[from, to)`, in time order.
+    fn scan_timers(&mut self, from: Millis, to: Millis, limit: usize) -> Vec<TimerKey> {
+        let start = timer_key(self.partition, &(from, String::new()));
+        let end = timer_key(self.partition, &(to, String::new()));
+        let mut out = Vec::new();
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(CF_TIMERS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter.take(limit) {
+            match item {
+                Ok((k, _)) if *k < *end => {
+                    let key = String::from_utf8_lossy(&k[12..]).into_owned();
+                    out.push((ts_from(&k[4..12]), key));
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.error.get_or_insert(self.store.err(e));
+                    break;
+                }
+            }
+        }
+        out
     }
 }
 

@@ -42,13 +42,17 @@ fn batch_round_trips_and_partitions_are_isolated() {
             (1, codec::encode(&vec![ev("b", 20)])),
             (2, codec::encode(&vec![ev("a", 10)])),
         ],
-        timers_put: vec![(99, "c:u".into()), (7, "c:v".into())],
+        timers_put: vec![(99, "c:u".into()), (7, "c:v".into()), (-5, "c:w".into())],
         journeys: vec![("c:u".into(), Some(codec::encode(&Journey::new(true))))],
         ..Default::default()
     };
     let mut b = store.batch();
     b.partition(3, &snap, &ch);
-    b.partition(4, &PartitionSnapshot::default(), &StateChanges::default());
+    let other = StateChanges {
+        timers_put: vec![(1, "c:x".into())],
+        ..Default::default()
+    };
+    b.partition(4, &PartitionSnapshot::default(), &other);
     b.commit().unwrap();
     drop(store);
 
@@ -61,14 +65,33 @@ fn batch_round_trips_and_partitions_are_isolated() {
         .flat_map(|(id, es)| es.iter().map(move |e| (*id, e.event_id.as_str())))
         .collect();
     assert_eq!(ids, [(1, "b"), (2, "a")]);
+    let timers = |p: i32, from: Millis, to: Millis| store.journeys(p).timers(from, to);
     assert_eq!(
-        r.timers,
-        vec![(7, "c:v".to_string()), (99, "c:u".to_string())]
+        timers(3, Millis::MIN, Millis::MAX),
+        vec![
+            (-5, "c:w".to_string()),
+            (7, "c:v".to_string()),
+            (99, "c:u".to_string())
+        ]
     );
+    // [from, to): a timer at `to` is not included, one at `from` is
+    assert_eq!(timers(3, 7, 99), vec![(7, "c:v".to_string())]);
+    assert_eq!(timers(3, 8, 99), vec![]);
+    assert_eq!(store.journeys(3).first_timer(8), Some(99));
+    assert_eq!(
+        store.journeys(3).first_timer(100),
+        None,
+        "not partition 4's"
+    );
+    assert_eq!(store.journeys(4).first_timer(Millis::MIN), Some(1));
     assert_eq!(store.journeys(3).load("c:u"), Some(Journey::new(true)));
     assert_eq!(store.journeys(4).load("c:u"), None);
     let r4 = store.load_partition(4).unwrap().unwrap();
-    assert!(r4.pending.is_empty() && r4.timers.is_empty());
+    assert!(r4.pending.is_empty());
+    assert_eq!(
+        timers(4, Millis::MIN, Millis::MAX),
+        vec![(1, "c:x".to_string())]
+    );
 
     let del = StateChanges {
         pending_blobs_del: vec![2],
@@ -81,7 +104,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     b.commit().unwrap();
     let r = store.load_partition(3).unwrap().unwrap();
     assert_eq!(r.pending.len(), 1);
-    assert_eq!(r.timers.len(), 1);
+    assert_eq!(timers(3, Millis::MIN, Millis::MAX).len(), 2);
     assert_eq!(store.journeys(3).load("c:u"), None);
 }
 

@@ -193,14 +193,23 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
         }
     }
     flush(&mut batch, &mut engines, &mut offsets)?;
+    // the end of the input: everything closes, one slice at a time, written as `deflect run`
+    // writes it
     for (p, e) in engines.iter_mut() {
-        let mut reader = store.journeys(*p);
-        e.finalize(&mut reader);
-        reader.into_result()?;
-        let ch = e.take_changes(0);
-        let mut wb = store.batch();
-        wb.partition(*p, e.snapshot(), &ch);
-        wb.commit()?;
+        loop {
+            let mut reader = store.journeys(*p);
+            let more = e.finalize_step(&mut reader).is_some();
+            reader.into_result()?;
+            let _ = e.take_reports();
+            let _ = e.take_rejected();
+            let ch = e.take_changes(cfg.state.journey_cache_entries);
+            let mut wb = store.batch();
+            wb.partition(*p, e.snapshot(), &ch);
+            wb.commit()?;
+            if !more {
+                break;
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let (peak, _) = rss();

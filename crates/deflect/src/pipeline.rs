@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use deflect_core::engine::{EngineConfig, Ingest, PartitionEngine};
+use deflect_core::engine::{ClosedInterval, EngineConfig, Ingest, PartitionEngine, StateChanges};
+use deflect_core::event::Millis;
 use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
     Assignment, GroupConsumer, Header, Headers, Message, OutputProducer, OwnedHeaders,
@@ -147,6 +148,8 @@ pub fn now_ms() -> i64 {
 
 struct Loop<'a> {
     cfg: &'a Config,
+    /// Every partition is at the end of the input and closing what is left (`exit_at_eof`).
+    finalizing: bool,
     engine_cfg: Arc<EngineConfig>,
     store: Store,
     consumer: GroupConsumer,
@@ -223,6 +226,7 @@ pub fn run(
     let mut l = Loop {
         cfg,
         engine_cfg: Arc::new(cfg.engine()),
+        finalizing: false,
         store,
         consumer,
         out,
@@ -293,16 +297,10 @@ impl Loop<'_> {
                     partition = p,
                     next_offset = r.snapshot.next_offset,
                     pending_blobs = r.pending.len(),
-                    timers = r.timers.len(),
+                    timers = r.snapshot.live_timers,
                     "partition state restored"
                 );
-                PartitionEngine::restore(
-                    self.engine_cfg.clone(),
-                    r.snapshot,
-                    r.pending,
-                    r.timers,
-                    r.cohorts,
-                )
+                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.pending, r.cohorts)
             }
             None => PartitionEngine::new(self.engine_cfg.clone()),
         };
@@ -347,7 +345,11 @@ impl Loop<'_> {
         let mut touched = BTreeSet::new();
         let mut n = 0usize;
         let mut skipped = 0u64;
-        let mut timeout = self.cfg.pipeline.poll_timeout;
+        let mut timeout = if self.finalizing {
+            Duration::ZERO
+        } else {
+            self.cfg.pipeline.poll_timeout
+        };
         let now = now_ms();
         while n < self.cfg.pipeline.max_batch {
             let tp = Instant::now();
@@ -446,47 +448,52 @@ impl Loop<'_> {
             telemetry::already_applied(skipped);
         }
 
-        let finished = opts.exit_at_eof
+        let at_eof = opts.exit_at_eof
             && !self.assigned.is_empty()
             && self.assigned.iter().all(|p| self.eof.contains(p));
+        // at the end of the input every partition closes everything, one slice of event time per
+        // step so that each slice's state is written (and the journey cache trimmed) in between
+        let mut finished = at_eof;
+        self.finalizing = at_eof;
+        let keep = self.cfg.state.journey_cache_entries;
+        let advanced = advance_all(&mut self.engines, &self.store, now, at_eof, &touched, keep)?;
         let mut closed = BTreeMap::new();
-        for (p, e) in self.engines.iter_mut() {
-            let mut reader = self.store.journeys(*p);
-            let mut c = e.advance(now, &mut reader);
-            if finished {
-                c.extend(e.finalize(&mut reader));
+        let mut changes = Vec::new();
+        for a in advanced {
+            let p = a.partition;
+            finished &= !a.more;
+            if !a.closed.is_empty() {
+                self.staffing.add(&a.closed);
+                closed.insert(p, a.closed);
             }
-            reader.into_result().context("cannot read journey state")?;
-            if !c.is_empty() {
-                self.staffing.add(&c);
-                touched.insert(*p);
-                closed.insert(*p, c);
+            if let Some(ch) = a.changes {
+                touched.insert(p);
+                changes.push((p, ch));
             }
-            for (ev, detail) in e.take_rejected() {
+            for (ev, detail) in a.rejected {
                 self.summary.rejected += 1;
                 telemetry::rejected(deflect_proto::RejectReason::JourneyOrder.as_str());
                 let topic = &self.cfg.kafka.dead_letter_topic;
                 if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
-                    dead_letter_event(out, topic, &self.cfg.kafka.input_topic, *p, &ev, detail)?;
+                    dead_letter_event(out, topic, &self.cfg.kafka.input_topic, p, &ev, detail)?;
                 }
             }
-            let reports = e.take_reports();
             let topic = &self.cfg.kafka.output_topic;
             if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
                 let json = self.cfg.kafka.output_format == "json";
-                for r in &reports {
-                    let m = deflect_proto::report::to_message(r, *p, &self.engine_cfg.intervals);
+                for r in &a.reports {
+                    let m = deflect_proto::report::to_message(r, p, &self.engine_cfg.intervals);
                     let bytes = if json {
                         deflect_proto::report::encode_json(&m)
                     } else {
                         deflect_proto::report::encode_protobuf(&m)
                     };
-                    let key = deflect_proto::report::key(r, *p);
+                    let key = deflect_proto::report::key(r, p);
                     out.send(topic, Some(key.as_bytes()), &bytes, None, None)
                         .context("cannot send interval report")?;
                 }
             }
-            telemetry::reports(&reports);
+            telemetry::reports(&a.reports);
         }
         let t_advanced = Instant::now();
         self.phases.advance += t_advanced - t_consumed;
@@ -499,10 +506,8 @@ impl Loop<'_> {
                     .context("cannot deliver dead letters, late events or reports")?;
             }
             let mut batch = self.store.batch();
-            for p in &touched {
-                let e = self.engines.get_mut(p).expect("touched engines exist");
-                let ch = e.take_changes(self.cfg.state.journey_cache_entries);
-                batch.partition(*p, e.snapshot(), &ch);
+            for (p, ch) in &changes {
+                batch.partition(*p, self.engines[p].snapshot(), ch);
             }
             batch.commit().context("cannot write state batch")?;
             t_written = Instant::now();
@@ -524,6 +529,13 @@ impl Loop<'_> {
             }
         }
         self.phases.commit_and_export += t_written.elapsed();
+        tracing::trace!(
+            records = n,
+            consume_us = (t_consumed - started).as_micros() as u64,
+            advance_us = (t_advanced - t_consumed).as_micros() as u64,
+            write_us = (t_written - t_advanced).as_micros() as u64,
+            "batch"
+        );
         if n > 0 {
             telemetry::batch(started.elapsed().as_secs_f64(), n);
             self.health.records.fetch_add(n as i64, Ordering::Relaxed);
@@ -532,9 +544,11 @@ impl Loop<'_> {
     }
 
     fn refresh(&mut self) {
+        let t0 = Instant::now();
         for (p, e) in &self.engines {
             telemetry::full_refresh(*p, e);
         }
+        let t1 = t0.elapsed();
         for (p, lag) in self.consumer.lag() {
             if self.assigned.contains(&p) {
                 telemetry::lag(p, lag);
@@ -565,6 +579,11 @@ impl Loop<'_> {
             );
             telemetry::staffing(&rows);
         }
+        tracing::trace!(
+            full_us = t1.as_micros() as u64,
+            total_us = t0.elapsed().as_micros() as u64,
+            "refresh"
+        );
     }
 }
 
@@ -675,4 +694,82 @@ fn validate(
         ));
     }
     Ok(ev)
+}
+
+/// What advancing one partition produced.
+struct Advanced {
+    partition: i32,
+    closed: Vec<ClosedInterval>,
+    /// At the end of the input: more is left to close.
+    more: bool,
+    rejected: Vec<(deflect_core::event::Event, &'static str)>,
+    reports: Vec<deflect_core::engine::Report>,
+    /// The state writes of a partition that consumed, closed or finalized something.
+    changes: Option<StateChanges>,
+}
+
+/// Advances every partition (closing what its watermark allows, or one slice of what is left at
+/// the end of the input) and encodes its state changes. Partitions are independent, so they are
+/// spread over one thread per core; results come back in partition order.
+fn advance_all(
+    engines: &mut BTreeMap<i32, PartitionEngine>,
+    store: &Store,
+    now: Millis,
+    at_eof: bool,
+    consumed: &BTreeSet<i32>,
+    keep_cached: usize,
+) -> Result<Vec<Advanced>> {
+    let one = |p: i32, e: &mut PartitionEngine| -> Result<Advanced> {
+        let mut reader = store.journeys(p);
+        let mut closed = e.advance(now, &mut reader);
+        let mut more = false;
+        if at_eof {
+            if let Some(c) = e.finalize_step(&mut reader) {
+                closed.extend(c);
+                more = true;
+            }
+        }
+        reader.into_result().context("cannot read journey state")?;
+        let write = more || !closed.is_empty() || consumed.contains(&p);
+        Ok(Advanced {
+            partition: p,
+            more,
+            rejected: e.take_rejected(),
+            reports: e.take_reports(),
+            changes: write.then(|| e.take_changes(keep_cached)),
+            closed,
+        })
+    };
+    let mut list: Vec<(i32, &mut PartitionEngine)> =
+        engines.iter_mut().map(|(p, e)| (*p, e)).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(list.len());
+    if threads <= 1 {
+        return list.into_iter().map(|(p, e)| one(p, e)).collect();
+    }
+    let per = list.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Advanced>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = list
+            .chunks_mut(per)
+            .map(|chunk| {
+                let one = &one;
+                s.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|(p, e)| one(*p, e))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a partition worker panicked"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(engines.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
