@@ -222,6 +222,7 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
         })
         .sum();
     let live = store.live_size_bytes();
+    let cache_used = store.block_cache_usage_bytes();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(
@@ -240,6 +241,10 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
         args.journey_cache_entries
     );
     println!("state on disk (live)   {} MiB", live >> 20);
+    println!(
+        "RocksDB cache in use   {} MiB at the end (memtables charged to it included)",
+        cache_used >> 20
+    );
     println!("RSS before             {} MiB", rss_start >> 20);
     println!("peak RSS               {} MiB", peak >> 20);
     println!(

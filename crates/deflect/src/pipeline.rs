@@ -136,8 +136,12 @@ pub struct Summary {
     pub records: u64,
     pub rejected: u64,
     pub partitions: usize,
-    /// From the first record consumed to the end of the run (excludes joining the group).
+    /// From the first record returned by the consumer to the end of the run (excludes joining
+    /// the group; includes closing everything left at the end of the input).
     pub busy: Duration,
+    /// From the first record returned by the consumer until the batch holding the last record
+    /// was durable (state and offsets written).
+    pub records_busy: Duration,
 }
 
 pub fn now_ms() -> i64 {
@@ -150,6 +154,10 @@ struct Loop<'a> {
     cfg: &'a Config,
     /// Every partition is at the end of the input and closing what is left (`exit_at_eof`).
     finalizing: bool,
+    /// When the consumer returned the first record (throughput is measured from there).
+    first_record: Option<Instant>,
+    /// When the last batch that held records was written.
+    last_record_durable: Option<Instant>,
     engine_cfg: Arc<EngineConfig>,
     store: Store,
     consumer: GroupConsumer,
@@ -227,6 +235,8 @@ pub fn run(
         cfg,
         engine_cfg: Arc::new(cfg.engine()),
         finalizing: false,
+        first_record: None,
+        last_record_durable: None,
         store,
         consumer,
         out,
@@ -240,16 +250,12 @@ pub fn run(
         staffing: Default::default(),
     };
     let mut last_refresh = Instant::now();
-    let mut first_record: Option<Instant> = None;
     loop {
         l.apply_assignments()?;
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         let finished = l.step(opts)?;
-        if first_record.is_none() && l.summary.records > 0 {
-            first_record = Some(Instant::now());
-        }
         if last_refresh.elapsed() >= Duration::from_secs(10) {
             l.refresh();
             last_refresh = Instant::now();
@@ -269,7 +275,10 @@ pub fn run(
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
     }
     l.summary.partitions = l.engines.len();
-    l.summary.busy = first_record.map_or(Duration::ZERO, |t| t.elapsed());
+    if let Some(first) = l.first_record {
+        l.summary.busy = first.elapsed();
+        l.summary.records_busy = l.last_record_durable.map_or(Duration::ZERO, |t| t - first);
+    }
     tracing::info!(
         records = l.summary.records,
         rejected = l.summary.rejected,
@@ -372,6 +381,7 @@ impl Loop<'_> {
                 Some(Ok(m)) => m,
             };
             timeout = Duration::ZERO;
+            self.first_record.get_or_insert_with(Instant::now);
             let p = msg.partition();
             self.eof.remove(&p);
             if !self.engines.contains_key(&p) {
@@ -537,6 +547,7 @@ impl Loop<'_> {
             "batch"
         );
         if n > 0 {
+            self.last_record_durable = Some(Instant::now());
             telemetry::batch(started.elapsed().as_secs_f64(), n);
             self.health.records.fetch_add(n as i64, Ordering::Relaxed);
         }
