@@ -265,8 +265,9 @@ impl Store {
 
     /// Bytes held in the shared block cache, memtables charged to it included.
     pub fn block_cache_usage_bytes(&self) -> u64 {
+        // one cache shared by every column family: any of them reports it
         self.db
-            .property_int_value("rocksdb.block-cache-usage")
+            .property_int_value_cf(self.cf(CF_JOURNEYS), "rocksdb.block-cache-usage")
             .ok()
             .flatten()
             .unwrap_or(0)

@@ -352,15 +352,15 @@ impl Loop<'_> {
         let started = Instant::now();
         let format = self.cfg.input_format();
         let mut touched = BTreeSet::new();
-        let mut n = 0usize;
-        let mut skipped = 0u64;
         let mut timeout = if self.finalizing {
             Duration::ZERO
         } else {
             self.cfg.pipeline.poll_timeout
         };
         let now = now_ms();
-        while n < self.cfg.pipeline.max_batch {
+        // poll on this thread; decoding and everything after it runs per partition, in parallel
+        let mut msgs = Vec::new();
+        while msgs.len() < self.cfg.pipeline.max_batch {
             let tp = Instant::now();
             let polled = self.consumer.poll(timeout);
             self.phases.poll += tp.elapsed();
@@ -388,42 +388,63 @@ impl Loop<'_> {
                 let e = self.load(p)?;
                 self.engines.insert(p, e);
             }
-            let engine = self.engines.get_mut(&p).expect("inserted above");
-            let payload = msg.payload().unwrap_or_default();
-            match validate(&self.cfg.limits, &msg, payload, format, now) {
-                Ok(ev) => {
-                    let kind = ev.kind.type_name();
-                    match engine.ingest(msg.offset(), ev, now) {
-                        Ingest::AlreadyApplied => skipped += 1,
-                        Ingest::Late => {
-                            telemetry::late(kind);
-                            let topic = &self.cfg.kafka.late_topic;
-                            if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
-                                let closed = engine.frontier().unwrap_or(0).to_string();
-                                let extra = [
-                                    ("deflect.event_type", kind),
-                                    ("deflect.closed_until_ms", &closed),
-                                ];
-                                forward(
-                                    out,
-                                    topic,
-                                    &self.cfg.kafka.input_topic,
-                                    &msg,
-                                    "late",
-                                    "interval already closed",
-                                    &extra,
-                                )?;
-                            }
+            touched.insert(p);
+            msgs.push(msg);
+            if self.consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
+                break;
+            }
+        }
+        let n = msgs.len();
+        self.summary.records += n as u64;
+        let t_consumed = Instant::now();
+        self.phases.consume += t_consumed - started;
+
+        let at_eof = opts.exit_at_eof
+            && !self.assigned.is_empty()
+            && self.assigned.iter().all(|p| self.eof.contains(p));
+        // at the end of the input every partition closes everything, one slice of event time per
+        // step so that each slice's state is written (and the journey cache trimmed) in between
+        let mut finished = at_eof;
+        self.finalizing = at_eof;
+        let input = Input {
+            msgs: &msgs,
+            limits: &self.cfg.limits,
+            format,
+            now,
+        };
+        let keep = self.cfg.state.journey_cache_entries;
+        let advanced = advance_all(&mut self.engines, &self.store, &input, at_eof, keep)?;
+        let mut skipped = 0u64;
+        for a in &advanced {
+            skipped += a.skipped;
+            for (i, dropped) in &a.dropped {
+                let msg = &msgs[*i];
+                match dropped {
+                    Dropped::Late { kind, closed_until } => {
+                        telemetry::late(kind);
+                        let topic = &self.cfg.kafka.late_topic;
+                        if let (Some(out), false) = (&mut self.out, topic.is_empty()) {
+                            let closed = closed_until.to_string();
+                            let extra = [
+                                ("deflect.event_type", *kind),
+                                ("deflect.closed_until_ms", &closed),
+                            ];
+                            forward(
+                                out,
+                                topic,
+                                &self.cfg.kafka.input_topic,
+                                msg,
+                                "late",
+                                "interval already closed",
+                                &extra,
+                            )?;
                         }
-                        Ingest::Accepted | Ingest::Duplicate => {}
                     }
-                }
-                Err(err) => {
-                    if engine.reject(msg.offset()) != Ingest::AlreadyApplied {
+                    Dropped::Rejected(err) => {
                         self.summary.rejected += 1;
                         telemetry::rejected(err.reason.as_str());
                         tracing::debug!(
-                            partition = p,
+                            partition = a.partition,
                             offset = msg.offset(),
                             reason = err.reason.as_str(),
                             "record rejected"
@@ -434,39 +455,19 @@ impl Loop<'_> {
                                 out,
                                 topic,
                                 &self.cfg.kafka.input_topic,
-                                &msg,
+                                msg,
                                 err.reason.as_str(),
                                 &err.detail,
                                 &[],
                             )?;
                         }
-                    } else {
-                        skipped += 1;
                     }
                 }
             }
-            touched.insert(p);
-            n += 1;
-            if self.consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
-                break;
-            }
         }
-        self.summary.records += n as u64;
-        let t_consumed = Instant::now();
-        self.phases.consume += t_consumed - started;
         if skipped > 0 {
             telemetry::already_applied(skipped);
         }
-
-        let at_eof = opts.exit_at_eof
-            && !self.assigned.is_empty()
-            && self.assigned.iter().all(|p| self.eof.contains(p));
-        // at the end of the input every partition closes everything, one slice of event time per
-        // step so that each slice's state is written (and the journey cache trimmed) in between
-        let mut finished = at_eof;
-        self.finalizing = at_eof;
-        let keep = self.cfg.state.journey_cache_entries;
-        let advanced = advance_all(&mut self.engines, &self.store, now, at_eof, &touched, keep)?;
         let mut closed = BTreeMap::new();
         let mut changes = Vec::new();
         for a in advanced {
@@ -707,9 +708,31 @@ fn validate(
     Ok(ev)
 }
 
-/// What advancing one partition produced.
+/// The records of one poll, and how to validate them.
+struct Input<'a, 'm> {
+    msgs: &'a [rdkafka::message::BorrowedMessage<'m>],
+    limits: &'a crate::config::LimitsConfig,
+    format: deflect_proto::Format,
+    now: Millis,
+}
+
+/// A consumed record that was not applied and must be forwarded.
+enum Dropped {
+    /// Its interval had closed (`closed_until`: the partition's frontier then).
+    Late {
+        kind: &'static str,
+        closed_until: Millis,
+    },
+    Rejected(deflect_proto::DecodeError),
+}
+
+/// What one partition did with its records of a poll, and what advancing it produced.
 struct Advanced {
     partition: i32,
+    /// Records below the offset stored with the state (applied before a restart).
+    skipped: u64,
+    /// (index into the poll's records, why) of the records to forward.
+    dropped: Vec<(usize, Dropped)>,
     closed: Vec<ClosedInterval>,
     /// At the end of the input: more is left to close.
     more: bool,
@@ -719,20 +742,50 @@ struct Advanced {
     changes: Option<StateChanges>,
 }
 
-/// Advances every partition (closing what its watermark allows, or one slice of what is left at
-/// the end of the input) and encodes its state changes. Partitions are independent, so they are
-/// spread over one thread per core; results come back in partition order.
+/// Per partition: decodes and ingests its records of this poll, advances it (closing what its
+/// watermark allows, or one slice of what is left at the end of the input) and encodes its state
+/// changes. Partitions are independent, so they are spread over one thread per core; results come
+/// back in partition order.
 fn advance_all(
     engines: &mut BTreeMap<i32, PartitionEngine>,
     store: &Store,
-    now: Millis,
+    input: &Input<'_, '_>,
     at_eof: bool,
-    consumed: &BTreeSet<i32>,
     keep_cached: usize,
 ) -> Result<Vec<Advanced>> {
+    let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, m) in input.msgs.iter().enumerate() {
+        by_partition.entry(m.partition()).or_default().push(i);
+    }
     let one = |p: i32, e: &mut PartitionEngine| -> Result<Advanced> {
+        let (mut skipped, mut dropped) = (0u64, Vec::new());
+        let mine = by_partition.get(&p).map_or(&[][..], Vec::as_slice);
+        for &i in mine {
+            let msg = &input.msgs[i];
+            let payload = msg.payload().unwrap_or_default();
+            match validate(input.limits, msg, payload, input.format, input.now) {
+                Ok(ev) => {
+                    let kind = ev.kind.type_name();
+                    match e.ingest(msg.offset(), ev, input.now) {
+                        Ingest::AlreadyApplied => skipped += 1,
+                        Ingest::Late => {
+                            let closed_until = e.frontier().unwrap_or(0);
+                            dropped.push((i, Dropped::Late { kind, closed_until }));
+                        }
+                        Ingest::Accepted | Ingest::Duplicate => {}
+                    }
+                }
+                Err(err) => {
+                    if e.reject(msg.offset()) == Ingest::AlreadyApplied {
+                        skipped += 1;
+                    } else {
+                        dropped.push((i, Dropped::Rejected(err)));
+                    }
+                }
+            }
+        }
         let mut reader = store.journeys(p);
-        let mut closed = e.advance(now, &mut reader);
+        let mut closed = e.advance(input.now, &mut reader);
         let mut more = false;
         if at_eof {
             if let Some(c) = e.finalize_step(&mut reader) {
@@ -741,9 +794,11 @@ fn advance_all(
             }
         }
         reader.into_result().context("cannot read journey state")?;
-        let write = more || !closed.is_empty() || consumed.contains(&p);
+        let write = more || !closed.is_empty() || !mine.is_empty();
         Ok(Advanced {
             partition: p,
+            skipped,
+            dropped,
             more,
             rejected: e.take_rejected(),
             reports: e.take_reports(),
