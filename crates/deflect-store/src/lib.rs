@@ -273,6 +273,19 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Memory RocksDB holds outside the block cache for open table files (bytes, all column
+    /// families).
+    pub fn table_readers_bytes(&self) -> u64 {
+        CFS.iter()
+            .filter_map(|n| {
+                self.db
+                    .property_int_value_cf(self.cf(n), "rocksdb.estimate-table-readers-mem")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
     /// Approximate on-disk size of live data (bytes).
     pub fn live_size_bytes(&self) -> u64 {
         CFS.iter()

@@ -223,6 +223,7 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
         .sum();
     let live = store.live_size_bytes();
     let cache_used = store.block_cache_usage_bytes();
+    let readers = store.table_readers_bytes();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(
@@ -244,6 +245,10 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
     println!(
         "RocksDB cache in use   {} MiB at the end (memtables charged to it included)",
         cache_used >> 20
+    );
+    println!(
+        "RocksDB table readers  {} MiB outside the cache",
+        readers >> 20
     );
     println!("RSS before             {} MiB", rss_start >> 20);
     println!("peak RSS               {} MiB", peak >> 20);
