@@ -163,11 +163,8 @@ impl GroupConsumer {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // when the prefetch queue is full librdkafka postpones the partition's next fetch by
-            // this much (default 1 s): the pipeline drains the queue in milliseconds and then sat
-            // idle for the rest of the second
-            .set("fetch.queue.backoff.ms", "20");
+            .set("heartbeat.interval.ms", "1000");
+        consumer_defaults(&mut c);
         settings.finish(&mut c);
         let ctx = GroupContext {
             topic: topic.to_string(),
@@ -256,6 +253,14 @@ impl GroupConsumer {
     }
 }
 
+/// Fetch settings of every consumer deflect creates (`kafka.properties` may override them).
+fn consumer_defaults(c: &mut ClientConfig) {
+    // when the prefetch queue has been full librdkafka postpones the partition's next fetch by
+    // this much (default 1 s): a consumer that drains the queue in milliseconds then sat idle for
+    // the rest of the second
+    c.set("fetch.queue.backoff.ms", "20");
+}
+
 /// A plain consumer that reads a topic from the beginning without a group (benchmarks, tests).
 pub fn reader(
     settings: &ClientSettings,
@@ -266,6 +271,7 @@ pub fn reader(
     c.set("group.id", "deflect-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
+    consumer_defaults(&mut c);
     settings.finish(&mut c);
     let consumer: BaseConsumer = c.create().map_err(Error::Config)?;
     let mut tpl = TopicPartitionList::new();
