@@ -352,8 +352,13 @@ impl JourneyReader<'_> {
         let start = timer_key(self.partition, &(from, String::new()));
         let end = timer_key(self.partition, &(to, String::new()));
         let mut out = Vec::new();
-        let iter = self.store.db.iterator_cf(
+        // the bound stops RocksDB at `end` instead of skipping the tombstones of fired and moved
+        // timers beyond it in search of the next live key
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(end.clone());
+        let iter = self.store.db.iterator_cf_opt(
             self.store.cf(CF_TIMERS),
+            ro,
             IteratorMode::From(&start, Direction::Forward),
         );
         for item in iter.take(limit) {
