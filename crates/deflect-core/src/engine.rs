@@ -829,7 +829,7 @@ impl PartitionEngine {
             }
             match (before, after) {
                 (None, Some(_)) => self.snap.live_timers += 1,
-                (Some(_), None) => self.snap.live_timers -= 1,
+                (Some(_), None) => self.snap.live_timers = self.snap.live_timers.saturating_sub(1),
                 _ => {}
             }
         }

@@ -45,7 +45,19 @@ pub enum StoreError {
         what: &'static str,
         source: codec::Error,
     },
+    #[error(
+        "state store at {path} has format {found}, this deflect reads format {FORMAT_VERSION}: \
+         start with an empty state directory (and a new kafka.group_id to consume the input again \
+         from its beginning)"
+    )]
+    Format { path: String, found: String },
 }
+
+/// Version of the stored layout and encodings; bumped whenever either changes.
+/// 2: partition snapshots count live timers; timers are read back by range, not at start-up.
+pub const FORMAT_VERSION: u32 = 2;
+/// Key of the format version in `meta` (partition keys there are exactly 4 bytes).
+const FORMAT_KEY: &[u8] = b"deflect.format";
 
 /// Memory bounds of the store (all column families share them).
 #[derive(Clone, Copy, Debug)]
@@ -165,11 +177,40 @@ impl Store {
                 path: shown.clone(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             path: shown,
             sync: opts.sync_writes,
-        })
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Refuses a store written in another format; stamps a new store with this one.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        let found = self.db.get_cf(meta, FORMAT_KEY).map_err(|e| self.err(e))?;
+        let found = match found {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let mut it = self.db.iterator_cf(meta, IteratorMode::Start);
+                if it.next().is_none() {
+                    self.db
+                        .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_string())
+                        .map_err(|e| self.err(e))?;
+                    return Ok(());
+                }
+                "1 (no version recorded)".to_string()
+            }
+        };
+        if found == FORMAT_VERSION.to_string() {
+            Ok(())
+        } else {
+            Err(StoreError::Format {
+                path: self.path.clone(),
+                found,
+            })
+        }
     }
 
     fn err(&self, source: rocksdb::Error) -> StoreError {

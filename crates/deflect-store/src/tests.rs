@@ -121,3 +121,28 @@ fn unwritable_directory_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_store_of_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut b = store.batch();
+    b.partition(0, &PartitionSnapshot::default(), &StateChanges::default());
+    b.commit().unwrap();
+    drop(store);
+    // reopening the same format works
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    // a store written before versions existed: partition state but no format key
+    store.db.delete_cf(store.cf(CF_META), FORMAT_KEY).unwrap();
+    drop(store);
+    let e = Store::open(dir.path(), StoreOptions::default())
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(msg.contains("has format 1 (no version recorded)"), "{msg}");
+    assert!(
+        msg.contains(&format!("reads format {FORMAT_VERSION}")),
+        "{msg}"
+    );
+    assert!(msg.contains("empty state directory"), "{msg}");
+}
