@@ -217,6 +217,23 @@ impl StateChanges {
     }
 }
 
+/// The net write of one timer key within a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerOp {
+    /// Written, and possibly in the store before this batch.
+    Put,
+    /// Written, and not in the store before this batch.
+    PutNew,
+    /// Deleted (possibly in the store before this batch).
+    Delete,
+}
+
+impl TimerOp {
+    fn is_put(self) -> bool {
+        self != TimerOp::Delete
+    }
+}
+
 enum CallbackOp {
     Open(String, Millis, String, String),
     Close(String),
@@ -280,9 +297,11 @@ pub struct PartitionEngine {
     timers_until: Millis,
     cache: HashMap<String, Journey>,
     dirty: HashSet<String>,
-    /// Net timer writes since the last `take_changes` (true = put, false = delete): a timer set and
-    /// fired within one batch must not be written back by a later put.
-    timer_ops: BTreeMap<TimerKey, bool>,
+    /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
+    /// must not be written back by a later put, nor deleted from a store that never had it.
+    timer_ops: BTreeMap<TimerKey, TimerOp>,
+    /// The timer being fired (its delete is already recorded).
+    firing: Option<TimerKey>,
     changes: StateChanges,
     /// Cohorts of closed intervals whose last horizon has not passed, by interval start.
     cohorts: BTreeMap<Millis, CohortState>,
@@ -342,6 +361,7 @@ impl PartitionEngine {
             cache: HashMap::default(),
             dirty: HashSet::default(),
             timer_ops: BTreeMap::new(),
+            firing: None,
             changes,
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
@@ -583,8 +603,8 @@ impl PartitionEngine {
         if from < to {
             self.timers.extend(store.timers(from, to));
             let range = (from, String::new())..(to, String::new());
-            for (k, put) in self.timer_ops.range(range) {
-                if *put {
+            for (k, op) in self.timer_ops.range(range) {
+                if op.is_put() {
                     self.timers.insert(k.clone());
                 } else {
                     self.timers.remove(k);
@@ -623,7 +643,7 @@ impl PartitionEngine {
             let written = self
                 .timer_ops
                 .range((floor, String::new())..)
-                .find(|(_, put)| **put)
+                .find(|(_, op)| op.is_put())
                 .map(|(k, _)| k.0);
             next = [next, store.first_timer(floor), written]
                 .into_iter()
@@ -694,8 +714,11 @@ impl PartitionEngine {
                 None => {
                     let key = next_timer.expect("one of the two is due");
                     self.timers.remove(&key);
-                    self.timer_ops.insert(key.clone(), false);
-                    self.with_journey(&key.1, store, |cfg, j| j.fire(cfg, t, a));
+                    self.record_timer(key.clone(), false);
+                    let journey = key.1.clone();
+                    self.firing = Some(key);
+                    self.with_journey(&journey, store, |cfg, j| j.fire(cfg, t, a));
+                    self.firing = None;
                 }
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
@@ -815,9 +838,10 @@ impl PartitionEngine {
         if before != after {
             if let Some(b) = before {
                 let k = (b, key.to_string());
-                // a timer outside the window is only in the store
-                if self.timers.remove(&k) || keeps_timers {
-                    self.timer_ops.insert(k, false);
+                // a timer outside the window is only in the store; a fired one is recorded
+                let in_memory = self.timers.remove(&k);
+                if (in_memory || keeps_timers) && self.firing.as_ref() != Some(&k) {
+                    self.record_timer(k, false);
                 }
             }
             if let Some(a) = after {
@@ -825,7 +849,7 @@ impl PartitionEngine {
                 if !keeps_timers || a < self.timers_until {
                     self.timers.insert(k.clone());
                 }
-                self.timer_ops.insert(k, true);
+                self.record_timer(k, true);
             }
             match (before, after) {
                 (None, Some(_)) => self.snap.live_timers += 1,
@@ -853,12 +877,38 @@ impl PartitionEngine {
         }
     }
 
+    /// Records a timer write of this batch, netted against the earlier ones.
+    fn record_timer(&mut self, k: TimerKey, put: bool) {
+        use std::collections::btree_map::Entry;
+        match (self.timer_ops.entry(k), put) {
+            // a journey's timer is stored only at its current wake, so a put without an earlier
+            // write of this batch is of a key the store does not have
+            (Entry::Vacant(v), true) => {
+                v.insert(TimerOp::PutNew);
+            }
+            (Entry::Vacant(v), false) => {
+                v.insert(TimerOp::Delete);
+            }
+            (Entry::Occupied(o), false) if *o.get() == TimerOp::PutNew => {
+                o.remove();
+            }
+            (Entry::Occupied(mut o), false) => {
+                *o.get_mut() = TimerOp::Delete;
+            }
+            (Entry::Occupied(mut o), true) => {
+                if *o.get() == TimerOp::Delete {
+                    *o.get_mut() = TimerOp::Put;
+                }
+            }
+        }
+    }
+
     /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
     /// `keep_cached` entries afterwards (everything written is in the store).
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
         let mut ch = std::mem::take(&mut self.changes);
-        for (k, put) in std::mem::take(&mut self.timer_ops) {
-            if put {
+        for (k, op) in std::mem::take(&mut self.timer_ops) {
+            if op.is_put() {
                 ch.timers_put.push(k);
             } else {
                 ch.timers_del.push(k);
@@ -1112,7 +1162,10 @@ mod tests {
                 );
             }
             for t in ch.timers_del {
-                self.timers.remove(&t);
+                assert!(
+                    self.timers.remove(&t),
+                    "deleting a timer never written: {t:?}"
+                );
             }
             self.timers.extend(ch.timers_put);
             for (k, c) in ch.cohorts {
