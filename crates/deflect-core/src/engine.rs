@@ -1196,8 +1196,10 @@ mod tests {
         deliveries: &[Event],
         advance_every: usize,
         crash_every: usize,
-    ) -> (Counters, Vec<HeatRow>, Stats, ReportSums) {
+    ) -> (Counters, Vec<HeatRow>, Stats, ReportSums, BTreeSet<Millis>) {
         let cfg = cfg();
+        // the start of every interval that closed on any partition
+        let mut closed: BTreeSet<Millis> = BTreeSet::new();
         // every report ever emitted, by (partition, interval, part, revision): a report emitted
         // again after a crash must be identical
         let mut emitted: BTreeMap<(usize, Millis, &'static str, u32), Report> = BTreeMap::new();
@@ -1222,7 +1224,8 @@ mod tests {
             let offset = logs[p].len() as i64 - 1;
             assert_ne!(es[p].ingest(offset, e.clone(), 0), Ingest::Late, "{e:?}");
             if advance_every > 0 && i % advance_every == 0 {
-                es[p].advance(0, &mut stores[p]);
+                let c = es[p].advance(0, &mut stores[p]);
+                closed.extend(c.iter().map(|c| c.interval.start));
                 record(p, es[p].take_reports());
                 stores[p].write(&mut es[p], if i % 2 == 0 { 0 } else { usize::MAX });
             }
@@ -1238,7 +1241,8 @@ mod tests {
         let mut heat: BTreeMap<(u8, u8), HeatCell> = BTreeMap::new();
         let mut stats = Stats::default();
         for (p, (e, store)) in es.iter_mut().zip(&mut stores).enumerate() {
-            e.finalize(store);
+            let c = e.finalize(store);
+            closed.extend(c.iter().map(|c| c.interval.start));
             record(p, e.take_reports());
             assert_eq!(e.pending_len(), 0);
             assert_eq!(e.timers_len(), 0);
@@ -1270,7 +1274,7 @@ mod tests {
                     .merge(&r.counters);
             }
         }
-        (totals, heat, stats, sums)
+        (totals, heat, stats, sums, closed)
     }
 
     /// Report counters summed over partitions by (interval, part, revision).
@@ -1286,17 +1290,19 @@ mod tests {
         fn figures_do_not_depend_on_delivery(events in arb_events(), delays in prop::collection::vec(0..(2 * MIN), 200), split in 1usize..4, every in 0usize..7, crash in prop::sample::select(vec![0usize, 3, 7, 11])) {
             let mut sorted = events.clone();
             sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-            let (expected, heat, _, reports) = run(1, &sorted, 0, 0);
+            let (expected, heat, _, reports, closed) = run(1, &sorted, 0, 0);
             let mut shuffled: Vec<(Millis, usize, Event)> = events.into_iter().enumerate().map(|(i, e)| (e.occurred_at + delays[i % delays.len()], i, e)).collect();
             shuffled.sort_by_key(|(t, i, _)| (*t, *i));
             let deliveries: Vec<Event> = shuffled.into_iter().map(|(_, _, e)| e).collect();
-            let (got, got_heat, stats, got_reports) = run(split, &deliveries, every, crash);
+            let (got, got_heat, stats, got_reports, got_closed) = run(split, &deliveries, every, crash);
             if crash == 0 {
                 prop_assert_eq!(stats.accepted as usize, deliveries.len());
             }
             prop_assert_eq!(got, expected);
             prop_assert_eq!(got_heat, heat);
             prop_assert_eq!(got_reports, reports);
+            // which intervals close (empty ones included) does not depend on delivery either
+            prop_assert_eq!(got_closed, closed);
         }
     }
 
