@@ -592,9 +592,9 @@ impl Loop<'_> {
             telemetry::staffing(&rows);
         }
         tracing::trace!(
-            full_us = t1.as_micros() as u64,
+            engines_us = t1.as_micros() as u64,
             total_us = t0.elapsed().as_micros() as u64,
-            "refresh"
+            "metrics refreshed"
         );
     }
 }
