@@ -6,8 +6,9 @@
 //! | cf | key | value |
 //! |---|---|---|
 //! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, watermark, frontier, totals, heat map |
+//! | `meta` | `deflect.format` | [`FORMAT_VERSION`] of the store, checked at open |
 //! | `pending` | partition, blob id | the events accepted in one batch and still waiting for their interval to close |
-//! | `timers` | partition, fire time, journey key | (empty) |
+//! | `timers` | partition, fire time, journey key | (empty); read by time range as the frontier approaches |
 //! | `journeys` | partition, journey key | [`Journey`] |
 //! | `cohorts` | partition, interval start | [`CohortState`]: cohort figures awaiting their horizons |
 //!
