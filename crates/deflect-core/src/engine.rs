@@ -300,8 +300,6 @@ pub struct PartitionEngine {
     /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
     /// must not be written back by a later put, nor deleted from a store that never had it.
     timer_ops: BTreeMap<TimerKey, TimerOp>,
-    /// The timer being fired (its delete is already recorded).
-    firing: Option<TimerKey>,
     changes: StateChanges,
     /// Cohorts of closed intervals whose last horizon has not passed, by interval start.
     cohorts: BTreeMap<Millis, CohortState>,
@@ -361,7 +359,6 @@ impl PartitionEngine {
             cache: HashMap::default(),
             dirty: HashSet::default(),
             timer_ops: BTreeMap::new(),
-            firing: None,
             changes,
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
@@ -593,13 +590,17 @@ impl PartitionEngine {
         }
     }
 
+    /// Where the timers not held in memory begin: at `timers_until`, and never before the
+    /// frontier (everything before it was processed, so no timer there can be due).
+    fn timers_not_in_memory_from(&self) -> Millis {
+        self.timers_until
+            .max(self.snap.frontier.unwrap_or(Millis::MIN))
+    }
+
     /// Reads the timers due in `[timers_until, to)`: the stored ones, with the writes of this
     /// batch (not in the store yet) applied over them.
     fn load_timers(&mut self, to: Millis, store: &mut dyn JourneyStore) {
-        // everything before the frontier was processed: a timer there cannot be due
-        let from = self
-            .timers_until
-            .max(self.snap.frontier.unwrap_or(Millis::MIN));
+        let from = self.timers_not_in_memory_from();
         if from < to {
             self.timers.extend(store.timers(from, to));
             let range = (from, String::new())..(to, String::new());
@@ -637,9 +638,7 @@ impl PartitionEngine {
         .min();
         if store.keeps_timers() {
             // timers not in memory: stored, or written since the last batch
-            let floor = self
-                .timers_until
-                .max(self.snap.frontier.unwrap_or(Millis::MIN));
+            let floor = self.timers_not_in_memory_from();
             let written = self
                 .timer_ops
                 .range((floor, String::new())..)
@@ -709,16 +708,13 @@ impl PartitionEngine {
                     self.pending_ids.remove(&e.event_id);
                     self.release_blob_entry(blob);
                     let jk = e.journey_key();
-                    self.with_journey(&jk, store, |cfg, j| j.apply(cfg, &e, a));
+                    self.with_journey(&jk, store, None, |cfg, j| j.apply(cfg, &e, a));
                 }
                 None => {
                     let key = next_timer.expect("one of the two is due");
                     self.timers.remove(&key);
                     self.record_timer(key.clone(), false);
-                    let journey = key.1.clone();
-                    self.firing = Some(key);
-                    self.with_journey(&journey, store, |cfg, j| j.fire(cfg, t, a));
-                    self.firing = None;
+                    self.with_journey(&key.1, store, Some(&key), |cfg, j| j.fire(cfg, t, a));
                 }
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
@@ -817,10 +813,13 @@ impl PartitionEngine {
         }
     }
 
+    /// Applies `f` to the journey of `key` and moves its timer if its next wake changed. `fired`:
+    /// the timer being fired, already removed and its delete recorded.
     fn with_journey(
         &mut self,
         key: &str,
         store: &mut dyn JourneyStore,
+        fired: Option<&TimerKey>,
         f: impl FnOnce(&JourneyConfig, &mut Journey),
     ) {
         let cfg = &self.cfg.journey;
@@ -840,7 +839,7 @@ impl PartitionEngine {
                 let k = (b, key.to_string());
                 // a timer outside the window is only in the store; a fired one is recorded
                 let in_memory = self.timers.remove(&k);
-                if (in_memory || keeps_timers) && self.firing.as_ref() != Some(&k) {
+                if (in_memory || keeps_timers) && fired != Some(&k) {
                     self.record_timer(k, false);
                 }
             }

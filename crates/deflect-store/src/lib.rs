@@ -318,10 +318,15 @@ impl Store {
     /// Memory RocksDB holds outside the block cache for open table files (bytes, all column
     /// families).
     pub fn table_readers_bytes(&self) -> u64 {
+        self.sum_over_cfs("rocksdb.estimate-table-readers-mem")
+    }
+
+    /// An integer property summed over every column family.
+    fn sum_over_cfs(&self, property: &str) -> u64 {
         CFS.iter()
             .filter_map(|n| {
                 self.db
-                    .property_int_value_cf(self.cf(n), "rocksdb.estimate-table-readers-mem")
+                    .property_int_value_cf(self.cf(n), property)
                     .ok()
                     .flatten()
             })
@@ -330,14 +335,7 @@ impl Store {
 
     /// Approximate on-disk size of live data (bytes).
     pub fn live_size_bytes(&self) -> u64 {
-        CFS.iter()
-            .filter_map(|n| {
-                self.db
-                    .property_int_value_cf(self.cf(n), "rocksdb.estimate-live-data-size")
-                    .ok()
-                    .flatten()
-            })
-            .sum()
+        self.sum_over_cfs("rocksdb.estimate-live-data-size")
     }
 }
 
@@ -394,10 +392,10 @@ impl JourneyReader<'_> {
         let start = timer_key(self.partition, &(from, String::new()));
         let end = timer_key(self.partition, &(to, String::new()));
         let mut out = Vec::new();
-        // the bound stops RocksDB at `end` instead of skipping the tombstones of fired and moved
-        // timers beyond it in search of the next live key
+        // the bound ends the scan at `end` (so it stays in this partition), instead of RocksDB
+        // skipping the tombstones of fired and moved timers beyond it in search of a live key
         let mut ro = rocksdb::ReadOptions::default();
-        ro.set_iterate_upper_bound(end.clone());
+        ro.set_iterate_upper_bound(end);
         let iter = self.store.db.iterator_cf_opt(
             self.store.cf(CF_TIMERS),
             ro,
@@ -405,11 +403,10 @@ impl JourneyReader<'_> {
         );
         for item in iter.take(limit) {
             match item {
-                Ok((k, _)) if *k < *end => {
+                Ok((k, _)) => {
                     let key = String::from_utf8_lossy(&k[12..]).into_owned();
                     out.push((ts_from(&k[4..12]), key));
                 }
-                Ok(_) => break,
                 Err(e) => {
                     self.error.get_or_insert(self.store.err(e));
                     break;

@@ -351,7 +351,6 @@ impl Loop<'_> {
     fn step(&mut self, opts: RunOptions) -> Result<bool> {
         let started = Instant::now();
         let format = self.cfg.input_format();
-        let mut touched = BTreeSet::new();
         let mut timeout = if self.finalizing {
             Duration::ZERO
         } else {
@@ -388,7 +387,6 @@ impl Loop<'_> {
                 let e = self.load(p)?;
                 self.engines.insert(p, e);
             }
-            touched.insert(p);
             msgs.push(msg);
             if self.consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
                 break;
@@ -478,7 +476,6 @@ impl Loop<'_> {
                 closed.insert(p, a.closed);
             }
             if let Some(ch) = a.changes {
-                touched.insert(p);
                 changes.push((p, ch));
             }
             for (ev, detail) in a.rejected {
@@ -509,7 +506,8 @@ impl Loop<'_> {
         let t_advanced = Instant::now();
         self.phases.advance += t_advanced - t_consumed;
         let mut t_written = t_advanced;
-        if !touched.is_empty() {
+        // the partitions that consumed, closed or finalized something
+        if !changes.is_empty() {
             if let Some(out) = &mut self.out {
                 // dead letters, late events and reports must be durable before the offsets and
                 // state that skip past them
@@ -534,7 +532,7 @@ impl Loop<'_> {
                 self.consumer.commit(&offsets)?;
                 self.last_kafka_commit = Instant::now();
             }
-            for p in &touched {
+            for (p, _) in &changes {
                 let none = Vec::new();
                 telemetry::export_closed(*p, &self.engines[p], closed.get(p).unwrap_or(&none));
             }
