@@ -66,6 +66,14 @@ impl JourneyStore for NoStore {
     }
 }
 
+/// A journey in the engine's cache, with its next wake (so that applying an event computes it
+/// once) and whether it changed since the last `take_changes`.
+struct Cached {
+    journey: Journey,
+    wake: Option<Millis>,
+    dirty: bool,
+}
+
 pub type PendingKey = (Millis, u8, String);
 /// A heat-map cell of one local date: (date, hour, minute of the interval start, or 0 when cells
 /// are per hour).
@@ -288,15 +296,18 @@ pub struct PartitionEngine {
     pending: BTreeMap<PendingKey, (Box<Event>, u64)>,
     /// Events of each stored blob not yet processed.
     blob_remaining: HashMap<u64, u32>,
-    /// Keys inserted into `pending` since the last `take_changes`.
-    new_pending: Vec<PendingKey>,
+    /// The events accepted since the last `take_changes`, encoded back to back (the next blob),
+    /// and how many.
+    new_blob: Vec<u8>,
+    new_blob_len: usize,
     pending_ids: HashSet<String>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
     timers_until: Millis,
-    cache: HashMap<String, Journey>,
-    dirty: HashSet<String>,
+    cache: HashMap<String, Cached>,
+    /// Keys of the cached journeys changed since the last `take_changes` (each once).
+    dirty: Vec<String>,
     /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
     /// must not be written back by a later put, nor deleted from a store that never had it.
     timer_ops: BTreeMap<TimerKey, TimerOp>,
@@ -353,11 +364,12 @@ impl PartitionEngine {
             pending,
             blob_remaining,
             pending_ids,
-            new_pending: Vec::new(),
+            new_blob: Vec::new(),
+            new_blob_len: 0,
             timers: BTreeSet::new(),
             timers_until: Millis::MIN,
             cache: HashMap::default(),
-            dirty: HashSet::default(),
+            dirty: Vec::new(),
             timer_ops: BTreeMap::new(),
             changes,
             cohorts: BTreeMap::new(),
@@ -552,7 +564,8 @@ impl PartitionEngine {
         self.snap.stats.accepted += 1;
         let key = pending_key(&event);
         let blob = self.snap.next_blob;
-        self.new_pending.push(key.clone());
+        crate::codec::encode_into(&event, &mut self.new_blob);
+        self.new_blob_len += 1;
         self.pending.insert(key, (Box::new(event), blob));
         *self.blob_remaining.entry(blob).or_insert(0) += 1;
         Ingest::Accepted
@@ -825,15 +838,26 @@ impl PartitionEngine {
         let cfg = &self.cfg.journey;
         let keeps_timers = store.keeps_timers();
         if !self.cache.contains_key(key) {
-            let j = store
+            let journey = store
                 .load(key)
                 .unwrap_or_else(|| Journey::new(key.starts_with("c:")));
-            self.cache.insert(key.to_string(), j);
+            let wake = journey.next_wake(cfg);
+            let c = Cached {
+                journey,
+                wake,
+                dirty: false,
+            };
+            self.cache.insert(key.to_string(), c);
         }
-        let j = self.cache.get_mut(key).expect("inserted above");
-        let before = j.next_wake(cfg);
-        f(cfg, j);
-        let after = j.next_wake(cfg);
+        let c = self.cache.get_mut(key).expect("inserted above");
+        let before = c.wake;
+        f(cfg, &mut c.journey);
+        let after = c.journey.next_wake(cfg);
+        c.wake = after;
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(key.to_string());
+        }
         if before != after {
             if let Some(b) = before {
                 let k = (b, key.to_string());
@@ -855,9 +879,6 @@ impl PartitionEngine {
                 (Some(_), None) => self.snap.live_timers = self.snap.live_timers.saturating_sub(1),
                 _ => {}
             }
-        }
-        if !self.dirty.contains(key) {
-            self.dirty.insert(key.to_string());
         }
     }
 
@@ -913,29 +934,28 @@ impl PartitionEngine {
                 ch.timers_del.push(k);
             }
         }
-        // the events accepted since the last write and still pending become one blob
-        if !self.new_pending.is_empty() {
+        // the events accepted since the last write become one blob, unless every one of them
+        // was processed already (a restore skips the processed ones: they are before the frontier)
+        if self.new_blob_len > 0 {
             let blob = self.snap.next_blob;
-            let events: Vec<&Event> = self
-                .new_pending
-                .drain(..)
-                .filter_map(|k| self.pending.get(&k).map(|(e, _)| &**e))
-                .collect();
-            if !events.is_empty() {
-                ch.pending_blobs_put
-                    .push((blob, crate::codec::encode(&events)));
+            if self.blob_remaining.contains_key(&blob) {
+                let bytes = crate::codec::encode_seq(self.new_blob_len, &self.new_blob);
+                ch.pending_blobs_put.push((blob, bytes));
             }
+            self.new_blob.clear();
+            self.new_blob_len = 0;
             self.snap.next_blob += 1;
         }
-        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         for key in dirty {
-            let j = self.cache.get(&key).expect("dirty journeys are cached");
-            if j.is_empty() {
+            let c = self.cache.get_mut(&key).expect("dirty journeys are cached");
+            c.dirty = false;
+            if c.journey.is_empty() {
                 self.cache.remove(&key);
                 ch.journeys.push((key, None));
             } else {
-                ch.journeys.push((key, Some(crate::codec::encode(j))));
+                ch.journeys.push((key, Some(crate::codec::encode(&c.journey))));
             }
         }
         if self.cache.len() > keep_cached {

@@ -171,6 +171,8 @@ struct Loop<'a> {
     phases: Phases,
     last_kafka_commit: Instant,
     staffing: crate::staffing::StaffingTracker,
+    /// Advances partitions in parallel (one thread per core, kept for the whole run).
+    workers: rayon::ThreadPool,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -248,6 +250,10 @@ pub fn run(
         phases: Phases::default(),
         last_kafka_commit: Instant::now(),
         staffing: Default::default(),
+        workers: rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("deflect-work-{i}"))
+            .build()
+            .context("cannot start the partition worker threads")?,
     };
     let mut last_refresh = Instant::now();
     loop {
@@ -411,7 +417,14 @@ impl Loop<'_> {
             now,
         };
         let keep = self.cfg.state.journey_cache_entries;
-        let advanced = advance_all(&mut self.engines, &self.store, &input, at_eof, keep)?;
+        let advanced = advance_all(
+            &mut self.engines,
+            &self.store,
+            &input,
+            at_eof,
+            keep,
+            &self.workers,
+        )?;
         let mut skipped = 0u64;
         for a in &advanced {
             skipped += a.skipped;
@@ -742,15 +755,17 @@ struct Advanced {
 
 /// Per partition: decodes and ingests its records of this poll, advances it (closing what its
 /// watermark allows, or one slice of what is left at the end of the input) and encodes its state
-/// changes. Partitions are independent, so they are spread over one thread per core; results come
-/// back in partition order.
+/// changes. Partitions are independent, so they run as tasks on `pool` (one thread per core);
+/// results come back in partition order.
 fn advance_all(
     engines: &mut BTreeMap<i32, PartitionEngine>,
     store: &Store,
     input: &Input<'_, '_>,
     at_eof: bool,
     keep_cached: usize,
+    pool: &rayon::ThreadPool,
 ) -> Result<Vec<Advanced>> {
+    use rayon::prelude::*;
     let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
     for (i, m) in input.msgs.iter().enumerate() {
         by_partition.entry(m.partition()).or_default().push(i);
@@ -806,34 +821,11 @@ fn advance_all(
     };
     let mut list: Vec<(i32, &mut PartitionEngine)> =
         engines.iter_mut().map(|(p, e)| (*p, e)).collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(list.len());
-    if threads <= 1 {
-        return list.into_iter().map(|(p, e)| one(p, e)).collect();
-    }
-    let per = list.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<Advanced>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = list
-            .chunks_mut(per)
-            .map(|chunk| {
-                let one = &one;
-                s.spawn(move || {
-                    chunk
-                        .iter_mut()
-                        .map(|(p, e)| one(*p, e))
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a partition worker panicked"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(engines.len());
-    for part in parts {
-        out.extend(part?);
-    }
-    Ok(out)
+    // one task per partition on the loop's long-lived pool (spawning threads per poll costs
+    // fresh stacks and allocator heaps every time); `collect` keeps partition order
+    pool.install(|| {
+        list.par_iter_mut()
+            .map(|(p, e)| one(*p, e))
+            .collect::<Result<Vec<_>>>()
+    })
 }
