@@ -35,7 +35,8 @@ mod tests {
     #[test]
     fn a_sequence_built_value_by_value_decodes_as_a_vec() {
         for n in [0usize, 1, 3, 127, 128, 300] {
-            let values: Vec<(u64, String)> = (0..n as u64).map(|i| (i * 977, i.to_string())).collect();
+            let values: Vec<(u64, String)> =
+                (0..n as u64).map(|i| (i * 977, i.to_string())).collect();
             let mut buf = Vec::new();
             for v in &values {
                 encode_into(v, &mut buf);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Millis};
 use crate::journey::{Figures, Journey, JourneyConfig};
-use crate::metrics::{Counters, Metric};
+use crate::metrics::{CounterKey, Counters, Metric};
 use crate::time::{Interval, IntervalSpec};
 use crate::watermark::Watermark;
 
@@ -249,7 +249,9 @@ enum CallbackOp {
 
 struct Acc {
     interval: Interval,
-    counters: Counters,
+    /// Hashed while the interval is processed (a B-tree of label vectors costs a string
+    /// comparison per level on every count); sorted into [`Counters`] when it closes.
+    counters: HashMap<CounterKey, u64>,
     heat: HeatCell,
     callbacks: Vec<CallbackOp>,
     /// Cohort figures decided by the item being processed: (origin instant, metric, labels).
@@ -260,7 +262,10 @@ struct Acc {
 
 impl Figures for Acc {
     fn count(&mut self, metric: Metric, labels: Vec<String>, v: u64) {
-        self.counters.add(metric, labels, v);
+        *self
+            .counters
+            .entry(CounterKey { metric, labels })
+            .or_insert(0) += v;
     }
     fn heat_arrival(&mut self) {
         self.heat.arrivals += 1;
@@ -284,7 +289,7 @@ impl Figures for Acc {
         self.rejected.push((event.clone(), detail));
     }
     fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
-        self.counters.add(metric, labels.clone(), 1);
+        self.count(metric, labels.clone(), 1);
         self.cohort.push((origin, metric, labels));
     }
 }
@@ -689,13 +694,19 @@ impl PartitionEngine {
         }
         let mut acc: Option<Acc> = None;
         loop {
-            let next_event = self.pending.keys().next().filter(|k| k.0 < target).cloned();
-            let next_timer = self.timers.iter().next().filter(|k| k.0 < target).cloned();
-            let t = match (&next_event, &next_timer) {
+            // the next item before `target`: an event, or a timer (events first at one instant)
+            let next_event = self
+                .pending
+                .keys()
+                .next()
+                .map(|k| k.0)
+                .filter(|t| *t < target);
+            let next_timer = self.timers.first().map(|k| k.0).filter(|t| *t < target);
+            let (t, is_event) = match (next_event, next_timer) {
                 (None, None) => break,
-                (Some(e), Some(tm)) => e.0.min(tm.0),
-                (Some(e), None) => e.0,
-                (None, Some(tm)) => tm.0,
+                (Some(e), Some(tm)) => (e.min(tm), e <= tm),
+                (Some(e), None) => (e, true),
+                (None, Some(tm)) => (tm, false),
             };
             if acc.as_ref().is_none_or(|a| t >= a.interval.end) {
                 if let Some(a) = acc.take() {
@@ -705,7 +716,7 @@ impl PartitionEngine {
                 self.observe_until(interval.start);
                 acc = Some(Acc {
                     interval,
-                    counters: Counters::default(),
+                    counters: HashMap::default(),
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
                     cohort: Vec::new(),
@@ -715,20 +726,16 @@ impl PartitionEngine {
             // every item before t is processed: cohort horizons up to t are final
             self.emit_revisions(t);
             let a = acc.as_mut().expect("set above");
-            match next_event.filter(|e| e.0 == t) {
-                Some(key) => {
-                    let (e, blob) = self.pending.remove(&key).expect("key from map");
-                    self.pending_ids.remove(&e.event_id);
-                    self.release_blob_entry(blob);
-                    let jk = e.journey_key();
-                    self.with_journey(&jk, store, None, |cfg, j| j.apply(cfg, &e, a));
-                }
-                None => {
-                    let key = next_timer.expect("one of the two is due");
-                    self.timers.remove(&key);
-                    self.record_timer(key.clone(), false);
-                    self.with_journey(&key.1, store, Some(&key), |cfg, j| j.fire(cfg, t, a));
-                }
+            if is_event {
+                let (_, (e, blob)) = self.pending.pop_first().expect("peeked above");
+                self.pending_ids.remove(&e.event_id);
+                self.release_blob_entry(blob);
+                let jk = e.journey_key();
+                self.with_journey(&jk, store, None, |cfg, j| j.apply(cfg, &e, a));
+            } else {
+                let key = self.timers.pop_first().expect("peeked above");
+                self.record_timer(key.clone(), false);
+                self.with_journey(&key.1, store, Some(&key), |cfg, j| j.fire(cfg, t, a));
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
                 let i = self.cfg.intervals.interval_of(origin);
@@ -748,20 +755,21 @@ impl PartitionEngine {
         closed
     }
 
-    fn close(&mut self, a: Acc) -> ClosedInterval {
-        self.snap.totals.merge(&a.counters);
+    fn close(&mut self, mut a: Acc) -> ClosedInterval {
+        let counters = Counters(std::mem::take(&mut a.counters).into_iter().collect());
+        self.snap.totals.merge(&counters);
         self.snap.stats.out_of_order += a.rejected.len() as u64;
         self.rejected.extend(a.rejected);
         // the interval's own figures are final; its cohort gets revision 0 (provisional). Parts
         // without any figure are not reported.
-        if !a.counters.is_empty() {
+        if !counters.is_empty() {
             self.reports.push(Report {
                 interval: a.interval,
                 part: ReportPart::Figures,
                 revision: 0,
                 is_final: true,
                 horizons_final: Vec::new(),
-                counters: a.counters.clone(),
+                counters: counters.clone(),
                 heat: a.heat,
             });
         }
@@ -789,7 +797,7 @@ impl PartitionEngine {
         self.snap.stats.intervals_closed += 1;
         ClosedInterval {
             interval: a.interval,
-            counters: a.counters,
+            counters,
             heat: a.heat,
         }
     }
@@ -955,7 +963,8 @@ impl PartitionEngine {
                 self.cache.remove(&key);
                 ch.journeys.push((key, None));
             } else {
-                ch.journeys.push((key, Some(crate::codec::encode(&c.journey))));
+                ch.journeys
+                    .push((key, Some(crate::codec::encode(&c.journey))));
             }
         }
         if self.cache.len() > keep_cached {

@@ -425,6 +425,11 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     pub fn partition(&mut self, p: i32, snap: &PartitionSnapshot, ch: &StateChanges) {
+        self.partition_encoded(p, &codec::encode(snap), ch);
+    }
+
+    /// [`Batch::partition`] with the snapshot already encoded (by the thread that owns it).
+    pub fn partition_encoded(&mut self, p: i32, snap: &[u8], ch: &StateChanges) {
         let s = self.store;
         let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
         for (id, bytes) in &ch.pending_blobs_put {
@@ -452,8 +457,7 @@ impl Batch<'_> {
                 None => self.wb.delete_cf(cohorts, cohort_key(p, *start)),
             }
         }
-        self.wb
-            .put_cf(s.cf(CF_META), prefix(p), codec::encode(snap));
+        self.wb.put_cf(s.cf(CF_META), prefix(p), snap);
     }
 
     pub fn len(&self) -> usize {

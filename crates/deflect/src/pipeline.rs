@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -156,10 +156,9 @@ struct Loop<'a> {
     finalizing: bool,
     /// When the consumer returned the first record (throughput is measured from there).
     first_record: Option<Instant>,
-    /// When the last batch that held records was written.
-    last_record_durable: Option<Instant>,
     engine_cfg: Arc<EngineConfig>,
-    store: Store,
+    store: Arc<Store>,
+    writer: Writer,
     consumer: GroupConsumer,
     /// Dead letters, late events and interval reports (`None` when every output is disabled).
     out: Option<OutputProducer>,
@@ -169,10 +168,10 @@ struct Loop<'a> {
     health: &'a Health,
     summary: Summary,
     phases: Phases,
-    last_kafka_commit: Instant,
     staffing: crate::staffing::StaffingTracker,
     /// Advances partitions in parallel (one thread per core, kept for the whole run).
     workers: rayon::ThreadPool,
+    recorder: Recorder<'a>,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -182,18 +181,35 @@ struct Phases {
     empty_polls: u64,
     empty_poll_time: Duration,
     consume: Duration,
+    ingest: Duration,
+    /// Waiting for the previous batch's write before advancing.
+    wait_write: Duration,
     advance: Duration,
-    write: Duration,
     commit_and_export: Duration,
 }
 
+/// Where the pipeline's metrics go: its own recorder (not the global one, so that several
+/// pipelines can run in one process), used by the loop's thread and by the partition workers.
+pub type Recorder<'a> = &'a (dyn metrics::Recorder + Sync);
+
 /// Runs the pipeline on the calling thread until `cancel` is set (or, with `exit_at_eof`, the
-/// input is exhausted). Metrics go to the calling thread's recorder.
+/// input is exhausted). Metrics go to `recorder`.
 pub fn run(
     cfg: &Config,
     cancel: &AtomicBool,
     health: &Health,
     opts: RunOptions,
+    recorder: Recorder<'_>,
+) -> Result<Summary> {
+    metrics::with_local_recorder(recorder, || run_loop(cfg, cancel, health, opts, recorder))
+}
+
+fn run_loop(
+    cfg: &Config,
+    cancel: &AtomicBool,
+    health: &Health,
+    opts: RunOptions,
+    recorder: Recorder<'_>,
 ) -> Result<Summary> {
     telemetry::describe();
     std::fs::create_dir_all(&cfg.state.dir)
@@ -207,6 +223,7 @@ pub fn run(
         },
     )
     .context("cannot open state store")?;
+    let store = Arc::new(store);
     let settings = cfg.client_settings();
     // fail fast, with one clear line, when the brokers cannot be reached or the topic is missing
     deflect_kafka::partition_count(&settings, &cfg.kafka.input_topic, Duration::from_secs(20))
@@ -238,7 +255,7 @@ pub fn run(
         engine_cfg: Arc::new(cfg.engine()),
         finalizing: false,
         first_record: None,
-        last_record_durable: None,
+        writer: Writer::start(store.clone())?,
         store,
         consumer,
         out,
@@ -248,12 +265,12 @@ pub fn run(
         health,
         summary: Summary::default(),
         phases: Phases::default(),
-        last_kafka_commit: Instant::now(),
         staffing: Default::default(),
         workers: rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("deflect-work-{i}"))
             .build()
             .context("cannot start the partition worker threads")?,
+        recorder,
     };
     let mut last_refresh = Instant::now();
     loop {
@@ -272,6 +289,7 @@ pub fn run(
             break;
         }
     }
+    l.writer.wait(&l.consumer)?;
     let offsets: Vec<(i32, i64)> = l
         .engines
         .iter()
@@ -283,7 +301,10 @@ pub fn run(
     l.summary.partitions = l.engines.len();
     if let Some(first) = l.first_record {
         l.summary.busy = first.elapsed();
-        l.summary.records_busy = l.last_record_durable.map_or(Duration::ZERO, |t| t - first);
+        l.summary.records_busy = l
+            .writer
+            .last_record_durable
+            .map_or(Duration::ZERO, |t| t - first);
     }
     tracing::info!(
         records = l.summary.records,
@@ -292,8 +313,10 @@ pub fn run(
         poll_s = l.phases.poll.as_secs_f64(),
         empty_polls = l.phases.empty_polls,
         empty_poll_s = l.phases.empty_poll_time.as_secs_f64(),
+        ingest_s = l.phases.ingest.as_secs_f64(),
+        wait_write_s = l.phases.wait_write.as_secs_f64(),
         advance_s = l.phases.advance.as_secs_f64(),
-        write_s = l.phases.write.as_secs_f64(),
+        write_s = l.writer.busy.as_secs_f64(),
         commit_export_s = l.phases.commit_and_export.as_secs_f64(),
         "pipeline stopped"
     );
@@ -324,7 +347,12 @@ impl Loop<'_> {
     }
 
     fn apply_assignments(&mut self) -> Result<()> {
-        for a in self.consumer.take_assignments() {
+        let changed = self.consumer.take_assignments();
+        if !changed.is_empty() {
+            // a partition's state is loaded from, or left in, the store: complete the write
+            self.writer.wait(&self.consumer)?;
+        }
+        for a in changed {
             match a {
                 Assignment::Assigned(ps) => {
                     self.health.restored.store(false, Ordering::Relaxed);
@@ -410,23 +438,31 @@ impl Loop<'_> {
         // step so that each slice's state is written (and the journey cache trimmed) in between
         let mut finished = at_eof;
         self.finalizing = at_eof;
+        let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            by_partition.entry(m.partition()).or_default().push(i);
+        }
         let input = Input {
             msgs: &msgs,
+            by_partition,
             limits: &self.cfg.limits,
             format,
             now,
         };
         let keep = self.cfg.state.journey_cache_entries;
-        let advanced = advance_all(
-            &mut self.engines,
-            &self.store,
-            &input,
-            at_eof,
-            keep,
-            &self.workers,
-        )?;
+        // decoding and ingesting read no state: they overlap the write of the previous batch,
+        // which must be complete before advancing reads journeys and timers from the store
+        let ingested = on_partitions(&mut self.engines, &self.workers, |p, e| {
+            Ok(ingest(p, e, &input))
+        })?;
+        let t_ingested = Instant::now();
+        self.writer.wait(&self.consumer)?;
+        let t_waited = Instant::now();
+        let advanced = on_partitions(&mut self.engines, &self.workers, |p, e| {
+            advance(p, e, &self.store, &input, at_eof, keep, self.recorder)
+        })?;
         let mut skipped = 0u64;
-        for a in &advanced {
+        for a in &ingested {
             skipped += a.skipped;
             for (i, dropped) in &a.dropped {
                 let msg = &msgs[*i];
@@ -479,17 +515,13 @@ impl Loop<'_> {
         if skipped > 0 {
             telemetry::already_applied(skipped);
         }
-        let mut closed = BTreeMap::new();
         let mut changes = Vec::new();
         for a in advanced {
             let p = a.partition;
             finished &= !a.more;
-            if !a.closed.is_empty() {
-                self.staffing.add(&a.closed);
-                closed.insert(p, a.closed);
-            }
+            self.staffing.add(&a.closed);
             if let Some(ch) = a.changes {
-                changes.push((p, ch));
+                changes.push((p, a.snapshot, ch));
             }
             for (ev, detail) in a.rejected {
                 self.summary.rejected += 1;
@@ -517,8 +549,9 @@ impl Loop<'_> {
             telemetry::reports(&a.reports);
         }
         let t_advanced = Instant::now();
-        self.phases.advance += t_advanced - t_consumed;
-        let mut t_written = t_advanced;
+        self.phases.ingest += t_ingested - t_consumed;
+        self.phases.wait_write += t_waited - t_ingested;
+        self.phases.advance += t_advanced - t_waited;
         // the partitions that consumed, closed or finalized something
         if !changes.is_empty() {
             if let Some(out) = &mut self.out {
@@ -527,39 +560,24 @@ impl Loop<'_> {
                 out.flush(Duration::from_secs(30))
                     .context("cannot deliver dead letters, late events or reports")?;
             }
-            let mut batch = self.store.batch();
-            for (p, ch) in &changes {
-                batch.partition(*p, self.engines[p].snapshot(), ch);
-            }
-            batch.commit().context("cannot write state batch")?;
-            t_written = Instant::now();
-            self.phases.write += t_written - t_advanced;
-            // Kafka's committed offsets are only a lower bound (the state store has the real
-            // ones): commit them at most once a second.
-            if self.last_kafka_commit.elapsed() >= Duration::from_secs(1) {
-                let offsets: Vec<(i32, i64)> = self
-                    .engines
-                    .iter()
-                    .map(|(p, e)| (*p, e.next_offset()))
-                    .collect();
-                self.consumer.commit(&offsets)?;
-                self.last_kafka_commit = Instant::now();
-            }
-            for (p, _) in &changes {
-                let none = Vec::new();
-                telemetry::export_closed(*p, &self.engines[p], closed.get(p).unwrap_or(&none));
-            }
+            let offsets = self
+                .engines
+                .iter()
+                .map(|(p, e)| (*p, e.next_offset()))
+                .collect();
+            self.writer.submit(changes, offsets, n)?;
         }
-        self.phases.commit_and_export += t_written.elapsed();
+        let t_submitted = Instant::now();
+        self.phases.commit_and_export += t_submitted - t_advanced;
         tracing::trace!(
             records = n,
             consume_us = (t_consumed - started).as_micros() as u64,
-            advance_us = (t_advanced - t_consumed).as_micros() as u64,
-            write_us = (t_written - t_advanced).as_micros() as u64,
+            ingest_us = (t_ingested - t_consumed).as_micros() as u64,
+            wait_write_us = (t_waited - t_ingested).as_micros() as u64,
+            advance_us = (t_advanced - t_waited).as_micros() as u64,
             "batch"
         );
         if n > 0 {
-            self.last_record_durable = Some(Instant::now());
             telemetry::batch(started.elapsed().as_secs_f64(), n);
             self.health.records.fetch_add(n as i64, Ordering::Relaxed);
         }
@@ -722,6 +740,8 @@ fn validate(
 /// The records of one poll, and how to validate them.
 struct Input<'a, 'm> {
     msgs: &'a [rdkafka::message::BorrowedMessage<'m>],
+    /// Indexes into `msgs` of each partition's records.
+    by_partition: BTreeMap<i32, Vec<usize>>,
     limits: &'a crate::config::LimitsConfig,
     format: deflect_proto::Format,
     now: Millis,
@@ -737,95 +757,217 @@ enum Dropped {
     Rejected(deflect_proto::DecodeError),
 }
 
-/// What one partition did with its records of a poll, and what advancing it produced.
-struct Advanced {
+/// What one partition did with its records of a poll.
+struct Ingested {
     partition: i32,
     /// Records below the offset stored with the state (applied before a restart).
     skipped: u64,
     /// (index into the poll's records, why) of the records to forward.
     dropped: Vec<(usize, Dropped)>,
+}
+
+/// What advancing one partition produced.
+struct Advanced {
+    partition: i32,
     closed: Vec<ClosedInterval>,
     /// At the end of the input: more is left to close.
     more: bool,
     rejected: Vec<(deflect_core::event::Event, &'static str)>,
     reports: Vec<deflect_core::engine::Report>,
-    /// The state writes of a partition that consumed, closed or finalized something.
+    /// The state writes of a partition that consumed, closed or finalized something, and its
+    /// encoded snapshot.
     changes: Option<StateChanges>,
+    snapshot: Vec<u8>,
 }
 
-/// Per partition: decodes and ingests its records of this poll, advances it (closing what its
-/// watermark allows, or one slice of what is left at the end of the input) and encodes its state
-/// changes. Partitions are independent, so they run as tasks on `pool` (one thread per core);
-/// results come back in partition order.
-fn advance_all(
+/// Runs `f` on every partition, as tasks on `pool` (one thread per core: partitions are
+/// independent); results come back in partition order.
+fn on_partitions<T: Send>(
     engines: &mut BTreeMap<i32, PartitionEngine>,
+    pool: &rayon::ThreadPool,
+    f: impl Fn(i32, &mut PartitionEngine) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    let mut list: Vec<(i32, &mut PartitionEngine)> =
+        engines.iter_mut().map(|(p, e)| (*p, e)).collect();
+    pool.install(|| {
+        list.par_iter_mut()
+            .map(|(p, e)| f(*p, e))
+            .collect::<Result<Vec<_>>>()
+    })
+}
+
+/// Decodes and ingests partition `p`'s records of this poll.
+fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
+    let (mut skipped, mut dropped) = (0u64, Vec::new());
+    for &i in input.by_partition.get(&p).map_or(&[][..], Vec::as_slice) {
+        let msg = &input.msgs[i];
+        let payload = msg.payload().unwrap_or_default();
+        match validate(input.limits, msg, payload, input.format, input.now) {
+            Ok(ev) => {
+                let kind = ev.kind.type_name();
+                match e.ingest(msg.offset(), ev, input.now) {
+                    Ingest::AlreadyApplied => skipped += 1,
+                    Ingest::Late => {
+                        let closed_until = e.frontier().unwrap_or(0);
+                        dropped.push((i, Dropped::Late { kind, closed_until }));
+                    }
+                    Ingest::Accepted | Ingest::Duplicate => {}
+                }
+            }
+            Err(err) => {
+                if e.reject(msg.offset()) == Ingest::AlreadyApplied {
+                    skipped += 1;
+                } else {
+                    dropped.push((i, Dropped::Rejected(err)));
+                }
+            }
+        }
+    }
+    Ingested {
+        partition: p,
+        skipped,
+        dropped,
+    }
+}
+
+/// Advances partition `p` (closing what its watermark allows, or one slice of what is left at
+/// the end of the input), exports what closing changed and takes its state changes.
+fn advance(
+    p: i32,
+    e: &mut PartitionEngine,
     store: &Store,
     input: &Input<'_, '_>,
     at_eof: bool,
     keep_cached: usize,
-    pool: &rayon::ThreadPool,
-) -> Result<Vec<Advanced>> {
-    use rayon::prelude::*;
-    let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, m) in input.msgs.iter().enumerate() {
-        by_partition.entry(m.partition()).or_default().push(i);
+    recorder: Recorder<'_>,
+) -> Result<Advanced> {
+    let mut reader = store.journeys(p);
+    let mut closed = e.advance(input.now, &mut reader);
+    let mut more = false;
+    if at_eof {
+        if let Some(c) = e.finalize_step(&mut reader) {
+            closed.extend(c);
+            more = true;
+        }
     }
-    let one = |p: i32, e: &mut PartitionEngine| -> Result<Advanced> {
-        let (mut skipped, mut dropped) = (0u64, Vec::new());
-        let mine = by_partition.get(&p).map_or(&[][..], Vec::as_slice);
-        for &i in mine {
-            let msg = &input.msgs[i];
-            let payload = msg.payload().unwrap_or_default();
-            match validate(input.limits, msg, payload, input.format, input.now) {
-                Ok(ev) => {
-                    let kind = ev.kind.type_name();
-                    match e.ingest(msg.offset(), ev, input.now) {
-                        Ingest::AlreadyApplied => skipped += 1,
-                        Ingest::Late => {
-                            let closed_until = e.frontier().unwrap_or(0);
-                            dropped.push((i, Dropped::Late { kind, closed_until }));
-                        }
-                        Ingest::Accepted | Ingest::Duplicate => {}
-                    }
-                }
-                Err(err) => {
-                    if e.reject(msg.offset()) == Ingest::AlreadyApplied {
-                        skipped += 1;
-                    } else {
-                        dropped.push((i, Dropped::Rejected(err)));
-                    }
-                }
-            }
-        }
-        let mut reader = store.journeys(p);
-        let mut closed = e.advance(input.now, &mut reader);
-        let mut more = false;
-        if at_eof {
-            if let Some(c) = e.finalize_step(&mut reader) {
-                closed.extend(c);
-                more = true;
-            }
-        }
-        reader.into_result().context("cannot read journey state")?;
-        let write = more || !closed.is_empty() || !mine.is_empty();
-        Ok(Advanced {
-            partition: p,
-            skipped,
-            dropped,
-            more,
-            rejected: e.take_rejected(),
-            reports: e.take_reports(),
-            changes: write.then(|| e.take_changes(keep_cached)),
-            closed,
-        })
-    };
-    let mut list: Vec<(i32, &mut PartitionEngine)> =
-        engines.iter_mut().map(|(p, e)| (*p, e)).collect();
-    // one task per partition on the loop's long-lived pool (spawning threads per poll costs
-    // fresh stacks and allocator heaps every time); `collect` keeps partition order
-    pool.install(|| {
-        list.par_iter_mut()
-            .map(|(p, e)| one(*p, e))
-            .collect::<Result<Vec<_>>>()
+    reader.into_result().context("cannot read journey state")?;
+    let write = more || !closed.is_empty() || input.by_partition.contains_key(&p);
+    if write {
+        // what closing changed, exported by this worker (metrics may run one batch ahead of the
+        // state on disk: they are absolute values, recomputed alike after a restart)
+        metrics::with_local_recorder(recorder, || telemetry::export_closed(p, e, &closed));
+    }
+    Ok(Advanced {
+        partition: p,
+        more,
+        rejected: e.take_rejected(),
+        reports: e.take_reports(),
+        changes: write.then(|| e.take_changes(keep_cached)),
+        snapshot: if write {
+            deflect_core::codec::encode(e.snapshot())
+        } else {
+            Vec::new()
+        },
+        closed,
     })
+}
+
+/// A batch handed to the writer: per partition, its encoded snapshot and state changes.
+struct WriteJob {
+    parts: Vec<(i32, Vec<u8>, StateChanges)>,
+}
+
+/// The thread that writes each poll's state batch (one atomic RocksDB write) while the loop
+/// polls and ingests the next poll. At most one batch is in flight.
+struct Writer {
+    jobs: Option<mpsc::SyncSender<WriteJob>>,
+    done: mpsc::Receiver<Result<Duration, deflect_store::StoreError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The batch in flight: the offsets it makes durable, and how many records it holds.
+    in_flight: Option<(Vec<(i32, i64)>, usize)>,
+    /// When the last batch that held records was written.
+    last_record_durable: Option<Instant>,
+    last_kafka_commit: Instant,
+    /// Time the writer thread spent writing.
+    busy: Duration,
+}
+
+impl Writer {
+    fn start(store: Arc<Store>) -> Result<Writer> {
+        let (jobs, rx) = mpsc::sync_channel::<WriteJob>(1);
+        let (tx, done) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("deflect-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    let t = Instant::now();
+                    let mut batch = store.batch();
+                    for (p, snap, ch) in &job.parts {
+                        batch.partition_encoded(*p, snap, ch);
+                    }
+                    let r = batch.commit().map(|()| t.elapsed());
+                    if tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the state writer thread")?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: None,
+            last_record_durable: None,
+            last_kafka_commit: Instant::now(),
+            busy: Duration::ZERO,
+        })
+    }
+
+    /// Hands a batch to the writer (the previous one must have been waited for).
+    fn submit(
+        &mut self,
+        parts: Vec<(i32, Vec<u8>, StateChanges)>,
+        offsets: Vec<(i32, i64)>,
+        records: usize,
+    ) -> Result<()> {
+        debug_assert!(self.in_flight.is_none(), "one batch in flight at most");
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(WriteJob { parts }).ok())
+            .context("the state writer thread stopped")?;
+        self.in_flight = Some((offsets, records));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any: then its records are durable, and its offsets are
+    /// committed to Kafka (at most once a second: Kafka's offsets are only a lower bound, the
+    /// state store has the real ones).
+    fn wait(&mut self, consumer: &GroupConsumer) -> Result<()> {
+        let Some((offsets, records)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        self.busy += self
+            .done
+            .recv()
+            .context("the state writer thread stopped")?
+            .context("cannot write state batch")?;
+        if records > 0 {
+            self.last_record_durable = Some(Instant::now());
+        }
+        if self.last_kafka_commit.elapsed() >= Duration::from_secs(1) {
+            consumer.commit(&offsets)?;
+            self.last_kafka_commit = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

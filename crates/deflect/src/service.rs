@@ -55,9 +55,7 @@ impl Service {
         let c = cancel.clone();
         let pipeline = std::thread::Builder::new()
             .name("deflect-pipeline".into())
-            .spawn(move || {
-                metrics::with_local_recorder(&recorder, || pipeline::run(&cfg, &c, &health, opts))
-            })
+            .spawn(move || pipeline::run(&cfg, &c, &health, opts, &recorder))
             .context("cannot start the pipeline thread")?;
         Ok(Service {
             addr,
