@@ -162,7 +162,7 @@ struct Loop<'a> {
     consumer: GroupConsumer,
     /// Dead letters, late events and interval reports (`None` when every output is disabled).
     out: Option<OutputProducer>,
-    engines: BTreeMap<i32, PartitionEngine>,
+    engines: BTreeMap<i32, Part>,
     assigned: BTreeSet<i32>,
     eof: BTreeSet<i32>,
     health: &'a Health,
@@ -293,7 +293,7 @@ fn run_loop(
     let offsets: Vec<(i32, i64)> = l
         .engines
         .iter()
-        .map(|(p, e)| (*p, e.next_offset()))
+        .map(|(p, e)| (*p, e.engine.next_offset()))
         .collect();
     if let Err(e) = l.consumer.commit_sync(&offsets) {
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
@@ -324,7 +324,7 @@ fn run_loop(
 }
 
 impl Loop<'_> {
-    fn load(&self, p: i32) -> Result<PartitionEngine> {
+    fn load(&self, p: i32) -> Result<Part> {
         let engine = match self
             .store
             .load_partition(p)
@@ -343,7 +343,10 @@ impl Loop<'_> {
             None => PartitionEngine::new(self.engine_cfg.clone()),
         };
         telemetry::full_refresh(p, &engine);
-        Ok(engine)
+        Ok(Part {
+            engine,
+            exported: Default::default(),
+        })
     }
 
     fn apply_assignments(&mut self) -> Result<()> {
@@ -453,7 +456,7 @@ impl Loop<'_> {
         // decoding and ingesting read no state: they overlap the write of the previous batch,
         // which must be complete before advancing reads journeys and timers from the store
         let ingested = on_partitions(&mut self.engines, &self.workers, |p, e| {
-            Ok(ingest(p, e, &input))
+            Ok(ingest(p, &mut e.engine, &input))
         })?;
         let t_ingested = Instant::now();
         self.writer.wait(&self.consumer)?;
@@ -563,7 +566,7 @@ impl Loop<'_> {
             let offsets = self
                 .engines
                 .iter()
-                .map(|(p, e)| (*p, e.next_offset()))
+                .map(|(p, e)| (*p, e.engine.next_offset()))
                 .collect();
             self.writer.submit(changes, offsets, n)?;
         }
@@ -587,7 +590,7 @@ impl Loop<'_> {
     fn refresh(&mut self) {
         let t0 = Instant::now();
         for (p, e) in &self.engines {
-            telemetry::full_refresh(*p, e);
+            telemetry::full_refresh(*p, &e.engine);
         }
         let t1 = t0.elapsed();
         for (p, lag) in self.consumer.lag() {
@@ -596,7 +599,7 @@ impl Loop<'_> {
             }
         }
         let wm = instance_watermark(
-            self.engines.values().map(|e| e.watermark_state()),
+            self.engines.values().map(|e| e.engine.watermark_state()),
             now_ms(),
             self.engine_cfg.idle_timeout_ms,
         );
@@ -607,7 +610,7 @@ impl Loop<'_> {
         let closed_until = self
             .assigned
             .iter()
-            .map(|p| self.engines.get(p).and_then(|e| e.frontier()))
+            .map(|p| self.engines.get(p).and_then(|e| e.engine.frontier()))
             .collect::<Option<Vec<i64>>>()
             .and_then(|f| f.into_iter().min());
         if let Some(until) = closed_until {
@@ -780,16 +783,21 @@ struct Advanced {
     snapshot: Vec<u8>,
 }
 
+/// A partition this instance owns: its engine, and what was last exported of it.
+struct Part {
+    engine: PartitionEngine,
+    exported: telemetry::Exported,
+}
+
 /// Runs `f` on every partition, as tasks on `pool` (one thread per core: partitions are
 /// independent); results come back in partition order.
 fn on_partitions<T: Send>(
-    engines: &mut BTreeMap<i32, PartitionEngine>,
+    engines: &mut BTreeMap<i32, Part>,
     pool: &rayon::ThreadPool,
-    f: impl Fn(i32, &mut PartitionEngine) -> Result<T> + Sync,
+    f: impl Fn(i32, &mut Part) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
     use rayon::prelude::*;
-    let mut list: Vec<(i32, &mut PartitionEngine)> =
-        engines.iter_mut().map(|(p, e)| (*p, e)).collect();
+    let mut list: Vec<(i32, &mut Part)> = engines.iter_mut().map(|(p, e)| (*p, e)).collect();
     pool.install(|| {
         list.par_iter_mut()
             .map(|(p, e)| f(*p, e))
@@ -835,13 +843,14 @@ fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
 /// the end of the input), exports what closing changed and takes its state changes.
 fn advance(
     p: i32,
-    e: &mut PartitionEngine,
+    part: &mut Part,
     store: &Store,
     input: &Input<'_, '_>,
     at_eof: bool,
     keep_cached: usize,
     recorder: Recorder<'_>,
 ) -> Result<Advanced> {
+    let e = &mut part.engine;
     let mut reader = store.journeys(p);
     let mut closed = e.advance(input.now, &mut reader);
     let mut more = false;
@@ -856,7 +865,9 @@ fn advance(
     if write {
         // what closing changed, exported by this worker (metrics may run one batch ahead of the
         // state on disk: they are absolute values, recomputed alike after a restart)
-        metrics::with_local_recorder(recorder, || telemetry::export_closed(p, e, &closed));
+        metrics::with_local_recorder(recorder, || {
+            telemetry::export_closed(p, e, &closed, &mut part.exported)
+        });
     }
     Ok(Advanced {
         partition: p,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deflect_core::engine::{ClosedInterval, PartitionEngine};
+use deflect_core::engine::{ClosedInterval, HeatRow, PartitionEngine};
 use deflect_core::metrics::{wait_bucket_labels, CounterKey, Metric};
 use deflect_core::time::WEEKDAY_NAMES;
 use metrics::{
@@ -242,8 +242,20 @@ fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
     }
 }
 
+/// What was last exported of a partition, so that an update sets only what changed.
+#[derive(Debug, Default)]
+pub struct Exported {
+    /// Heat-map rows by (weekday, hour, minute).
+    heat: std::collections::BTreeMap<(u8, u8, u8), HeatRow>,
+}
+
 /// Updates what closing these intervals changed.
-pub fn export_closed(p: i32, engine: &PartitionEngine, closed: &[ClosedInterval]) {
+pub fn export_closed(
+    p: i32,
+    engine: &PartitionEngine,
+    closed: &[ClosedInterval],
+    exported: &mut Exported,
+) {
     let ps = p.to_string();
     let totals = &engine.totals().0;
     let mut seen = std::collections::BTreeSet::new();
@@ -255,14 +267,23 @@ pub fn export_closed(p: i32, engine: &PartitionEngine, closed: &[ClosedInterval]
         }
     }
     if !closed.is_empty() {
-        export_heatmap(p, engine);
+        let rows = engine.heatmap();
+        let changed = rows.iter().filter(|r| {
+            let last = exported.heat.insert((r.weekday, r.hour, r.minute), **r);
+            last.as_ref() != Some(*r)
+        });
+        export_heat_rows(p, engine, changed);
     }
     export_partition(p, engine);
 }
 
 fn export_heatmap(p: i32, engine: &PartitionEngine) {
+    export_heat_rows(p, engine, engine.heatmap().iter());
+}
+
+fn export_heat_rows<'a>(p: i32, engine: &PartitionEngine, rows: impl Iterator<Item = &'a HeatRow>) {
     let ps = p.to_string();
-    for row in engine.heatmap() {
+    for row in rows {
         let mut l = vec![
             (
                 "weekday",
