@@ -169,7 +169,13 @@ impl Counters {
     }
     pub fn merge(&mut self, other: &Counters) {
         for (k, v) in &other.0 {
-            *self.0.entry(k.clone()).or_insert(0) += v;
+            // most series exist already: clone the key only for a new one
+            match self.0.get_mut(k) {
+                Some(total) => *total += v,
+                None => {
+                    self.0.insert(k.clone(), *v);
+                }
+            }
         }
     }
     pub fn get(&self, metric: Metric, labels: &[&str]) -> u64 {
