@@ -405,3 +405,67 @@ pub fn instance(assigned: usize, watermark: Option<i64>, state_bytes: u64) {
     }
     gauge!(STATE_BYTES).set(state_bytes as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deflect_core::engine::NoStore;
+
+    use super::*;
+    use crate::generate::{GenParams, Generator};
+
+    /// After every closing, the heat-map gauges equal the engine's heat map, although each closing
+    /// sets only the rows that changed since the previous one.
+    #[test]
+    fn heat_rows_set_by_closings_follow_the_engine() {
+        let (rec, handle) = recorder();
+        let cfg = Arc::new(crate::config::Config::default().engine());
+        let params = GenParams {
+            contacts_per_hour: 300.0,
+            customers: 2_000,
+            ..Default::default()
+        };
+        let mut g = Generator::new(params.clone()).unwrap();
+        let mut e = PartitionEngine::new(cfg);
+        let mut exported = Exported::default();
+        let (mut t, mut offset, mut rows_set) = (params.start_ms, 0, 0);
+        for _ in 0..36 {
+            t += 3_600_000;
+            for ev in g.until(t) {
+                e.ingest(offset, ev, 0);
+                offset += 1;
+            }
+            let closed = e.advance(0, &mut NoStore);
+            metrics::with_local_recorder(&rec, || {
+                export_closed(0, &e, &closed, &mut exported);
+            });
+            let text = handle.render();
+            let rows = e.heatmap();
+            rows_set = rows_set.max(rows.len());
+            for r in rows {
+                let labels = format!(
+                    "{{weekday=\"{}\",hour=\"{}\",partition=\"0\"}}",
+                    WEEKDAY_NAMES[usize::from(r.weekday)],
+                    r.hour
+                );
+                for (name, v) in [
+                    (HEAT_ARRIVALS, r.cell.arrivals),
+                    (HEAT_ANSWERED, r.cell.answered),
+                    (HEAT_WAIT_MS, r.cell.wait_ms),
+                    (HEAT_DAYS, r.days_observed),
+                ] {
+                    let line = format!("{name}{labels} {v}");
+                    assert!(
+                        text.lines().any(|l| l == line),
+                        "missing {line:?} after closing up to {t}"
+                    );
+                }
+            }
+        }
+        assert!(
+            rows_set >= 24,
+            "the traffic spans more than a day: {rows_set} rows"
+        );
+    }
+}
