@@ -1,7 +1,8 @@
-//! The consuming loop: one dedicated thread polls Kafka, feeds the partition engines, and writes
-//! everything a poll produced (state and consumed offsets of every partition) in one RocksDB batch
-//! before committing those offsets to Kafka. RocksDB and librdkafka calls never run on an async
-//! worker thread.
+//! The consuming loop: one dedicated thread polls Kafka and hands each poll's records to the
+//! partition engines (tasks on a pool of one thread per core). Everything a poll produced (state and
+//! consumed offsets of every partition) is written in one RocksDB batch by a writer thread while the
+//! next poll is decoded and ingested; advancing waits for that write, and offsets are committed to
+//! Kafka only after it. RocksDB and librdkafka calls never run on an async worker thread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
