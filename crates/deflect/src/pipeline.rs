@@ -186,7 +186,8 @@ struct Phases {
     /// Waiting for the previous batch's write before advancing.
     wait_write: Duration,
     advance: Duration,
-    commit_and_export: Duration,
+    /// Flushing dead letters, late events and reports, and handing the batch to the writer.
+    hand_off: Duration,
 }
 
 /// Where the pipeline's metrics go: its own recorder (not the global one, so that several
@@ -318,7 +319,7 @@ fn run_loop(
         wait_write_s = l.phases.wait_write.as_secs_f64(),
         advance_s = l.phases.advance.as_secs_f64(),
         write_s = l.writer.busy.as_secs_f64(),
-        commit_export_s = l.phases.commit_and_export.as_secs_f64(),
+        hand_off_s = l.phases.hand_off.as_secs_f64(),
         "pipeline stopped"
     );
     Ok(l.summary)
@@ -524,8 +525,8 @@ impl Loop<'_> {
             let p = a.partition;
             finished &= !a.more;
             self.staffing.add(&a.closed);
-            if let Some(ch) = a.changes {
-                changes.push((p, a.snapshot, ch));
+            if let Some((snapshot, ch)) = a.changes {
+                changes.push((p, snapshot, ch));
             }
             for (ev, detail) in a.rejected {
                 self.summary.rejected += 1;
@@ -572,7 +573,7 @@ impl Loop<'_> {
             self.writer.submit(changes, offsets, n)?;
         }
         let t_submitted = Instant::now();
-        self.phases.commit_and_export += t_submitted - t_advanced;
+        self.phases.hand_off += t_submitted - t_advanced;
         tracing::trace!(
             records = n,
             consume_us = (t_consumed - started).as_micros() as u64,
@@ -778,10 +779,9 @@ struct Advanced {
     more: bool,
     rejected: Vec<(deflect_core::event::Event, &'static str)>,
     reports: Vec<deflect_core::engine::Report>,
-    /// The state writes of a partition that consumed, closed or finalized something, and its
-    /// encoded snapshot.
-    changes: Option<StateChanges>,
-    snapshot: Vec<u8>,
+    /// The encoded snapshot and state writes of a partition that consumed, closed or finalized
+    /// something.
+    changes: Option<(Vec<u8>, StateChanges)>,
 }
 
 /// A partition this instance owns: its engine, and what was last exported of it.
@@ -875,12 +875,10 @@ fn advance(
         more,
         rejected: e.take_rejected(),
         reports: e.take_reports(),
-        changes: write.then(|| e.take_changes(keep_cached)),
-        snapshot: if write {
-            deflect_core::codec::encode(e.snapshot())
-        } else {
-            Vec::new()
-        },
+        changes: write.then(|| {
+            let ch = e.take_changes(keep_cached);
+            (deflect_core::codec::encode(e.snapshot()), ch)
+        }),
         closed,
     })
 }

@@ -249,6 +249,15 @@ pub struct Exported {
     heat: std::collections::BTreeMap<(u8, u8, u8), HeatRow>,
 }
 
+impl Exported {
+    /// The rows that differ from the ones last exported, which they replace.
+    fn changed_heat_rows(&mut self, rows: Vec<HeatRow>) -> Vec<HeatRow> {
+        rows.into_iter()
+            .filter(|r| self.heat.insert((r.weekday, r.hour, r.minute), *r) != Some(*r))
+            .collect()
+    }
+}
+
 /// Updates what closing these intervals changed.
 pub fn export_closed(
     p: i32,
@@ -267,12 +276,8 @@ pub fn export_closed(
         }
     }
     if !closed.is_empty() {
-        let rows = engine.heatmap();
-        let changed = rows.iter().filter(|r| {
-            let last = exported.heat.insert((r.weekday, r.hour, r.minute), **r);
-            last.as_ref() != Some(*r)
-        });
-        export_heat_rows(p, engine, changed);
+        let rows = exported.changed_heat_rows(engine.heatmap());
+        export_heat_rows(p, engine, rows.iter());
     }
     export_partition(p, engine);
 }
