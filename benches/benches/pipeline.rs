@@ -12,6 +12,7 @@ fn main() {
         partitions: 8,
         brokers: None,
         topic: "deflect-bench".into(),
+        max_batch: None,
     };
     if let Err(e) = deflect::bench::run(args) {
         eprintln!("bench failed: {e:#}");

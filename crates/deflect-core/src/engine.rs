@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, Millis};
 use crate::journey::{Figures, Journey, JourneyConfig};
 use crate::metrics::{CounterKey, Counters, Metric};
-use crate::time::{Interval, IntervalSpec};
+use crate::time::{Interval, IntervalMemo, IntervalSpec};
 use crate::watermark::Watermark;
 
 #[derive(Clone, Debug)]
@@ -296,6 +296,7 @@ impl Figures for Acc {
 
 pub struct PartitionEngine {
     cfg: Arc<EngineConfig>,
+    memo: IntervalMemo,
     snap: PartitionSnapshot,
     /// Pending events with the id of the blob that stores them.
     pending: BTreeMap<PendingKey, (Box<Event>, u64)>,
@@ -365,6 +366,7 @@ impl PartitionEngine {
         }
         PartitionEngine {
             cfg,
+            memo: IntervalMemo::default(),
             snap,
             pending,
             blob_remaining,
@@ -526,17 +528,19 @@ impl PartitionEngine {
     }
 
     /// Instants before this are closed: events there are late.
-    fn closed_before(&self) -> Option<Millis> {
-        let by_wm = self.snap.watermark.value.map(|wm| {
-            self.cfg
-                .intervals
-                .interval_of(wm.saturating_sub(self.cfg.grace_ms))
-                .start
-        });
+    fn closed_before(&mut self) -> Option<Millis> {
+        let grace = self.cfg.grace_ms;
+        let by_wm =
+            (self.snap.watermark.value).map(|wm| self.interval_of(wm.saturating_sub(grace)).start);
         match (by_wm, self.snap.frontier) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// [`IntervalSpec::interval_of`], remembered.
+    fn interval_of(&mut self, t: Millis) -> Interval {
+        self.memo.interval_of(&self.cfg.intervals, t)
     }
 
     /// Marks a record that could not be decoded as consumed.
@@ -712,7 +716,7 @@ impl PartitionEngine {
                 if let Some(a) = acc.take() {
                     closed.push(self.close(a));
                 }
-                let interval = self.cfg.intervals.interval_of(t);
+                let interval = self.interval_of(t);
                 self.observe_until(interval.start);
                 acc = Some(Acc {
                     interval,
@@ -738,7 +742,7 @@ impl PartitionEngine {
                 self.with_journey(&key.1, store, Some(&key), |cfg, j| j.fire(cfg, t, a));
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
-                let i = self.cfg.intervals.interval_of(origin);
+                let i = self.interval_of(origin);
                 self.cohort_state(i).counters.add(metric, labels, 1);
                 self.dirty_cohorts.insert(i.start);
             }

@@ -29,6 +29,10 @@ pub struct BenchArgs {
     pub brokers: Option<String>,
     #[arg(long, default_value = "deflect-bench")]
     pub topic: String,
+    /// The pipeline's `pipeline.max_batch` (records per poll cycle and RocksDB batch); the
+    /// default is the configuration's.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
 }
 
 pub struct BenchResult {
@@ -129,6 +133,9 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     cfg.kafka.output_topic = String::new();
     cfg.state.dir = dir.clone();
     cfg.http.listen = "127.0.0.1:0".into();
+    if let Some(n) = args.max_batch {
+        cfg.pipeline.max_batch = n;
+    }
     let mut svc = Service::start(cfg, RunOptions { exit_at_eof: true })?;
     let summary = svc.wait_pipeline()?;
     // both rates run from the first record to the last (joining a group is not throughput)

@@ -7,8 +7,10 @@ use std::time::Duration;
 use deflect_core::engine::{ClosedInterval, HeatRow, PartitionEngine};
 use deflect_core::metrics::{wait_bucket_labels, CounterKey, Metric};
 use deflect_core::time::WEEKDAY_NAMES;
+use std::collections::HashMap;
+
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Label,
 };
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -45,8 +47,8 @@ pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
 const BATCH_SECONDS_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
-const BATCH_RECORDS_BUCKETS: [f64; 9] = [
-    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+const BATCH_RECORDS_BUCKETS: [f64; 11] = [
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 50000.0,
 ];
 
 /// Builds a recorder (not installed globally: each pipeline records into its own, so tests can run
@@ -215,31 +217,7 @@ pub fn export_totals(p: i32, engine: &PartitionEngine) {
 /// Sets one counter series (and its family's siblings with the same labels, at 0 when they have
 /// no value yet); a wait bucket sets the whole cumulative histogram of its group.
 fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
-    if k.metric != Metric::QueueWaitBucket {
-        counter!(k.metric.name(), labels(k, ps)).absolute(v);
-        for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
-            let key = CounterKey {
-                metric: *sibling,
-                labels: k.labels.clone(),
-            };
-            if *sibling != k.metric && !engine.totals().0.contains_key(&key) {
-                counter!(sibling.name(), labels(&key, ps)).absolute(0);
-            }
-        }
-        return;
-    }
-    let group = &k.labels[..k.labels.len() - 1];
-    let mut cumulative = 0;
-    for le in wait_bucket_labels() {
-        let mut l = group.to_vec();
-        l.push(le.to_string());
-        let key = CounterKey {
-            metric: Metric::QueueWaitBucket,
-            labels: l,
-        };
-        cumulative += engine.totals().0.get(&key).copied().unwrap_or(0);
-        counter!(Metric::QueueWaitBucket.name(), labels(&key, ps)).absolute(cumulative);
-    }
+    Exported::default().set_counter(k, v, engine, ps);
 }
 
 /// What was last exported of a partition, so that an update sets only what changed.
@@ -247,6 +225,10 @@ fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
 pub struct Exported {
     /// Heat-map rows by (weekday, hour, minute).
     heat: std::collections::BTreeMap<(u8, u8, u8), HeatRow>,
+    /// Handles of the business series registered so far: setting one is a store, not a registry
+    /// lookup with its label strings (the idle timeout cannot orphan them: every update counts
+    /// as activity, and the periodic refresh updates every owned series).
+    counters: HashMap<CounterKey, Counter>,
 }
 
 impl Exported {
@@ -255,6 +237,50 @@ impl Exported {
         rows.into_iter()
             .filter(|r| self.heat.insert((r.weekday, r.hour, r.minute), *r) != Some(*r))
             .collect()
+    }
+
+    /// The handle of a series, registered on first use.
+    fn counter(&mut self, k: &CounterKey, ps: &str) -> &Counter {
+        if !self.counters.contains_key(k) {
+            let c = counter!(k.metric.name(), labels(k, ps));
+            self.counters.insert(k.clone(), c);
+        }
+        &self.counters[k]
+    }
+
+    /// Sets one counter series (and, the first time, its family's siblings with the same labels
+    /// at 0 when they have no value yet); a wait bucket sets the whole cumulative histogram of
+    /// its group.
+    fn set_counter(&mut self, k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
+        let totals = &engine.totals().0;
+        if k.metric != Metric::QueueWaitBucket {
+            let first = !self.counters.contains_key(k);
+            self.counter(k, ps).absolute(v);
+            if first {
+                for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
+                    let key = CounterKey {
+                        metric: *sibling,
+                        labels: k.labels.clone(),
+                    };
+                    if *sibling != k.metric && !totals.contains_key(&key) {
+                        self.counter(&key, ps).absolute(0);
+                    }
+                }
+            }
+            return;
+        }
+        let group = &k.labels[..k.labels.len() - 1];
+        let mut cumulative = 0;
+        for le in wait_bucket_labels() {
+            let mut l = group.to_vec();
+            l.push(le.to_string());
+            let key = CounterKey {
+                metric: Metric::QueueWaitBucket,
+                labels: l,
+            };
+            cumulative += totals.get(&key).copied().unwrap_or(0);
+            self.counter(&key, ps).absolute(cumulative);
+        }
     }
 }
 
@@ -267,11 +293,11 @@ pub fn export_closed(
 ) {
     let ps = p.to_string();
     let totals = &engine.totals().0;
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = std::collections::HashSet::new();
     for c in closed {
         for k in c.counters.0.keys() {
             if seen.insert(k) {
-                export_counter(k, totals[k], engine, &ps);
+                exported.set_counter(k, totals[k], engine, &ps);
             }
         }
     }
@@ -421,9 +447,10 @@ mod tests {
     use crate::generate::{GenParams, Generator};
 
     /// After every closing, the heat-map gauges equal the engine's heat map, although each closing
-    /// sets only the rows that changed since the previous one.
+    /// sets only the rows that changed since the previous one; the business series equal the
+    /// engine's totals (through handles registered once), their absent siblings 0.
     #[test]
-    fn heat_rows_set_by_closings_follow_the_engine() {
+    fn series_set_by_closings_follow_the_engine() {
         let (rec, handle) = recorder();
         let cfg = Arc::new(crate::config::Config::default().engine());
         let params = GenParams {
@@ -435,6 +462,7 @@ mod tests {
         let mut e = PartitionEngine::new(cfg);
         let mut exported = Exported::default();
         let (mut t, mut offset, mut rows_set) = (params.start_ms, 0, 0);
+        let (mut series_checked, mut siblings_at_zero) = (0, 0);
         for _ in 0..36 {
             t += 3_600_000;
             for ev in g.until(t) {
@@ -446,6 +474,34 @@ mod tests {
                 export_closed(0, &e, &closed, &mut exported);
             });
             let text = handle.render();
+            // business series: every total at its value, every absent family sibling at 0
+            let totals = &e.totals().0;
+            let line_of = |k: &CounterKey, v: u64| {
+                let l: Vec<String> = (k.metric.labels().iter().zip(&k.labels))
+                    .map(|(n, v)| format!("{n}=\"{v}\""))
+                    .chain(std::iter::once("partition=\"0\"".to_string()))
+                    .collect();
+                format!("{}{{{}}} {v}", k.metric.name(), l.join(","))
+            };
+            for (k, v) in totals {
+                if k.metric == Metric::QueueWaitBucket {
+                    continue;
+                }
+                let line = line_of(k, *v);
+                assert!(text.lines().any(|l| l == line), "missing {line:?}");
+                series_checked += 1;
+                for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
+                    let key = CounterKey {
+                        metric: *sibling,
+                        labels: k.labels.clone(),
+                    };
+                    if !totals.contains_key(&key) {
+                        let line = line_of(&key, 0);
+                        assert!(text.lines().any(|l| l == line), "missing {line:?}");
+                        siblings_at_zero += 1;
+                    }
+                }
+            }
             let rows = e.heatmap();
             rows_set = rows_set.max(rows.len());
             for r in rows {
@@ -472,5 +528,6 @@ mod tests {
             rows_set >= 24,
             "the traffic spans more than a day: {rows_set} rows"
         );
+        assert!(series_checked > 1000 && siblings_at_zero > 0);
     }
 }
