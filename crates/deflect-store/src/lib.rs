@@ -9,7 +9,7 @@
 //! | `meta` | `deflect.format` | [`FORMAT_VERSION`] of the store, checked at open |
 //! | `pending` | partition, blob id | the events accepted in one batch and still waiting for their interval to close |
 //! | `timers` | partition, fire time, journey key | (empty); read by time range as the frontier approaches |
-//! | `journeys` | partition, journey key | [`Journey`] |
+//! | `journeys` | partition, journey key | [`StoredJourney`] (the journey and its timer's instant) |
 //! | `cohorts` | partition, interval start | [`CohortState`]: cohort figures awaiting their horizons |
 //!
 //! Everything one poll produced, for every partition, is written in one `WriteBatch`: the state and
@@ -19,9 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use deflect_core::codec;
-use deflect_core::engine::{CohortState, JourneyStore, PartitionSnapshot, StateChanges, TimerKey};
+use deflect_core::engine::{
+    CohortState, JourneyStore, PartitionSnapshot, StateChanges, StoredJourney, TimerKey,
+};
 use deflect_core::event::{Event, Millis};
-use deflect_core::journey::Journey;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
@@ -56,7 +57,7 @@ pub enum StoreError {
 
 /// Version of the stored layout and encodings; bumped whenever either changes.
 /// 2: partition snapshots count live timers; timers are read back by range, not at start-up.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Key of the format version in `meta` (partition keys there are exactly 4 bytes).
 const FORMAT_KEY: &[u8] = b"deflect.format";
 
@@ -352,7 +353,7 @@ impl JourneyReader<'_> {
 }
 
 impl JourneyStore for JourneyReader<'_> {
-    fn load(&mut self, key: &str) -> Option<Journey> {
+    fn load(&mut self, key: &str) -> Option<StoredJourney> {
         let k = journey_key(self.partition, key);
         match self.store.db.get_pinned_cf(self.store.cf(CF_JOURNEYS), k) {
             Ok(Some(v)) => match codec::decode(&v) {

@@ -1,6 +1,13 @@
 use super::*;
 use deflect_core::event::{Channel, Direction, EventKind, Initiation};
 
+fn stored() -> StoredJourney {
+    StoredJourney {
+        timer: Some(99),
+        journey: deflect_core::journey::Journey::new(true),
+    }
+}
+
 fn ev(id: &str, t: Millis) -> Event {
     Event {
         event_id: id.into(),
@@ -43,7 +50,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
             (2, codec::encode(&vec![ev("a", 10)])),
         ],
         timers_put: vec![(99, "c:u".into()), (7, "c:v".into()), (-5, "c:w".into())],
-        journeys: vec![("c:u".into(), Some(codec::encode(&Journey::new(true))))],
+        journeys: vec![("c:u".into(), Some(codec::encode(&stored())))],
         ..Default::default()
     };
     let mut b = store.batch();
@@ -84,7 +91,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
         "not partition 4's"
     );
     assert_eq!(store.journeys(4).first_timer(Millis::MIN), Some(1));
-    assert_eq!(store.journeys(3).load("c:u"), Some(Journey::new(true)));
+    assert_eq!(store.journeys(3).load("c:u"), Some(stored()));
     assert_eq!(store.journeys(4).load("c:u"), None);
     let r4 = store.load_partition(4).unwrap().unwrap();
     assert!(r4.pending.is_empty());
