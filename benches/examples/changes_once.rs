@@ -4,6 +4,8 @@ fn main() {
     let n = events.len();
     let cfg = deflect_benches::engine_config();
     let mut e = PartitionEngine::new(cfg.clone());
+    let mut jdel = 0;
+    let mut bdel = 0;
     let (mut j, mut jb, mut tp, mut td, mut bb, mut co, mut cob, mut batches) =
         (0, 0, 0, 0, 0, 0, 0, 0);
     for (i, ev) in events.into_iter().enumerate() {
@@ -13,6 +15,8 @@ fn main() {
             let ch = e.take_changes(usize::MAX);
             batches += 1;
             j += ch.journeys.len();
+            jdel += ch.journeys.iter().filter(|x| x.1.is_none()).count();
+            bdel += ch.pending_blobs_del.len();
             jb += ch
                 .journeys
                 .iter()
@@ -34,5 +38,6 @@ fn main() {
         }
     }
     let snap = deflect_core::codec::encode(e.snapshot());
+    println!("journey deletes {jdel}, blob deletes {bdel}");
     println!("{n} events {batches} batches: journeys {j} ({jb} B), timers put {tp} del {td}, blob {bb} B, cohorts {co} ({cob} B), snapshot {} B", snap.len());
 }

@@ -270,15 +270,15 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     envelope(
         Envelope {
-            event_id: top.str("event_id")?,
-            tenant: top.str("tenant")?,
-            contact_id: top.str("contact_id")?,
-            parent_contact_id: top.str("parent_contact_id")?,
-            customer_id: top.str("customer_id")?,
+            event_id: top.str("event_id")?.into(),
+            tenant: top.str("tenant")?.into(),
+            contact_id: top.str("contact_id")?.into(),
+            parent_contact_id: top.str("parent_contact_id")?.into(),
+            customer_id: top.str("customer_id")?.into(),
             channel: top.opt_enum("channel", Channel::parse)?,
             occurred_at: occurred_at(map.get("occurred_at"))?,
-            intent: top.str("intent")?,
-            queue: top.str("queue")?,
+            intent: top.str("intent")?.into(),
+            queue: top.str("queue")?.into(),
         },
         kind,
     )

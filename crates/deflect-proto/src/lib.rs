@@ -4,6 +4,8 @@
 //! JSON with the same snake_case field names decodes to the same events. Both paths end in one
 //! validation step ([`envelope`]) so that a record means the same thing whatever its format.
 
+use std::borrow::Cow;
+
 use deflect_core::event::{
     AiOutcome, Channel, Direction, DisconnectParty, EscalationSource, Event, EventKind, Initiation,
     IvrExitReason, QueueExitReason,
@@ -149,27 +151,28 @@ pub fn decode(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
 
 /// The envelope fields common to both formats, before validation.
 pub struct Envelope<'a> {
-    pub event_id: &'a str,
-    pub tenant: &'a str,
-    pub contact_id: &'a str,
-    pub parent_contact_id: &'a str,
-    pub customer_id: &'a str,
+    pub event_id: Cow<'a, str>,
+    pub tenant: Cow<'a, str>,
+    pub contact_id: Cow<'a, str>,
+    pub parent_contact_id: Cow<'a, str>,
+    pub customer_id: Cow<'a, str>,
     pub channel: Option<Channel>,
     pub occurred_at: Option<i64>,
-    pub intent: &'a str,
-    pub queue: &'a str,
+    pub intent: Cow<'a, str>,
+    pub queue: Cow<'a, str>,
 }
 
 /// Validates the envelope and builds the event.
 pub fn envelope(env: Envelope<'_>, kind: EventKind) -> Result<Event, DecodeError> {
-    let req = |v: &str, name: &str| {
+    // strings decoded into owned buffers (protobuf) move into the event, borrowed ones are copied
+    let req = |v: Cow<'_, str>, name: &str| {
         if v.is_empty() {
             Err(DecodeError::missing(name))
         } else {
-            Ok(v.to_string())
+            Ok(v.into_owned())
         }
     };
-    let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let opt = |v: Cow<'_, str>| (!v.is_empty()).then(|| v.into_owned());
     let kind = match kind {
         // A survey refers to a contact; the intent payload also sets the envelope's intent.
         EventKind::IntentIdentified { intent, confidence } if intent.is_empty() => {
@@ -256,9 +259,9 @@ macro_rules! pb_enum_name {
 
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     use pb::contact_event::Payload as P;
-    let m = pb::ContactEvent::decode(bytes)
+    let mut m = pb::ContactEvent::decode(bytes)
         .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?;
-    let payload = m.payload.clone().ok_or_else(|| {
+    let payload = m.payload.take().ok_or_else(|| {
         DecodeError::new(
             RejectReason::UnknownEventType,
             "no known event payload (unknown event type or none set)",
@@ -382,18 +385,18 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     envelope(
         Envelope {
-            event_id: &m.event_id,
-            tenant: &m.tenant,
-            contact_id: &m.contact_id,
-            parent_contact_id: &m.parent_contact_id,
-            customer_id: &m.customer_id,
+            event_id: Cow::Owned(m.event_id),
+            tenant: Cow::Owned(m.tenant),
+            contact_id: Cow::Owned(m.contact_id),
+            parent_contact_id: Cow::Owned(m.parent_contact_id),
+            customer_id: Cow::Owned(m.customer_id),
             channel: match m.channel {
                 0 => None,
                 v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
             },
             occurred_at: Some(m.occurred_at),
-            intent: &m.intent,
-            queue: &m.queue,
+            intent: Cow::Owned(m.intent),
+            queue: Cow::Owned(m.queue),
         },
         kind,
     )
