@@ -89,7 +89,34 @@ struct Cached {
     dirty: bool,
 }
 
-pub type PendingKey = (Millis, u8, String);
+/// A pending event, ordered as events are processed: by event time, then by kind (see
+/// [`crate::event::EventKind::rank`]), then by id, so that the order does not depend on delivery.
+/// The event is the key itself (no copy of its id; B-tree nodes move 8 bytes per entry).
+#[derive(Debug)]
+struct Pending(Box<Event>);
+
+impl Pending {
+    fn key(&self) -> (Millis, u8, &str) {
+        (self.0.occurred_at, self.0.kind.rank(), &self.0.event_id)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
 /// A heat-map cell of one local date: (date, hour, minute of the interval start, or 0 when cells
 /// are per hour).
 pub type HeatKey = (jiff::civil::Date, u8, u8);
@@ -314,7 +341,7 @@ pub struct PartitionEngine {
     memo: IntervalMemo,
     snap: PartitionSnapshot,
     /// Pending events with the id of the blob that stores them.
-    pending: BTreeMap<PendingKey, (Box<Event>, u64)>,
+    pending: BTreeMap<Pending, u64>,
     /// Events of each stored blob not yet processed.
     blob_remaining: HashMap<u64, u32>,
     /// The events accepted since the last `take_changes`, encoded back to back (the next blob),
@@ -337,6 +364,11 @@ pub struct PartitionEngine {
     cohorts: BTreeMap<Millis, CohortState>,
     /// (instant the next revision is due, interval start) of every cohort past revision 0.
     revisions_due: BTreeSet<(Millis, Millis)>,
+    /// Cohort figures decided since they were last added to their cohorts, summed by cohort
+    /// interval and series: adding each decision to a cohort's sorted counters compared label
+    /// strings at every level of a B-tree. Added before anything reads the cohorts (a revision
+    /// or a closing emitted, state taken) and at the end of every advance.
+    cohort_adds: HashMap<(Interval, CounterKey), u64>,
     dirty_cohorts: BTreeSet<Millis>,
     /// Reports produced since the last `take_reports`.
     reports: Vec<Report>,
@@ -371,7 +403,7 @@ impl PartitionEngine {
                 }
                 left += 1;
                 pending_ids.insert(e.event_id.clone());
-                pending.insert(pending_key(&e), (Box::new(e), id));
+                pending.insert(Pending(Box::new(e)), id);
             }
             if left == 0 {
                 changes.pending_blobs_del.push(id);
@@ -396,6 +428,7 @@ impl PartitionEngine {
             changes,
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
+            cohort_adds: HashMap::default(),
             dirty_cohorts: BTreeSet::new(),
             reports: Vec::new(),
             rejected: Vec::new(),
@@ -482,9 +515,26 @@ impl PartitionEngine {
         }
     }
 
+    /// Adds the buffered cohort figures to their cohorts.
+    fn add_cohort_figures(&mut self) {
+        if self.cohort_adds.is_empty() {
+            return;
+        }
+        let mut adds = std::mem::take(&mut self.cohort_adds);
+        for ((i, key), v) in adds.drain() {
+            self.cohort_state(i).counters.add(key.metric, key.labels, v);
+            self.dirty_cohorts.insert(i.start);
+        }
+        // keep the buffer's capacity
+        self.cohort_adds = adds;
+    }
+
     /// Every item before `t` is processed: emits each cohort revision whose horizon is at or
     /// before `t` (interval end + horizon), in order.
     fn emit_revisions(&mut self, t: Millis) {
+        if self.revisions_due.first().is_some_and(|&(due, _)| due <= t) {
+            self.add_cohort_figures();
+        }
         while let Some(&(due, start)) = self.revisions_due.first() {
             if due > t {
                 break;
@@ -586,11 +636,10 @@ impl PartitionEngine {
         }
         self.snap.watermark.observe(event.occurred_at, now_wall);
         self.snap.stats.accepted += 1;
-        let key = pending_key(&event);
         let blob = self.snap.next_blob;
         crate::codec::encode_into(&event, &mut self.new_blob);
         self.new_blob_len += 1;
-        self.pending.insert(key, (Box::new(event), blob));
+        self.pending.insert(Pending(Box::new(event)), blob);
         *self.blob_remaining.entry(blob).or_insert(0) += 1;
         Ingest::Accepted
     }
@@ -667,7 +716,7 @@ impl PartitionEngine {
     /// steps keeps memory bounded (the journey cache is trimmed by `take_changes`).
     pub fn finalize_step(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
         let mut next = [
-            self.pending.keys().next().map(|k| k.0),
+            self.pending.keys().next().map(|k| k.0.occurred_at),
             self.timers.first().map(|k| k.0),
         ]
         .into_iter()
@@ -718,7 +767,7 @@ impl PartitionEngine {
                 .pending
                 .keys()
                 .next()
-                .map(|k| k.0)
+                .map(|k| k.0.occurred_at)
                 .filter(|t| *t < target);
             let next_timer = self.timers.first().map(|k| k.0).filter(|t| *t < target);
             let (t, is_event) = match (next_event, next_timer) {
@@ -749,7 +798,7 @@ impl PartitionEngine {
             self.emit_revisions(t);
             let a = acc.as_mut().expect("set above");
             if is_event {
-                let (_, (e, blob)) = self.pending.pop_first().expect("peeked above");
+                let (Pending(e), blob) = self.pending.pop_first().expect("peeked above");
                 self.pending_ids.remove(&e.event_id);
                 self.release_blob_entry(blob);
                 let jk = e.journey_key();
@@ -761,14 +810,17 @@ impl PartitionEngine {
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
                 let i = self.interval_of(origin);
-                self.cohort_state(i).counters.add(metric, labels, 1);
-                self.dirty_cohorts.insert(i.start);
+                *self
+                    .cohort_adds
+                    .entry((i, CounterKey { metric, labels }))
+                    .or_insert(0) += 1;
             }
         }
         if let Some(a) = acc.take() {
             closed.push(self.close(a));
         }
         self.emit_revisions(target);
+        self.add_cohort_figures();
         // The frontier starts at the first processed item's interval, never before it, so the
         // observed hours do not depend on when `advance` happened to be called.
         if self.snap.frontier.is_some() {
@@ -795,6 +847,7 @@ impl PartitionEngine {
                 heat: a.heat,
             });
         }
+        self.add_cohort_figures();
         self.cohort_state(a.interval);
         self.dirty_cohorts.insert(a.interval.start);
         self.emit_cohort(a.interval.start);
@@ -1006,6 +1059,7 @@ impl PartitionEngine {
     /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
     /// `keep_cached` entries afterwards (everything written is in the store).
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
+        self.add_cohort_figures();
         let mut ch = std::mem::take(&mut self.changes);
         for (k, op) in std::mem::take(&mut self.timer_ops) {
             if op.is_put() {
@@ -1086,10 +1140,6 @@ impl PartitionEngine {
             })
             .collect()
     }
-}
-
-pub fn pending_key(e: &Event) -> PendingKey {
-    (e.occurred_at, e.kind.rank(), e.event_id.clone())
 }
 
 #[cfg(test)]

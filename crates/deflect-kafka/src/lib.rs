@@ -82,10 +82,19 @@ pub enum Assignment {
 pub struct GroupContext {
     topic: String,
     events: Mutex<Vec<Assignment>>,
+    /// Whether `events` is non-empty: read after every polled record, without the lock.
+    has_events: std::sync::atomic::AtomicBool,
     lag: Mutex<HashMap<i32, i64>>,
 }
 
 impl GroupContext {
+    fn push(&self, a: Assignment) {
+        let mut events = self.events.lock().expect("events lock");
+        events.push(a);
+        self.has_events
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -122,10 +131,7 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = r {
             let ps = self.partitions(tpl);
             tracing::info!(partitions = ?ps, "partitions revoked");
-            self.events
-                .lock()
-                .expect("events lock")
-                .push(Assignment::Revoked(ps));
+            self.push(Assignment::Revoked(ps));
         }
     }
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -133,10 +139,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let ps = self.partitions(tpl);
                 tracing::info!(partitions = ?ps, "partitions assigned");
-                self.events
-                    .lock()
-                    .expect("events lock")
-                    .push(Assignment::Assigned(ps));
+                self.push(Assignment::Assigned(ps));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -195,18 +198,16 @@ impl GroupConsumer {
 
     /// Assignment changes since the last call.
     pub fn take_assignments(&self) -> Vec<Assignment> {
-        std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"))
+        let ctx = self.consumer.context();
+        let mut events = ctx.events.lock().expect("events lock");
+        ctx.has_events
+            .store(false, std::sync::atomic::Ordering::Release);
+        std::mem::take(&mut *events)
     }
 
     /// Whether a rebalance happened since the last `take_assignments`.
     pub fn has_assignments(&self) -> bool {
-        !self
-            .consumer
-            .context()
-            .events
-            .lock()
-            .expect("events lock")
-            .is_empty()
+        (self.consumer.context().has_events).load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Consumer lag per partition from the last statistics report.

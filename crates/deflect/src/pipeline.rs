@@ -143,6 +143,40 @@ pub struct Summary {
     /// From the first record returned by the consumer until the batch holding the last record
     /// was durable (state and offsets written).
     pub records_busy: Duration,
+    /// CPU time of the whole process (every thread, an in-process broker's included) over
+    /// `records_busy` and over `busy`.
+    pub records_cpu: Duration,
+    pub cpu: Duration,
+}
+
+/// A wall-clock instant with the CPU time the process had used by then.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub at: Instant,
+    pub cpu: Duration,
+}
+
+impl Stamp {
+    pub fn now() -> Self {
+        Stamp {
+            at: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+}
+
+/// User and system CPU time of every thread of this process so far.
+pub fn process_cpu() -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage only writes the struct it is given; RUSAGE_SELF is always valid
+    let u = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 pub fn now_ms() -> i64 {
@@ -156,7 +190,7 @@ struct Loop<'a> {
     /// Every partition is at the end of the input and closing what is left (`exit_at_eof`).
     finalizing: bool,
     /// When the consumer returned the first record (throughput is measured from there).
-    first_record: Option<Instant>,
+    first_record: Option<Stamp>,
     engine_cfg: Arc<EngineConfig>,
     store: Arc<Store>,
     writer: Writer,
@@ -178,11 +212,14 @@ struct Loop<'a> {
 /// Where the loop's time goes (logged when the pipeline stops).
 #[derive(Debug, Default)]
 struct Phases {
-    poll: Duration,
     empty_polls: u64,
     empty_poll_time: Duration,
     consume: Duration,
     ingest: Duration,
+    /// Summed time of the partition tasks of the ingest and advance phases (at most the phase
+    /// times the number of workers).
+    ingest_busy: Duration,
+    advance_busy: Duration,
     /// Waiting for the previous batch's write before advancing.
     wait_write: Duration,
     advance: Duration,
@@ -302,23 +339,28 @@ fn run_loop(
     }
     l.summary.partitions = l.engines.len();
     if let Some(first) = l.first_record {
-        l.summary.busy = first.elapsed();
-        l.summary.records_busy = l
-            .writer
-            .last_record_durable
-            .map_or(Duration::ZERO, |t| t - first);
+        let end = Stamp::now();
+        l.summary.busy = end.at - first.at;
+        l.summary.cpu = end.cpu.saturating_sub(first.cpu);
+        if let Some(last) = l.writer.last_record_durable {
+            l.summary.records_busy = last.at - first.at;
+            l.summary.records_cpu = last.cpu.saturating_sub(first.cpu);
+        }
     }
     tracing::info!(
         records = l.summary.records,
         rejected = l.summary.rejected,
         consume_s = l.phases.consume.as_secs_f64(),
-        poll_s = l.phases.poll.as_secs_f64(),
         empty_polls = l.phases.empty_polls,
         empty_poll_s = l.phases.empty_poll_time.as_secs_f64(),
         ingest_s = l.phases.ingest.as_secs_f64(),
         wait_write_s = l.phases.wait_write.as_secs_f64(),
         advance_s = l.phases.advance.as_secs_f64(),
+        ingest_busy_s = l.phases.ingest_busy.as_secs_f64(),
+        advance_busy_s = l.phases.advance_busy.as_secs_f64(),
+        cpu_s = l.summary.cpu.as_secs_f64(),
         write_s = l.writer.busy.as_secs_f64(),
+        write_ops = l.writer.ops,
         hand_off_s = l.phases.hand_off.as_secs_f64(),
         "pipeline stopped"
     );
@@ -398,18 +440,24 @@ impl Loop<'_> {
         let now = now_ms();
         // poll on this thread; decoding and everything after it runs per partition, in parallel
         let mut msgs = Vec::new();
+        let mut last_partition = None;
         while msgs.len() < self.cfg.pipeline.max_batch {
-            let tp = Instant::now();
+            // the clock is read for waiting polls only: once records flow, a poll takes a few
+            // hundred nanoseconds and three clock reads per record were a tenth of it
+            let tp = (!timeout.is_zero()).then(Instant::now);
             let polled = self.consumer.poll(timeout);
-            self.phases.poll += tp.elapsed();
             let msg = match polled {
                 None => {
                     self.phases.empty_polls += 1;
-                    self.phases.empty_poll_time += tp.elapsed();
+                    if let Some(tp) = tp {
+                        self.phases.empty_poll_time += tp.elapsed();
+                    }
                     break;
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.eof.insert(p);
+                    // a record of that partition after its end clears it again
+                    last_partition = None;
                     continue;
                 }
                 Some(Err(e)) => {
@@ -419,15 +467,22 @@ impl Loop<'_> {
                 Some(Ok(m)) => m,
             };
             timeout = Duration::ZERO;
-            self.first_record.get_or_insert_with(Instant::now);
+            if self.first_record.is_none() {
+                self.first_record = Some(Stamp::now());
+            }
             let p = msg.partition();
-            self.eof.remove(&p);
-            if !self.engines.contains_key(&p) {
-                let e = self.load(p)?;
-                self.engines.insert(p, e);
+            if last_partition != Some(p) {
+                last_partition = Some(p);
+                self.eof.remove(&p);
+                if !self.engines.contains_key(&p) {
+                    let e = self.load(p)?;
+                    self.engines.insert(p, e);
+                }
             }
             msgs.push(msg);
-            if self.consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
+            if self.consumer.has_assignments()
+                || (msgs.len() % 256 == 0 && started.elapsed() > Duration::from_millis(250))
+            {
                 break;
             }
         }
@@ -457,15 +512,17 @@ impl Loop<'_> {
         let keep = self.cfg.state.journey_cache_entries;
         // decoding and ingesting read no state: they overlap the write of the previous batch,
         // which must be complete before advancing reads journeys and timers from the store
-        let ingested = on_partitions(&mut self.engines, &self.workers, |p, e| {
+        let (ingested, ingest_busy) = on_partitions(&mut self.engines, &self.workers, |p, e| {
             Ok(ingest(p, &mut e.engine, &input))
         })?;
         let t_ingested = Instant::now();
         self.writer.wait(&self.consumer)?;
         let t_waited = Instant::now();
-        let advanced = on_partitions(&mut self.engines, &self.workers, |p, e| {
+        let (advanced, advance_busy) = on_partitions(&mut self.engines, &self.workers, |p, e| {
             advance(p, e, &self.store, &input, at_eof, keep, self.recorder)
         })?;
+        self.phases.ingest_busy += ingest_busy;
+        self.phases.advance_busy += advance_busy;
         let mut skipped = 0u64;
         for a in &ingested {
             skipped += a.skipped;
@@ -580,6 +637,8 @@ impl Loop<'_> {
             ingest_us = (t_ingested - t_consumed).as_micros() as u64,
             wait_write_us = (t_waited - t_ingested).as_micros() as u64,
             advance_us = (t_advanced - t_waited).as_micros() as u64,
+            ingest_busy_us = ingest_busy.as_micros() as u64,
+            advance_busy_us = advance_busy.as_micros() as u64,
             "batch"
         );
         if n > 0 {
@@ -796,14 +855,21 @@ fn on_partitions<T: Send>(
     engines: &mut BTreeMap<i32, Part>,
     pool: &rayon::ThreadPool,
     f: impl Fn(i32, &mut Part) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
+) -> Result<(Vec<T>, Duration)> {
     use rayon::prelude::*;
     let mut list: Vec<(i32, &mut Part)> = engines.iter_mut().map(|(p, e)| (*p, e)).collect();
-    pool.install(|| {
+    let timed = pool.install(|| {
         list.par_iter_mut()
-            .map(|(p, e)| f(*p, e))
+            .map(|(p, e)| {
+                let t = Instant::now();
+                f(*p, e).map(|r| (r, t.elapsed()))
+            })
             .collect::<Result<Vec<_>>>()
-    })
+    })?;
+    // the summed task times: against the phase's wall time and the pool's threads, how busy
+    // the workers were
+    let busy = timed.iter().map(|(_, d)| *d).sum();
+    Ok((timed.into_iter().map(|(r, _)| r).collect(), busy))
 }
 
 /// Decodes and ingests partition `p`'s records of this poll.
@@ -892,15 +958,19 @@ struct WriteJob {
 /// polls and ingests the next poll. At most one batch is in flight.
 struct Writer {
     jobs: Option<mpsc::SyncSender<WriteJob>>,
-    done: mpsc::Receiver<Result<Duration, deflect_store::StoreError>>,
+    /// Per batch written: how long the write took, when it was done, and how many puts and
+    /// deletes it held.
+    done: mpsc::Receiver<Result<(Duration, Stamp, usize), deflect_store::StoreError>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The batch in flight: the offsets it makes durable, and how many records it holds.
     in_flight: Option<(Vec<(i32, i64)>, usize)>,
-    /// When the last batch that held records was written.
-    last_record_durable: Option<Instant>,
+    /// When the last batch that held records was written (by the writer's clock, not when the
+    /// loop noticed).
+    last_record_durable: Option<Stamp>,
     last_kafka_commit: Instant,
-    /// Time the writer thread spent writing.
+    /// Time the writer thread spent writing, and the puts and deletes it wrote.
     busy: Duration,
+    ops: u64,
 }
 
 impl Writer {
@@ -916,7 +986,8 @@ impl Writer {
                     for (p, snap, ch) in &job.parts {
                         batch.partition_encoded(*p, snap, ch);
                     }
-                    let r = batch.commit().map(|()| t.elapsed());
+                    let ops = batch.len();
+                    let r = batch.commit().map(|()| (t.elapsed(), Stamp::now(), ops));
                     if tx.send(r).is_err() {
                         break;
                     }
@@ -931,6 +1002,7 @@ impl Writer {
             last_record_durable: None,
             last_kafka_commit: Instant::now(),
             busy: Duration::ZERO,
+            ops: 0,
         })
     }
 
@@ -957,13 +1029,15 @@ impl Writer {
         let Some((offsets, records)) = self.in_flight.take() else {
             return Ok(());
         };
-        self.busy += self
+        let (busy, written, ops) = self
             .done
             .recv()
             .context("the state writer thread stopped")?
             .context("cannot write state batch")?;
+        self.busy += busy;
+        self.ops += ops as u64;
         if records > 0 {
-            self.last_record_durable = Some(Instant::now());
+            self.last_record_durable = Some(written);
         }
         if self.last_kafka_commit.elapsed() >= Duration::from_secs(1) {
             consumer.commit(&offsets)?;
