@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Millis};
 use crate::journey::{Figures, Journey, JourneyConfig};
-use crate::metrics::{CounterKey, Counters, Metric};
+use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric};
 use crate::time::{Interval, IntervalMemo, IntervalSpec};
 use crate::watermark::Watermark;
 
@@ -293,7 +293,7 @@ struct Acc {
     interval: Interval,
     /// Hashed while the interval is processed (a B-tree of label vectors costs a string
     /// comparison per level on every count); sorted into [`Counters`] when it closes.
-    counters: HashMap<CounterKey, u64>,
+    counters: hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher>,
     heat: HeatCell,
     callbacks: Vec<CallbackOp>,
     /// Cohort figures decided by the item being processed: (origin instant, metric, labels).
@@ -303,11 +303,14 @@ struct Acc {
 }
 
 impl Figures for Acc {
-    fn count(&mut self, metric: Metric, labels: Vec<String>, v: u64) {
-        *self
-            .counters
-            .entry(CounterKey { metric, labels })
-            .or_insert(0) += v;
+    fn count(&mut self, metric: Metric, labels: &[&str], v: u64) {
+        let k = CounterKeyRef { metric, labels };
+        match self.counters.get_mut(&k) {
+            Some(c) => *c += v,
+            None => {
+                self.counters.insert(k.to_owned(), v);
+            }
+        }
     }
     fn heat_arrival(&mut self) {
         self.heat.arrivals += 1;
@@ -330,9 +333,10 @@ impl Figures for Acc {
     fn rejected(&mut self, event: &Event, detail: &'static str) {
         self.rejected.push((event.clone(), detail));
     }
-    fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
-        self.count(metric, labels.clone(), 1);
-        self.cohort.push((origin, metric, labels));
+    fn cohort(&mut self, metric: Metric, labels: &[&str], origin: Millis) {
+        self.count(metric, labels, 1);
+        let owned = labels.iter().map(|s| s.to_string()).collect();
+        self.cohort.push((origin, metric, owned));
     }
 }
 
@@ -787,7 +791,7 @@ impl PartitionEngine {
                 self.observe_until(interval.start);
                 acc = Some(Acc {
                     interval,
-                    counters: HashMap::default(),
+                    counters: Default::default(),
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
                     cohort: Vec::new(),

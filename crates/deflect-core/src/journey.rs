@@ -11,16 +11,18 @@ use crate::event::{
     AiOutcome, Channel, Direction, Event, EventKind, Initiation, IvrExitReason, Millis,
     QueueExitReason,
 };
-use crate::metrics::{csat_box, wait_bucket_label, Metric, Outcome, RECONTACT_WINDOWS};
+use crate::metrics::{csat_box, wait_bucket_label, Labels, Metric, Outcome, RECONTACT_WINDOWS};
 
 /// Where figures decided while applying events go. The engine attributes them to the interval of
 /// the event (or timer) being processed.
 pub trait Figures {
-    fn count(&mut self, metric: Metric, labels: Vec<String>, v: u64);
+    /// Adds `v` to the series of `metric` with these label values (borrowed: counting an
+    /// existing series allocates nothing).
+    fn count(&mut self, metric: Metric, labels: &[&str], v: u64);
     /// A cohort figure (re-contact, containment, proactive deflection) decided now about a contact
     /// or notification of instant `origin`. Counted now on the live surface; interval reports
     /// attribute it to the interval of `origin` as well.
-    fn cohort(&mut self, metric: Metric, labels: Vec<String>, origin: Millis) {
+    fn cohort(&mut self, metric: Metric, labels: &[&str], origin: Millis) {
         let _ = origin;
         self.count(metric, labels, 1);
     }
@@ -163,19 +165,19 @@ impl ContactState {
         }
     }
 
-    fn queue_labels(&self) -> Vec<String> {
-        vec![
-            self.dims.tenant.clone(),
-            self.dims.channel.as_str().to_string(),
-            self.dims.queue.clone(),
+    fn queue_labels(&self) -> [&str; 3] {
+        [
+            &self.dims.tenant,
+            self.dims.channel.as_str(),
+            &self.dims.queue,
         ]
     }
 
-    fn contact_labels(&self) -> Vec<String> {
-        vec![
-            self.dims.tenant.clone(),
-            self.dims.channel.as_str().to_string(),
-            self.dims.intent.clone(),
+    fn contact_labels(&self) -> [&str; 3] {
+        [
+            &self.dims.tenant,
+            self.dims.channel.as_str(),
+            &self.dims.intent,
         ]
     }
 }
@@ -227,9 +229,16 @@ fn window_ms(i: usize) -> Millis {
     RECONTACT_WINDOWS[i].1 * HOUR
 }
 
-fn with(mut labels: Vec<String>, more: &[&str]) -> Vec<String> {
-    labels.extend(more.iter().map(|s| s.to_string()));
-    labels
+/// Stored label values followed by more (on the stack).
+fn with<'a, S: AsRef<str>>(labels: &'a [S], more: &[&'a str]) -> Labels<'a> {
+    let mut l = Labels::default();
+    for s in labels {
+        l.push(s.as_ref());
+    }
+    for s in more {
+        l.push(s);
+    }
+    l
 }
 
 impl Journey {
@@ -295,13 +304,13 @@ impl Journey {
                     Some(x) => (x.outcome.as_str(), x.tenant.clone(), x.channel),
                     None => ("unknown", cfg.dims.tenant(&e.tenant), e.channel),
                 };
-                let labels = vec![
-                    tenant,
-                    channel.as_str().to_string(),
-                    outcome.to_string(),
-                    csat_box(*score, *scale_min, *scale_max).to_string(),
+                let labels = [
+                    tenant.as_str(),
+                    channel.as_str(),
+                    outcome,
+                    csat_box(*score, *scale_min, *scale_max),
                 ];
-                out.count(Metric::CsatResponses, labels, 1);
+                out.count(Metric::CsatResponses, &labels, 1);
                 return;
             }
             EventKind::NotificationSent { topic, .. } => {
@@ -317,7 +326,7 @@ impl Journey {
                         labels,
                     });
                 } else {
-                    out.cohort(Metric::Proactive, with(labels, &["unverifiable"]), t);
+                    out.cohort(Metric::Proactive, &with(&labels, &["unverifiable"]), t);
                 }
                 return;
             }
@@ -340,7 +349,11 @@ impl Journey {
                         cfg.dims.queue(e.queue.as_deref()),
                     ),
                 };
-                out.count(Metric::Callbacks, vec![tenant, queue, event.to_string()], 1);
+                out.count(
+                    Metric::Callbacks,
+                    &[tenant.as_str(), queue.as_str(), event],
+                    1,
+                );
                 // the event belongs to a (callback) leg: keep it alive below
             }
             _ => {}
@@ -370,7 +383,7 @@ impl Journey {
                 c.potential =
                     *direction == Direction::Inbound && *initiation == Initiation::Customer;
                 if c.potential {
-                    out.count(Metric::PotentialCalls, c.contact_labels(), 1);
+                    out.count(Metric::PotentialCalls, &c.contact_labels(), 1);
                     out.heat_arrival();
                     intent_known = c.raw_intent.clone();
                 }
@@ -384,12 +397,9 @@ impl Journey {
             }
             EventKind::IvrEntered { node } => {
                 c.automated_step = true;
-                let labels = vec![
-                    c.dims.tenant.clone(),
-                    c.dims.channel.as_str().to_string(),
-                    cfg.dims.ivr_node(node),
-                ];
-                out.count(Metric::IvrEntries, labels, 1);
+                let node = cfg.dims.ivr_node(node);
+                let labels = [c.dims.tenant.as_str(), c.dims.channel.as_str(), &node];
+                out.count(Metric::IvrEntries, &labels, 1);
             }
             EventKind::IvrMenuSelected { .. }
             | EventKind::SelfServiceViewed { .. }
@@ -400,12 +410,9 @@ impl Journey {
                     IvrExitReason::SelfServed => c.self_service_resolved = true,
                     IvrExitReason::HangUp => {
                         c.abandon_signal = true;
-                        let labels = vec![
-                            c.dims.tenant.clone(),
-                            c.dims.channel.as_str().to_string(),
-                            cfg.dims.ivr_node(node),
-                        ];
-                        out.count(Metric::IvrDropoffs, labels, 1);
+                        let node = cfg.dims.ivr_node(node);
+                        let labels = [c.dims.tenant.as_str(), c.dims.channel.as_str(), &node];
+                        out.count(Metric::IvrDropoffs, &labels, 1);
                     }
                     _ => {}
                 }
@@ -434,7 +441,7 @@ impl Journey {
                 c.dims.queue = cfg.dims.queue(Some(queue));
                 c.queued = true;
                 c.enqueued_at = Some(t);
-                out.count(Metric::QueueEntered, c.queue_labels(), 1);
+                out.count(Metric::QueueEntered, &c.queue_labels(), 1);
             }
             EventKind::QueueExited { reason } => match reason {
                 QueueExitReason::Abandoned => {
@@ -442,13 +449,13 @@ impl Journey {
                     if let Some(q) = c.enqueued_at.take() {
                         let wait = t - q;
                         let l = c.queue_labels();
-                        out.count(Metric::QueueAbandoned, l.clone(), 1);
-                        out.count(Metric::QueueAbandonWaitMs, l.clone(), wait as u64);
+                        out.count(Metric::QueueAbandoned, &l, 1);
+                        out.count(Metric::QueueAbandonWaitMs, &l, wait as u64);
                         if wait < cfg.short_abandon_ms {
-                            out.count(Metric::QueueAbandonedShort, l.clone(), 1);
+                            out.count(Metric::QueueAbandonedShort, &l, 1);
                         }
                         if wait <= cfg.sl_threshold_ms {
-                            out.count(Metric::QueueAbandonedWithin, l, 1);
+                            out.count(Metric::QueueAbandonedWithin, &l, 1);
                         }
                     }
                 }
@@ -467,14 +474,14 @@ impl Journey {
                 };
                 if let Some(wait) = wait {
                     let labels = c.queue_labels();
-                    out.count(Metric::QueueAnswered, labels.clone(), 1);
-                    out.count(Metric::QueueWaitMs, labels.clone(), wait as u64);
+                    out.count(Metric::QueueAnswered, &labels, 1);
+                    out.count(Metric::QueueWaitMs, &labels, wait as u64);
                     if wait <= cfg.sl_threshold_ms {
-                        out.count(Metric::QueueAnsweredWithin, labels.clone(), 1);
+                        out.count(Metric::QueueAnsweredWithin, &labels, 1);
                     }
                     out.count(
                         Metric::QueueWaitBucket,
-                        with(labels, &[wait_bucket_label(wait)]),
+                        &with(&labels, &[wait_bucket_label(wait)]),
                         1,
                     );
                     out.heat_answer(wait);
@@ -495,7 +502,7 @@ impl Journey {
                 out.callback_opened(callback_id, t, &tenant, &queue);
                 out.count(
                     Metric::Callbacks,
-                    vec![tenant.clone(), queue.clone(), "requested".to_string()],
+                    &[tenant.as_str(), queue.as_str(), "requested"],
                     1,
                 );
                 // a repeated request with the same id replaces the open one
@@ -522,11 +529,7 @@ impl Journey {
     fn proactive_call(&mut self, intent: &str, t: Millis, out: &mut dyn Figures) {
         self.notifications.retain(|n| {
             if n.topic == intent && n.sent_at <= t {
-                out.cohort(
-                    Metric::Proactive,
-                    with(n.labels.clone(), &["called"]),
-                    n.sent_at,
-                );
+                out.cohort(Metric::Proactive, &with(&n.labels, &["called"]), n.sent_at);
                 false
             } else {
                 true
@@ -569,22 +572,26 @@ impl Journey {
             channel: c.dims.channel,
         });
         if c.automated_step {
-            out.count(Metric::AutomatedContacts, c.contact_labels(), 1);
+            out.count(Metric::AutomatedContacts, &c.contact_labels(), 1);
             if c.escalated {
                 let context = if c.context_passed {
                     "passed"
                 } else {
                     "missing"
                 };
-                out.count(Metric::Escalations, with(c.contact_labels(), &[context]), 1);
+                out.count(
+                    Metric::Escalations,
+                    &with(&c.contact_labels(), &[context]),
+                    1,
+                );
             }
         }
         if c.agent_connected {
             if c.talk_known && !c.talk_unknown {
-                out.count(Metric::Handled, c.queue_labels(), 1);
-                out.count(Metric::HandleTimeMs, c.queue_labels(), c.handle_ms);
+                out.count(Metric::Handled, &c.queue_labels(), 1);
+                out.count(Metric::HandleTimeMs, &c.queue_labels(), c.handle_ms);
             } else {
-                out.count(Metric::HandleTimeUnknown, c.queue_labels(), 1);
+                out.count(Metric::HandleTimeUnknown, &c.queue_labels(), 1);
             }
         }
         if !c.potential {
@@ -593,25 +600,25 @@ impl Journey {
         let labels = c.contact_labels();
         out.count(
             Metric::ContactOutcomes,
-            with(labels.clone(), &[outcome.as_str()]),
+            &with(&labels, &[outcome.as_str()]),
             1,
         );
         if outcome == Outcome::Deflected && cfg.high_stakes_intents.contains(&c.dims.intent) {
-            out.count(Metric::HighStakesDeflected, labels.clone(), 1);
+            out.count(Metric::HighStakesDeflected, &labels, 1);
         }
         if self.known_customer {
             self.watches.push(Watch {
                 contact_id: contact_id.to_string(),
                 ended_at: t,
-                labels,
+                labels: labels.map(str::to_string).to_vec(),
                 outcome,
                 pending: (1 << RECONTACT_WINDOWS.len()) - 1,
             });
         } else {
-            let l = with(labels.clone(), &[outcome.as_str()]);
-            out.cohort(Metric::RecontactUnverifiable, l, t);
+            let l = with(&labels, &[outcome.as_str()]);
+            out.cohort(Metric::RecontactUnverifiable, &l, t);
             if outcome == Outcome::Deflected {
-                out.cohort(Metric::ContainmentUnverifiable, labels, t);
+                out.cohort(Metric::ContainmentUnverifiable, &labels, t);
             }
         }
     }
@@ -644,7 +651,7 @@ impl Journey {
             if n.sent_at + cfg.proactive_window_ms <= t {
                 out.cohort(
                     Metric::Proactive,
-                    with(n.labels.clone(), &["deflected"]),
+                    &with(&n.labels, &["deflected"]),
                     n.sent_at,
                 );
                 false
@@ -658,7 +665,7 @@ impl Journey {
                 out.callback_closed(id);
                 out.count(
                     Metric::Callbacks,
-                    vec![tenant.clone(), queue.clone(), "lost".to_string()],
+                    &[tenant.as_str(), queue.as_str(), "lost"],
                     1,
                 );
                 false
@@ -674,9 +681,9 @@ impl Journey {
 fn queue_callback(cfg: &JourneyConfig, c: &mut ContactState, t: Millis, out: &mut dyn Figures) {
     if let Some(q) = c.enqueued_at.take() {
         let l = c.queue_labels();
-        out.count(Metric::QueueCallbackRequested, l.clone(), 1);
+        out.count(Metric::QueueCallbackRequested, &l, 1);
         if t - q <= cfg.sl_threshold_ms {
-            out.count(Metric::QueueCallbackWithin, l, 1);
+            out.count(Metric::QueueCallbackWithin, &l, 1);
         }
     }
 }
@@ -684,8 +691,8 @@ fn queue_callback(cfg: &JourneyConfig, c: &mut ContactState, t: Millis, out: &mu
 /// Re-contact for one window is decided: the outcome-split figure, and containment for a
 /// deflected contact.
 fn decide(w: &Watch, window: &str, result: &str, out: &mut dyn Figures) {
-    let l = with(w.labels.clone(), &[w.outcome.as_str(), window, result]);
-    out.cohort(Metric::Recontact, l, w.ended_at);
+    let l = with(&w.labels, &[w.outcome.as_str(), window, result]);
+    out.cohort(Metric::Recontact, &l, w.ended_at);
     if w.outcome == Outcome::Deflected {
         let result = if result == "recontacted" {
             "recontacted"
@@ -694,7 +701,7 @@ fn decide(w: &Watch, window: &str, result: &str, out: &mut dyn Figures) {
         };
         out.cohort(
             Metric::Containment,
-            with(w.labels.clone(), &[window, result]),
+            &with(&w.labels, &[window, result]),
             w.ended_at,
         );
     }
@@ -709,8 +716,8 @@ mod tests {
     #[derive(Default)]
     struct Sink(Counters, u64, Vec<i64>);
     impl Figures for Sink {
-        fn count(&mut self, m: Metric, l: Vec<String>, v: u64) {
-            self.0.add(m, l, v)
+        fn count(&mut self, m: Metric, l: &[&str], v: u64) {
+            self.0.add(m, l.iter().map(|s| s.to_string()).collect(), v)
         }
         fn heat_arrival(&mut self) {
             self.1 += 1

@@ -151,6 +151,56 @@ pub fn csat_box(score: f64, scale_min: f64, scale_max: f64) -> &'static str {
     }
 }
 
+/// The most labels a metric has.
+pub const MAX_LABELS: usize = 6;
+
+/// Label values of one count, borrowed and on the stack, so that counting allocates nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Labels<'a> {
+    values: [&'a str; MAX_LABELS],
+    len: usize,
+}
+
+impl<'a> Labels<'a> {
+    pub fn push(&mut self, v: &'a str) {
+        self.values[self.len] = v;
+        self.len += 1;
+    }
+}
+
+impl<'a> std::ops::Deref for Labels<'a> {
+    type Target = [&'a str];
+    fn deref(&self) -> &[&'a str] {
+        &self.values[..self.len]
+    }
+}
+
+/// A series looked up by borrowed label values: hashes like the [`CounterKey`] it equals (the
+/// metric, then the values as a length-prefixed sequence of strings), so a hash map of
+/// `CounterKey`s is queried without building one.
+#[derive(Hash)]
+pub struct CounterKeyRef<'a> {
+    pub metric: Metric,
+    pub labels: &'a [&'a str],
+}
+
+impl hashbrown::Equivalent<CounterKey> for CounterKeyRef<'_> {
+    fn equivalent(&self, key: &CounterKey) -> bool {
+        self.metric == key.metric
+            && self.labels.len() == key.labels.len()
+            && self.labels.iter().zip(&key.labels).all(|(a, b)| *a == b)
+    }
+}
+
+impl CounterKeyRef<'_> {
+    pub fn to_owned(&self) -> CounterKey {
+        CounterKey {
+            metric: self.metric,
+            labels: self.labels.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// One counter series: the metric and its label values in the order of `Metric::labels`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CounterKey {
@@ -239,6 +289,49 @@ mod tests {
                 assert_eq!(m.labels(), f[0].labels(), "{m:?}");
                 assert_eq!(family(*m), Some(*f));
             }
+        }
+    }
+
+    #[test]
+    fn borrowed_keys_find_owned_series() {
+        let mut m: hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher> =
+            Default::default();
+        let labels = ["t", "voice", "billing", "deflected"];
+        let owned = CounterKeyRef {
+            metric: Metric::ContactOutcomes,
+            labels: &labels,
+        }
+        .to_owned();
+        m.insert(owned.clone(), 1);
+        // equal keys hash alike whichever form they take
+        let h = |k: &dyn Fn(&mut rustc_hash::FxHasher)| {
+            let mut s = rustc_hash::FxHasher::default();
+            k(&mut s);
+            std::hash::Hasher::finish(&s)
+        };
+        use std::hash::Hash;
+        let r = CounterKeyRef {
+            metric: Metric::ContactOutcomes,
+            labels: &labels,
+        };
+        assert_eq!(h(&|s| owned.hash(s)), h(&|s| r.hash(s)));
+        *m.get_mut(&r).unwrap() += 1;
+        assert_eq!(m[&owned], 2);
+        for other in [
+            CounterKeyRef {
+                metric: Metric::PotentialCalls,
+                labels: &labels,
+            },
+            CounterKeyRef {
+                metric: Metric::ContactOutcomes,
+                labels: &labels[..3],
+            },
+            CounterKeyRef {
+                metric: Metric::ContactOutcomes,
+                labels: &["t", "voice", "billing", "assisted"],
+            },
+        ] {
+            assert!(m.get(&other).is_none());
         }
     }
 
