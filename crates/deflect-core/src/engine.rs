@@ -91,13 +91,26 @@ struct Cached {
 
 /// A pending event, ordered as events are processed: by event time, then by kind (see
 /// [`crate::event::EventKind::rank`]), then by id, so that the order does not depend on delivery.
-/// The event is the key itself (no copy of its id; B-tree nodes move 8 bytes per entry).
+/// The event is part of the key (no copy of its id); its time and rank are kept inline, so that
+/// comparisons rarely follow the box.
 #[derive(Debug)]
-struct Pending(Box<Event>);
+struct Pending {
+    at: Millis,
+    rank: u8,
+    event: Box<Event>,
+}
 
 impl Pending {
+    fn new(event: Event) -> Self {
+        Pending {
+            at: event.occurred_at,
+            rank: event.kind.rank(),
+            event: Box::new(event),
+        }
+    }
+
     fn key(&self) -> (Millis, u8, &str) {
-        (self.0.occurred_at, self.0.kind.rank(), &self.0.event_id)
+        (self.at, self.rank, &self.event.event_id)
     }
 }
 
@@ -407,7 +420,7 @@ impl PartitionEngine {
                 }
                 left += 1;
                 pending_ids.insert(e.event_id.clone());
-                pending.insert(Pending(Box::new(e)), id);
+                pending.insert(Pending::new(e), id);
             }
             if left == 0 {
                 changes.pending_blobs_del.push(id);
@@ -643,7 +656,7 @@ impl PartitionEngine {
         let blob = self.snap.next_blob;
         crate::codec::encode_into(&event, &mut self.new_blob);
         self.new_blob_len += 1;
-        self.pending.insert(Pending(Box::new(event)), blob);
+        self.pending.insert(Pending::new(event), blob);
         *self.blob_remaining.entry(blob).or_insert(0) += 1;
         Ingest::Accepted
     }
@@ -720,7 +733,7 @@ impl PartitionEngine {
     /// steps keeps memory bounded (the journey cache is trimmed by `take_changes`).
     pub fn finalize_step(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
         let mut next = [
-            self.pending.keys().next().map(|k| k.0.occurred_at),
+            self.pending.keys().next().map(|k| k.at),
             self.timers.first().map(|k| k.0),
         ]
         .into_iter()
@@ -771,7 +784,7 @@ impl PartitionEngine {
                 .pending
                 .keys()
                 .next()
-                .map(|k| k.0.occurred_at)
+                .map(|k| k.at)
                 .filter(|t| *t < target);
             let next_timer = self.timers.first().map(|k| k.0).filter(|t| *t < target);
             let (t, is_event) = match (next_event, next_timer) {
@@ -802,7 +815,8 @@ impl PartitionEngine {
             self.emit_revisions(t);
             let a = acc.as_mut().expect("set above");
             if is_event {
-                let (Pending(e), blob) = self.pending.pop_first().expect("peeked above");
+                let (Pending { event: e, .. }, blob) =
+                    self.pending.pop_first().expect("peeked above");
                 self.pending_ids.remove(&e.event_id);
                 self.release_blob_entry(blob);
                 let jk = e.journey_key();
