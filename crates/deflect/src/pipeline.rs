@@ -856,20 +856,38 @@ fn on_partitions<T: Send>(
     pool: &rayon::ThreadPool,
     f: impl Fn(i32, &mut Part) -> Result<T> + Sync,
 ) -> Result<(Vec<T>, Duration)> {
-    use rayon::prelude::*;
-    let mut list: Vec<(i32, &mut Part)> = engines.iter_mut().map(|(p, e)| (*p, e)).collect();
-    let timed = pool.install(|| {
-        list.par_iter_mut()
+    // Each partition runs on the same worker thread every time (the i-th partition on thread
+    // i mod n): what a partition's engine allocates is freed by the thread that allocated it
+    // (freeing another thread's memory costs that thread a collection later), and its state
+    // stays in that core's caches. With hashed keys the partitions' loads are alike.
+    let n = pool.current_num_threads().max(1);
+    let count = engines.len();
+    let mut shares: Vec<Vec<(i32, &mut Part)>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, (p, e)) in engines.iter_mut().enumerate() {
+        shares[i % n].push((*p, e));
+    }
+    let shares: Vec<std::sync::Mutex<Vec<(i32, &mut Part)>>> =
+        shares.into_iter().map(std::sync::Mutex::new).collect();
+    let results = pool.broadcast(|ctx| {
+        let mut share = shares[ctx.index() % n].lock().expect("one thread per share");
+        share
+            .iter_mut()
             .map(|(p, e)| {
                 let t = Instant::now();
-                f(*p, e).map(|r| (r, t.elapsed()))
+                f(*p, e).map(|r| (*p, r, t.elapsed()))
             })
             .collect::<Result<Vec<_>>>()
-    })?;
+    });
+    let mut timed = Vec::with_capacity(count);
+    for r in results {
+        timed.extend(r?);
+    }
+    // in partition order, as the callers expect
+    timed.sort_by_key(|(p, _, _)| *p);
     // the summed task times: against the phase's wall time and the pool's threads, how busy
     // the workers were
-    let busy = timed.iter().map(|(_, d)| *d).sum();
-    Ok((timed.into_iter().map(|(r, _)| r).collect(), busy))
+    let busy = timed.iter().map(|(_, _, d)| *d).sum();
+    Ok((timed.into_iter().map(|(_, r, _)| r).collect(), busy))
 }
 
 /// Decodes and ingests partition `p`'s records of this poll.
