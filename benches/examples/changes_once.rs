@@ -1,43 +1,79 @@
+//! What the engine hands to the store on the criterion workload, by kind: how many journeys,
+//! timers, blobs and cohorts each batch of 1,000 events writes and how many bytes (the writer's
+//! work is roughly one memtable insert per put or delete). `cargo run --release -p
+//! deflect-benches --example changes_once`.
+
 use deflect_core::engine::{NoStore, PartitionEngine};
+
+#[derive(Default)]
+struct Tally {
+    batches: usize,
+    journey_puts: usize,
+    journey_deletes: usize,
+    journey_bytes: usize,
+    timer_puts: usize,
+    timer_deletes: usize,
+    blob_puts: usize,
+    blob_deletes: usize,
+    blob_bytes: usize,
+    cohort_writes: usize,
+    cohort_bytes: usize,
+}
+
 fn main() {
     let events = deflect_benches::engine_events();
     let n = events.len();
-    let cfg = deflect_benches::engine_config();
-    let mut e = PartitionEngine::new(cfg.clone());
-    let mut jdel = 0;
-    let mut bdel = 0;
-    let (mut j, mut jb, mut tp, mut td, mut bb, mut co, mut cob, mut batches) =
-        (0, 0, 0, 0, 0, 0, 0, 0);
+    let mut e = PartitionEngine::new(deflect_benches::engine_config());
+    let mut t = Tally::default();
     for (i, ev) in events.into_iter().enumerate() {
         e.ingest(i as i64, ev, 0);
         if i % 1000 == 999 {
             e.advance(0, &mut NoStore);
             let ch = e.take_changes(usize::MAX);
-            batches += 1;
-            j += ch.journeys.len();
-            jdel += ch.journeys.iter().filter(|x| x.1.is_none()).count();
-            bdel += ch.pending_blobs_del.len();
-            jb += ch
-                .journeys
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>();
-            tp += ch.timers_put.len();
-            td += ch.timers_del.len();
-            bb += ch
+            t.batches += 1;
+            for (k, v) in &ch.journeys {
+                match v {
+                    Some(v) => {
+                        t.journey_puts += 1;
+                        t.journey_bytes += k.len() + v.len();
+                    }
+                    None => t.journey_deletes += 1,
+                }
+            }
+            t.timer_puts += ch.timers_put.len();
+            t.timer_deletes += ch.timers_del.len();
+            t.blob_puts += ch.pending_blobs_put.len();
+            t.blob_deletes += ch.pending_blobs_del.len();
+            t.blob_bytes += ch
                 .pending_blobs_put
                 .iter()
                 .map(|b| b.1.len())
                 .sum::<usize>();
-            co += ch.cohorts.len();
-            cob += ch
+            t.cohort_writes += ch.cohorts.len();
+            t.cohort_bytes += ch
                 .cohorts
                 .iter()
-                .map(|c| c.1.as_ref().map_or(0, |v| v.len()))
+                .map(|c| c.1.as_ref().map_or(0, Vec::len))
                 .sum::<usize>();
         }
     }
-    let snap = deflect_core::codec::encode(e.snapshot());
-    println!("journey deletes {jdel}, blob deletes {bdel}");
-    println!("{n} events {batches} batches: journeys {j} ({jb} B), timers put {tp} del {td}, blob {bb} B, cohorts {co} ({cob} B), snapshot {} B", snap.len());
+    let snapshot = deflect_core::codec::encode(e.snapshot()).len();
+    println!("{n} events in {} batches", t.batches);
+    println!(
+        "journeys  {} puts ({} bytes), {} deletes",
+        t.journey_puts, t.journey_bytes, t.journey_deletes
+    );
+    println!(
+        "timers    {} puts, {} deletes",
+        t.timer_puts, t.timer_deletes
+    );
+    println!(
+        "blobs     {} puts ({} bytes), {} deletes",
+        t.blob_puts, t.blob_bytes, t.blob_deletes
+    );
+    println!(
+        "cohorts   {} writes ({} bytes)",
+        t.cohort_writes, t.cohort_bytes
+    );
+    println!("snapshot  {snapshot} bytes, rewritten with every batch");
 }

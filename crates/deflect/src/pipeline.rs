@@ -869,7 +869,9 @@ fn on_partitions<T: Send>(
     let shares: Vec<std::sync::Mutex<Vec<(i32, &mut Part)>>> =
         shares.into_iter().map(std::sync::Mutex::new).collect();
     let results = pool.broadcast(|ctx| {
-        let mut share = shares[ctx.index() % n].lock().expect("one thread per share");
+        let mut share = shares[ctx.index() % n]
+            .lock()
+            .expect("one thread per share");
         share
             .iter_mut()
             .map(|(p, e)| {
