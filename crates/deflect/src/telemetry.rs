@@ -208,16 +208,9 @@ fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
 /// periodic refresh that keeps owned series alive).
 pub fn export_totals(p: i32, engine: &PartitionEngine) {
     let ps = p.to_string();
-    for (k, v) in &engine.totals().0 {
-        export_counter(k, *v, engine, &ps);
-    }
+    // through the registry (fresh handles): this refresh is what keeps owned series alive
+    Exported::default().set_counters(engine.totals().0.keys(), engine, &ps);
     export_partition(p, engine);
-}
-
-/// Sets one counter series (and its family's siblings with the same labels, at 0 when they have
-/// no value yet); a wait bucket sets the whole cumulative histogram of its group.
-fn export_counter(k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
-    Exported::default().set_counter(k, v, engine, ps);
 }
 
 /// What was last exported of a partition, so that an update sets only what changed.
@@ -269,17 +262,38 @@ impl Exported {
             }
             return;
         }
-        let group = &k.labels[..k.labels.len() - 1];
+        // one key, its `le` rewritten in place for each bucket
+        let mut key = k.clone();
         let mut cumulative = 0;
         for le in wait_bucket_labels() {
-            let mut l = group.to_vec();
-            l.push(le.to_string());
-            let key = CounterKey {
-                metric: Metric::QueueWaitBucket,
-                labels: l,
-            };
+            let last = key.labels.last_mut().expect("a bucket has an le label");
+            last.clear();
+            last.push_str(le);
             cumulative += totals.get(&key).copied().unwrap_or(0);
             self.counter(&key, ps).absolute(cumulative);
+        }
+    }
+
+    /// Sets the series of these keys (each wait-bucket group once, whichever of its buckets
+    /// changed).
+    fn set_counters<'a>(
+        &mut self,
+        keys: impl Iterator<Item = &'a CounterKey>,
+        engine: &PartitionEngine,
+        ps: &str,
+    ) {
+        let totals = &engine.totals().0;
+        let mut seen = std::collections::HashSet::new();
+        let mut groups = std::collections::HashSet::new();
+        for k in keys {
+            let new = if k.metric == Metric::QueueWaitBucket {
+                groups.insert(&k.labels[..k.labels.len() - 1])
+            } else {
+                seen.insert(k)
+            };
+            if new {
+                self.set_counter(k, totals[k], engine, ps);
+            }
         }
     }
 }
@@ -292,15 +306,7 @@ pub fn export_closed(
     exported: &mut Exported,
 ) {
     let ps = p.to_string();
-    let totals = &engine.totals().0;
-    let mut seen = std::collections::HashSet::new();
-    for c in closed {
-        for k in c.counters.0.keys() {
-            if seen.insert(k) {
-                exported.set_counter(k, totals[k], engine, &ps);
-            }
-        }
-    }
+    exported.set_counters(closed.iter().flat_map(|c| c.counters.0.keys()), engine, &ps);
     if !closed.is_empty() {
         let rows = exported.changed_heat_rows(engine.heatmap());
         export_heat_rows(p, engine, rows.iter());
@@ -462,7 +468,7 @@ mod tests {
         let mut e = PartitionEngine::new(cfg);
         let mut exported = Exported::default();
         let (mut t, mut offset, mut rows_set) = (params.start_ms, 0, 0);
-        let (mut series_checked, mut siblings_at_zero) = (0, 0);
+        let (mut series_checked, mut siblings_at_zero, mut buckets_checked) = (0, 0, 0);
         for _ in 0..36 {
             t += 3_600_000;
             for ev in g.until(t) {
@@ -485,6 +491,16 @@ mod tests {
             };
             for (k, v) in totals {
                 if k.metric == Metric::QueueWaitBucket {
+                    // the whole cumulative histogram of the group
+                    let mut cumulative = 0;
+                    for le in wait_bucket_labels() {
+                        let mut b = k.clone();
+                        *b.labels.last_mut().unwrap() = le.to_string();
+                        cumulative += totals.get(&b).copied().unwrap_or(0);
+                        let line = line_of(&b, cumulative);
+                        assert!(text.lines().any(|l| l == line), "missing {line:?}");
+                        buckets_checked += 1;
+                    }
                     continue;
                 }
                 let line = line_of(k, *v);
@@ -528,6 +544,6 @@ mod tests {
             rows_set >= 24,
             "the traffic spans more than a day: {rows_set} rows"
         );
-        assert!(series_checked > 1000 && siblings_at_zero > 0);
+        assert!(series_checked > 1000 && siblings_at_zero > 0 && buckets_checked > 100);
     }
 }
