@@ -30,8 +30,8 @@ pub struct BenchStateArgs {
     /// Days of event time the contacts are spread over.
     #[arg(long, default_value_t = 10)]
     pub days: u64,
-    /// Records per batch (one RocksDB write).
-    #[arg(long, default_value_t = 5_000)]
+    /// Records per batch (one RocksDB write); the default is `pipeline.max_batch`'s.
+    #[arg(long, default_value_t = crate::config::PipelineConfig::default().max_batch)]
     pub batch: usize,
     /// Decoded journeys kept per partition between batches (`state.journey_cache_entries`).
     #[arg(long, default_value_t = 10_000)]
