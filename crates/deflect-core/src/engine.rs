@@ -39,6 +39,9 @@ pub struct EngineConfig {
 /// read back, one range scan per partition, as the frontier approaches them.
 pub const TIMER_WINDOW_MS: Millis = 3_600_000;
 
+/// About how many events and timers one [`PartitionEngine::finalize_step`] processes.
+pub const FINALIZE_STEP_ITEMS: u64 = 2_000;
+
 /// Reads journeys that are not in the engine's cache (the RocksDB store in production).
 pub trait JourneyStore {
     fn load(&mut self, key: &str) -> Option<StoredJourney>;
@@ -386,6 +389,8 @@ pub struct PartitionEngine {
     /// strings at every level of a B-tree. Added before anything reads the cohorts (a revision
     /// or a closing emitted, state taken) and at the end of every advance.
     cohort_adds: HashMap<(Interval, CounterKey), u64>,
+    /// Events and timers processed so far (since the engine was built; not stored).
+    processed: u64,
     dirty_cohorts: BTreeSet<Millis>,
     /// Reports produced since the last `take_reports`.
     reports: Vec<Report>,
@@ -446,6 +451,7 @@ impl PartitionEngine {
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
             cohort_adds: HashMap::default(),
+            processed: 0,
             dirty_cohorts: BTreeSet::new(),
             reports: Vec::new(),
             rejected: Vec::new(),
@@ -728,10 +734,25 @@ impl PartitionEngine {
         out
     }
 
-    /// One step of [`PartitionEngine::finalize`]: closes up to about [`TIMER_WINDOW_MS`] past the
-    /// next pending event or timer; `None` once nothing is left. Writing the changes between
-    /// steps keeps memory bounded (the journey cache is trimmed by `take_changes`).
+    /// One step of [`PartitionEngine::finalize`]: closes slices of about [`TIMER_WINDOW_MS`] past
+    /// the next pending event or timer until about [`FINALIZE_STEP_ITEMS`] events and timers were
+    /// processed; `None` once nothing is left. Writing the changes between steps keeps memory
+    /// bounded (the journey cache is trimmed by `take_changes`); a step of several slices spares
+    /// the sparse week of timers after a replay's last event a write per hour of event time.
     pub fn finalize_step(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
+        let start = self.processed;
+        let mut out = self.finalize_slice(store)?;
+        while self.processed - start < FINALIZE_STEP_ITEMS {
+            match self.finalize_slice(store) {
+                Some(closed) => out.extend(closed),
+                None => break,
+            }
+        }
+        Some(out)
+    }
+
+    /// One slice of [`PartitionEngine::finalize_step`]; `None` once nothing is left.
+    fn finalize_slice(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
         let mut next = [
             self.pending.keys().next().map(|k| k.at),
             self.timers.first().map(|k| k.0),
@@ -793,6 +814,7 @@ impl PartitionEngine {
                 (Some(e), None) => (e, true),
                 (None, Some(tm)) => (tm, false),
             };
+            self.processed += 1;
             if !is_event && self.reset_early_timer(store) {
                 continue;
             }

@@ -494,8 +494,9 @@ impl Loop<'_> {
         let at_eof = opts.exit_at_eof
             && !self.assigned.is_empty()
             && self.assigned.iter().all(|p| self.eof.contains(p));
-        // at the end of the input every partition closes everything, one slice of event time per
-        // step so that each slice's state is written (and the journey cache trimmed) in between
+        // at the end of the input every partition closes everything, one bounded step (slices of
+        // event time) per loop step, so that each step's state is written (and the journey cache
+        // trimmed) in between
         let mut finished = at_eof;
         self.finalizing = at_eof;
         let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
