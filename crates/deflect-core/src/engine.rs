@@ -136,7 +136,15 @@ impl Ord for Pending {
 /// A heat-map cell of one local date: (date, hour, minute of the interval start, or 0 when cells
 /// are per hour).
 pub type HeatKey = (jiff::civil::Date, u8, u8);
-pub type TimerKey = (Millis, String);
+/// A journey's key (`c:` customer or `k:` contact), shared: the cache, the dirty list and the
+/// timers hold the same allocation.
+pub type JourneyKey = Arc<str>;
+pub type TimerKey = (Millis, JourneyKey);
+
+/// The first timer key at `t` (range bounds).
+pub fn timer_bound(t: Millis) -> TimerKey {
+    (t, JourneyKey::from(""))
+}
 
 /// Heat-map sums of one local (date, hour).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,7 +275,7 @@ pub struct StateChanges {
     pub timers_put: Vec<TimerKey>,
     pub timers_del: Vec<TimerKey>,
     /// New value of each changed journey; `None` deletes it.
-    pub journeys: Vec<(String, Option<Vec<u8>>)>,
+    pub journeys: Vec<(JourneyKey, Option<Vec<u8>>)>,
     /// New value of each changed cohort (by interval start); `None` deletes it.
     pub cohorts: Vec<(Millis, Option<Vec<u8>>)>,
 }
@@ -373,9 +381,9 @@ pub struct PartitionEngine {
     /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
     timers_until: Millis,
-    cache: HashMap<String, Cached>,
+    cache: hashbrown::HashMap<JourneyKey, Cached, rustc_hash::FxBuildHasher>,
     /// Keys of the cached journeys changed since the last `take_changes` (each once).
-    dirty: Vec<String>,
+    dirty: Vec<JourneyKey>,
     /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
     /// must not be written back by a later put, nor deleted from a store that never had it.
     timer_ops: BTreeMap<TimerKey, TimerOp>,
@@ -444,7 +452,7 @@ impl PartitionEngine {
             new_blob_len: 0,
             timers: BTreeSet::new(),
             timers_until: Millis::MIN,
-            cache: HashMap::default(),
+            cache: Default::default(),
             dirty: Vec::new(),
             timer_ops: BTreeMap::new(),
             changes,
@@ -694,7 +702,7 @@ impl PartitionEngine {
             self.load_timers(until, store);
         } else if self.timers_until > until {
             // the rest is in the store or in `timer_ops`, written with the next batch
-            drop(self.timers.split_off(&(until, String::new())));
+            drop(self.timers.split_off(&timer_bound(until)));
             self.timers_until = until;
         }
     }
@@ -712,7 +720,7 @@ impl PartitionEngine {
         let from = self.timers_not_in_memory_from();
         if from < to {
             self.timers.extend(store.timers(from, to));
-            let range = (from, String::new())..(to, String::new());
+            let range = timer_bound(from)..timer_bound(to);
             for (k, op) in self.timer_ops.range(range) {
                 if op.is_put() {
                     self.timers.insert(k.clone());
@@ -765,7 +773,7 @@ impl PartitionEngine {
             let floor = self.timers_not_in_memory_from();
             let written = self
                 .timer_ops
-                .range((floor, String::new())..)
+                .range(timer_bound(floor)..)
                 .find(|(_, op)| op.is_put())
                 .map(|(k, _)| k.0);
             next = [next, store.first_timer(floor), written]
@@ -964,7 +972,7 @@ impl PartitionEngine {
                     dirty: false,
                 },
             };
-            self.cache.insert(key.to_string(), c);
+            self.cache.insert(JourneyKey::from(key), c);
         }
         self.cache.get_mut(key).expect("inserted above")
     }
@@ -1018,10 +1026,13 @@ impl PartitionEngine {
     /// Marks a cached journey changed and sets its timer at its next wake unless it is set
     /// before it already (see [`StoredJourney`]); removes it when nothing is left to wake for.
     fn set_timer(&mut self, key: &str, keeps_timers: bool) {
-        let c = self.cache.get_mut(key).expect("the journey is cached");
+        let (shared, c) = (self.cache)
+            .get_key_value_mut(key)
+            .expect("the journey is cached");
+        let shared = shared.clone();
         if !c.dirty {
             c.dirty = true;
-            self.dirty.push(key.to_string());
+            self.dirty.push(shared.clone());
         }
         let before = c.timer;
         let after = match (before, c.journey.next_wake(&self.cfg.journey)) {
@@ -1034,7 +1045,7 @@ impl PartitionEngine {
         }
         c.timer = after;
         if let Some(b) = before {
-            let k = (b, key.to_string());
+            let k = (b, shared.clone());
             // a timer outside the window is only in the store
             let in_memory = self.timers.remove(&k);
             if in_memory || keeps_timers {
@@ -1042,7 +1053,7 @@ impl PartitionEngine {
             }
         }
         if let Some(a) = after {
-            let k = (a, key.to_string());
+            let k = (a, shared);
             if !keeps_timers || a < self.timers_until {
                 self.timers.insert(k.clone());
             }
@@ -1328,7 +1339,7 @@ mod tests {
         }
         fn timers(&mut self, from: Millis, to: Millis) -> Vec<TimerKey> {
             self.timers
-                .range((from, String::new())..(to, String::new()))
+                .range(timer_bound(from)..timer_bound(to))
                 .cloned()
                 .collect()
         }
@@ -1339,8 +1350,10 @@ mod tests {
             let ch = e.take_changes(keep_cached);
             for (k, j) in ch.journeys {
                 match j {
-                    Some(j) => self.journeys.insert(k, crate::codec::decode(&j).unwrap()),
-                    None => self.journeys.remove(&k),
+                    Some(j) => self
+                        .journeys
+                        .insert(k.to_string(), crate::codec::decode(&j).unwrap()),
+                    None => self.journeys.remove(&*k),
                 };
             }
             for (id, b) in ch.pending_blobs_put {

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use deflect_core::codec;
 use deflect_core::engine::{
-    CohortState, JourneyStore, PartitionSnapshot, StateChanges, StoredJourney, TimerKey,
+    timer_bound, CohortState, JourneyStore, PartitionSnapshot, StateChanges, StoredJourney,
+    TimerKey,
 };
 use deflect_core::event::{Event, Millis};
 use rocksdb::{
@@ -390,8 +391,8 @@ impl JourneyStore for JourneyReader<'_> {
 impl JourneyReader<'_> {
     /// Up to `limit` timers of this partition due in `[from, to)`, in time order.
     fn scan_timers(&mut self, from: Millis, to: Millis, limit: usize) -> Vec<TimerKey> {
-        let start = timer_key(self.partition, &(from, String::new()));
-        let end = timer_key(self.partition, &(to, String::new()));
+        let start = timer_key(self.partition, &timer_bound(from));
+        let end = timer_key(self.partition, &timer_bound(to));
         let mut out = Vec::new();
         // the bound ends the scan at `end` (so it stays in this partition), instead of RocksDB
         // skipping the tombstones of fired and moved timers beyond it in search of a live key
@@ -405,8 +406,8 @@ impl JourneyReader<'_> {
         for item in iter.take(limit) {
             match item {
                 Ok((k, _)) => {
-                    let key = String::from_utf8_lossy(&k[12..]).into_owned();
-                    out.push((ts_from(&k[4..12]), key));
+                    let key = String::from_utf8_lossy(&k[12..]);
+                    out.push((ts_from(&k[4..12]), key.as_ref().into()));
                 }
                 Err(e) => {
                     self.error.get_or_insert(self.store.err(e));

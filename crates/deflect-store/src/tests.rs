@@ -76,13 +76,13 @@ fn batch_round_trips_and_partitions_are_isolated() {
     assert_eq!(
         timers(3, Millis::MIN, Millis::MAX),
         vec![
-            (-5, "c:w".to_string()),
-            (7, "c:v".to_string()),
-            (99, "c:u".to_string())
+            (-5, "c:w".into()),
+            (7, "c:v".into()),
+            (99, "c:u".into())
         ]
     );
     // [from, to): a timer at `to` is not included, one at `from` is
-    assert_eq!(timers(3, 7, 99), vec![(7, "c:v".to_string())]);
+    assert_eq!(timers(3, 7, 99), vec![(7, "c:v".into())]);
     assert_eq!(timers(3, 8, 99), vec![]);
     assert_eq!(store.journeys(3).first_timer(8), Some(99));
     assert_eq!(
@@ -97,7 +97,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     assert!(r4.pending.is_empty());
     assert_eq!(
         timers(4, Millis::MIN, Millis::MAX),
-        vec![(1, "c:x".to_string())]
+        vec![(1, "c:x".into())]
     );
 
     let del = StateChanges {
