@@ -75,11 +75,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     let timers = |p: i32, from: Millis, to: Millis| store.journeys(p).timers(from, to);
     assert_eq!(
         timers(3, Millis::MIN, Millis::MAX),
-        vec![
-            (-5, "c:w".into()),
-            (7, "c:v".into()),
-            (99, "c:u".into())
-        ]
+        vec![(-5, "c:w".into()), (7, "c:v".into()), (99, "c:u".into())]
     );
     // [from, to): a timer at `to` is not included, one at `from` is
     assert_eq!(timers(3, 7, 99), vec![(7, "c:v".into())]);
@@ -95,10 +91,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     assert_eq!(store.journeys(4).load("c:u"), None);
     let r4 = store.load_partition(4).unwrap().unwrap();
     assert!(r4.pending.is_empty());
-    assert_eq!(
-        timers(4, Millis::MIN, Millis::MAX),
-        vec![(1, "c:x".into())]
-    );
+    assert_eq!(timers(4, Millis::MIN, Millis::MAX), vec![(1, "c:x".into())]);
 
     let del = StateChanges {
         pending_blobs_del: vec![2],
