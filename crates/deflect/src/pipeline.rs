@@ -215,15 +215,13 @@ struct Phases {
     empty_polls: u64,
     empty_poll_time: Duration,
     consume: Duration,
-    ingest: Duration,
-    /// Summed time of the partition tasks of the ingest and advance phases (at most the phase
-    /// times the number of workers).
+    /// The partition tasks: wall time, and their summed time ingesting, waiting for the previous
+    /// batch's write, and advancing (the sums are at most the wall time times the workers).
+    work: Duration,
     ingest_busy: Duration,
+    wait_write_busy: Duration,
     advance_busy: Duration,
-    /// Waiting for the previous batch's write before advancing.
-    wait_write: Duration,
-    advance: Duration,
-    /// Flushing dead letters, late events and reports, and handing the batch to the writer.
+    /// Forwarding dead letters, late events and reports, and handing the batch to the writer.
     hand_off: Duration,
 }
 
@@ -353,10 +351,9 @@ fn run_loop(
         consume_s = l.phases.consume.as_secs_f64(),
         empty_polls = l.phases.empty_polls,
         empty_poll_s = l.phases.empty_poll_time.as_secs_f64(),
-        ingest_s = l.phases.ingest.as_secs_f64(),
-        wait_write_s = l.phases.wait_write.as_secs_f64(),
-        advance_s = l.phases.advance.as_secs_f64(),
+        work_s = l.phases.work.as_secs_f64(),
         ingest_busy_s = l.phases.ingest_busy.as_secs_f64(),
+        wait_write_busy_s = l.phases.wait_write_busy.as_secs_f64(),
         advance_busy_s = l.phases.advance_busy.as_secs_f64(),
         cpu_s = l.summary.cpu.as_secs_f64(),
         write_s = l.writer.busy.as_secs_f64(),
@@ -511,18 +508,36 @@ impl Loop<'_> {
             now,
         };
         let keep = self.cfg.state.journey_cache_entries;
-        // decoding and ingesting read no state: they overlap the write of the previous batch,
-        // which must be complete before advancing reads journeys and timers from the store
-        let (ingested, ingest_busy) = on_partitions(&mut self.engines, &self.workers, |p, e| {
-            Ok(ingest(p, &mut e.engine, &input))
+        // Decoding and ingesting read no state: they overlap the write of the previous batch.
+        // Advancing reads journeys and timers from the store, so each partition's task waits for
+        // that write in between (one pass over the partitions, no barrier between the two).
+        let (written, target) = self.writer.written();
+        let (done, _) = on_partitions(&mut self.engines, &self.workers, |p, e| {
+            let t0 = Instant::now();
+            let ingested = ingest(p, &mut e.engine, &input);
+            let t1 = Instant::now();
+            written.wait(target);
+            let t2 = Instant::now();
+            let advanced = advance(p, e, &self.store, &input, at_eof, keep, self.recorder)?;
+            Ok((ingested, advanced, [t1 - t0, t2 - t1, t2.elapsed()]))
         })?;
-        let t_ingested = Instant::now();
+        let t_worked = Instant::now();
+        // the previous batch's outcome: a failed write stops here, before anything this batch
+        // produced leaves the process
         self.writer.wait(&self.consumer)?;
-        let t_waited = Instant::now();
-        let (advanced, advance_busy) = on_partitions(&mut self.engines, &self.workers, |p, e| {
-            advance(p, e, &self.store, &input, at_eof, keep, self.recorder)
-        })?;
+        let mut busy = [Duration::ZERO; 3];
+        let (mut ingested, mut advanced) = (Vec::new(), Vec::new());
+        for (i, a, d) in done {
+            ingested.push(i);
+            advanced.push(a);
+            for (sum, d) in busy.iter_mut().zip(d) {
+                *sum += d;
+            }
+        }
+        let [ingest_busy, wait_write_busy, advance_busy] = busy;
+        self.phases.work += t_worked - t_consumed;
         self.phases.ingest_busy += ingest_busy;
+        self.phases.wait_write_busy += wait_write_busy;
         self.phases.advance_busy += advance_busy;
         let mut skipped = 0u64;
         for a in &ingested {
@@ -611,10 +626,6 @@ impl Loop<'_> {
             }
             telemetry::reports(&a.reports);
         }
-        let t_advanced = Instant::now();
-        self.phases.ingest += t_ingested - t_consumed;
-        self.phases.wait_write += t_waited - t_ingested;
-        self.phases.advance += t_advanced - t_waited;
         // the partitions that consumed, closed or finalized something
         if !changes.is_empty() {
             if let Some(out) = &mut self.out {
@@ -631,15 +642,15 @@ impl Loop<'_> {
             self.writer.submit(changes, offsets, n)?;
         }
         let t_submitted = Instant::now();
-        self.phases.hand_off += t_submitted - t_advanced;
+        self.phases.hand_off += t_submitted - t_worked;
         tracing::trace!(
             records = n,
             consume_us = (t_consumed - started).as_micros() as u64,
-            ingest_us = (t_ingested - t_consumed).as_micros() as u64,
-            wait_write_us = (t_waited - t_ingested).as_micros() as u64,
-            advance_us = (t_advanced - t_waited).as_micros() as u64,
+            work_us = (t_worked - t_consumed).as_micros() as u64,
             ingest_busy_us = ingest_busy.as_micros() as u64,
+            wait_write_busy_us = wait_write_busy.as_micros() as u64,
             advance_busy_us = advance_busy.as_micros() as u64,
+            hand_off_us = (t_submitted - t_worked).as_micros() as u64,
             "batch"
         );
         if n > 0 {
@@ -992,15 +1003,53 @@ struct Writer {
     /// Time the writer thread spent writing, and the puts and deletes it wrote.
     busy: Duration,
     ops: u64,
+    /// Batches handed over so far, and batches written (or failed) so far.
+    submitted: u64,
+    written: Arc<Written>,
+}
+
+/// How many batches the writer has finished (written or failed), for partition tasks to wait on;
+/// closed when the writer thread ends, so that nobody waits for a write that never comes.
+#[derive(Default)]
+struct Written {
+    count: std::sync::Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+impl Written {
+    fn set(&self, f: impl FnOnce(&mut u64)) {
+        f(&mut self.count.lock().unwrap_or_else(|e| e.into_inner()));
+        self.cv.notify_all();
+    }
+
+    /// Returns once `target` batches are finished (or the writer is gone).
+    fn wait(&self, target: u64) {
+        let mut c = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *c < target {
+            c = self.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Closes [`Written`] when the writer thread ends, however it ends.
+struct CloseOnExit(Arc<Written>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.set(|c| *c = u64::MAX);
+    }
 }
 
 impl Writer {
     fn start(store: Arc<Store>) -> Result<Writer> {
         let (jobs, rx) = mpsc::sync_channel::<WriteJob>(1);
         let (tx, done) = mpsc::sync_channel(1);
+        let written = Arc::new(Written::default());
+        let finished = written.clone();
         let thread = std::thread::Builder::new()
             .name("deflect-writer".into())
             .spawn(move || {
+                let _close = CloseOnExit(finished.clone());
                 for job in rx {
                     let t = Instant::now();
                     let mut batch = store.batch();
@@ -1009,6 +1058,7 @@ impl Writer {
                     }
                     let ops = batch.len();
                     let r = batch.commit().map(|()| (t.elapsed(), Stamp::now(), ops));
+                    finished.set(|c| *c += 1);
                     if tx.send(r).is_err() {
                         break;
                     }
@@ -1024,6 +1074,8 @@ impl Writer {
             last_kafka_commit: Instant::now(),
             busy: Duration::ZERO,
             ops: 0,
+            submitted: 0,
+            written,
         })
     }
 
@@ -1040,7 +1092,14 @@ impl Writer {
             .and_then(|j| j.send(WriteJob { parts }).ok())
             .context("the state writer thread stopped")?;
         self.in_flight = Some((offsets, records));
+        self.submitted += 1;
         Ok(())
+    }
+
+    /// The count of finished batches, and the value it reaches once every batch handed over so
+    /// far is finished.
+    fn written(&self) -> (Arc<Written>, u64) {
+        (self.written.clone(), self.submitted)
     }
 
     /// Waits for the batch in flight, if any: then its records are durable, and its offsets are
