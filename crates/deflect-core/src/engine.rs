@@ -84,6 +84,9 @@ pub struct StoredJourney {
     pub journey: Journey,
 }
 
+/// The engine's decoded journeys, by key.
+type JourneyCache = hashbrown::HashMap<JourneyKey, Cached, rustc_hash::FxBuildHasher>;
+
 /// A journey in the engine's cache, with when its timer is set and whether it changed since the
 /// last `take_changes`.
 struct Cached {
@@ -381,7 +384,7 @@ pub struct PartitionEngine {
     /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
     timers_until: Millis,
-    cache: hashbrown::HashMap<JourneyKey, Cached, rustc_hash::FxBuildHasher>,
+    cache: JourneyCache,
     /// Keys of the cached journeys changed since the last `take_changes` (each once).
     dirty: Vec<JourneyKey>,
     /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
@@ -823,9 +826,16 @@ impl PartitionEngine {
                 (None, Some(tm)) => (tm, false),
             };
             self.processed += 1;
-            if !is_event && self.reset_early_timer(store) {
-                continue;
-            }
+            // a due timer is taken off its journey first: one that came early is set again at
+            // the journey's next wake, and nothing else happens
+            let timer = if is_event {
+                None
+            } else {
+                match self.take_first_timer(store) {
+                    Some(key) => Some(key),
+                    None => continue,
+                }
+            };
             if acc.as_ref().is_none_or(|a| t >= a.interval.end) {
                 if let Some(a) = acc.take() {
                     closed.push(self.close(a));
@@ -844,17 +854,16 @@ impl PartitionEngine {
             // every item before t is processed: cohort horizons up to t are final
             self.emit_revisions(t);
             let a = acc.as_mut().expect("set above");
-            if is_event {
-                let (Pending { event: e, .. }, blob) =
-                    self.pending.pop_first().expect("peeked above");
-                self.pending_ids.remove(&e.event_id);
-                self.release_blob_entry(blob);
-                let jk = e.journey_key();
-                self.with_journey(&jk, store, None, |cfg, j| j.apply(cfg, &e, a));
-            } else {
-                let key = self.timers.pop_first().expect("peeked above");
-                self.record_timer(key.clone(), false);
-                self.with_journey(&key.1, store, Some(&key), |cfg, j| j.fire(cfg, t, a));
+            match timer {
+                None => {
+                    let (Pending { event: e, .. }, blob) =
+                        self.pending.pop_first().expect("peeked above");
+                    self.pending_ids.remove(&e.event_id);
+                    self.release_blob_entry(blob);
+                    let jk = e.journey_key();
+                    self.with_journey(&jk, store, |cfg, j| j.apply(cfg, &e, a));
+                }
+                Some((_, key)) => self.with_journey(&key, store, |cfg, j| j.fire(cfg, t, a)),
             }
             for (origin, metric, labels) in a.cohort.drain(..) {
                 let i = self.interval_of(origin);
@@ -957,9 +966,13 @@ impl PartitionEngine {
         }
     }
 
-    /// Loads the journey of `key` into the cache (a fresh one when the store has none).
-    fn cached(&mut self, key: &str, store: &mut dyn JourneyStore) -> &mut Cached {
-        if !self.cache.contains_key(key) {
+    /// Loads the journey of `key` into `cache` (a fresh one when the store has none).
+    fn cached<'c>(
+        cache: &'c mut JourneyCache,
+        key: &str,
+        store: &mut dyn JourneyStore,
+    ) -> &'c mut Cached {
+        if !cache.contains_key(key) {
             let c = match store.load(key) {
                 Some(s) => Cached {
                     journey: s.journey,
@@ -972,55 +985,43 @@ impl PartitionEngine {
                     dirty: false,
                 },
             };
-            self.cache.insert(JourneyKey::from(key), c);
+            cache.insert(JourneyKey::from(key), c);
         }
-        self.cache.get_mut(key).expect("inserted above")
+        cache.get_mut(key).expect("inserted above")
     }
 
-    /// The first timer, already known to be the next item, when it came due before its journey's
-    /// next wake: sets it again at that wake and returns true (nothing else happens).
-    fn reset_early_timer(&mut self, store: &mut dyn JourneyStore) -> bool {
-        let Some((t, key)) = self.timers.first().cloned() else {
-            return false;
-        };
-        self.cached(&key, store);
-        let c = &self.cache[&key];
-        debug_assert_eq!(c.timer, Some(t), "a journey's timer is where it is set");
+    /// Takes the first timer, known to be the next item, off its journey (its delete recorded).
+    /// Returns it when it is due; when it came before the journey's next wake, sets the journey's
+    /// timer again at that wake and returns `None`.
+    fn take_first_timer(&mut self, store: &mut dyn JourneyStore) -> Option<TimerKey> {
+        let key = self.timers.pop_first().expect("the next item is a timer");
+        self.record_timer(key.clone(), false);
+        self.snap.live_timers = self.snap.live_timers.saturating_sub(1);
+        let c = Self::cached(&mut self.cache, &key.1, store);
+        debug_assert_eq!(c.timer, Some(key.0), "a journey's timer is where it is set");
+        c.timer = None;
         if c.journey
             .next_wake(&self.cfg.journey)
-            .is_some_and(|w| w <= t)
+            .is_some_and(|w| w <= key.0)
         {
-            return false;
+            Some(key)
+        } else {
+            self.set_timer(&key.1, store.keeps_timers());
+            None
         }
-        self.timers.pop_first();
-        let k = (t, key);
-        self.record_timer(k.clone(), false);
-        self.snap.live_timers = self.snap.live_timers.saturating_sub(1);
-        let c = self.cache.get_mut(&k.1).expect("cached above");
-        c.timer = None;
-        self.set_timer(&k.1, store.keeps_timers());
-        true
     }
 
     /// Applies `f` to the journey of `key` and moves its timer if its next wake moved before it
-    /// (or went away). `fired`: the timer being fired, already removed and its delete recorded.
+    /// (or went away).
     fn with_journey(
         &mut self,
         key: &str,
         store: &mut dyn JourneyStore,
-        fired: Option<&TimerKey>,
         f: impl FnOnce(&JourneyConfig, &mut Journey),
     ) {
-        let keeps_timers = store.keeps_timers();
-        let c = self.cached(key, store);
-        if let Some(k) = fired {
-            debug_assert_eq!(c.timer, Some(k.0), "a fired timer is the journey's");
-            c.timer = None;
-            self.snap.live_timers = self.snap.live_timers.saturating_sub(1);
-        }
-        let c = self.cache.get_mut(key).expect("cached above");
+        let c = Self::cached(&mut self.cache, key, store);
         f(&self.cfg.journey, &mut c.journey);
-        self.set_timer(key, keeps_timers);
+        self.set_timer(key, store.keeps_timers());
     }
 
     /// Marks a cached journey changed and sets its timer at its next wake unless it is set
