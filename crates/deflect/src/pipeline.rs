@@ -511,12 +511,12 @@ impl Loop<'_> {
         // Decoding and ingesting read no state: they overlap the write of the previous batch.
         // Advancing reads journeys and timers from the store, so each partition's task waits for
         // that write in between (one pass over the partitions, no barrier between the two).
-        let (written, target) = self.writer.written();
-        let (done, _) = on_partitions(&mut self.engines, &self.workers, |p, e| {
+        let (written, target) = self.writer.finished();
+        let done = on_partitions(&mut self.engines, &self.workers, |p, e| {
             let t0 = Instant::now();
             let ingested = ingest(p, &mut e.engine, &input);
             let t1 = Instant::now();
-            written.wait(target);
+            drop(written.wait(target));
             let t2 = Instant::now();
             let advanced = advance(p, e, &self.store, &input, at_eof, keep, self.recorder)?;
             Ok((ingested, advanced, [t1 - t0, t2 - t1, t2.elapsed()]))
@@ -867,7 +867,7 @@ fn on_partitions<T: Send>(
     engines: &mut BTreeMap<i32, Part>,
     pool: &rayon::ThreadPool,
     f: impl Fn(i32, &mut Part) -> Result<T> + Sync,
-) -> Result<(Vec<T>, Duration)> {
+) -> Result<Vec<T>> {
     // Each partition runs on the same worker thread every time (the i-th partition on thread
     // i mod n): what a partition's engine allocates is freed by the thread that allocated it
     // (freeing another thread's memory costs that thread a collection later), and its state
@@ -886,22 +886,16 @@ fn on_partitions<T: Send>(
             .expect("one thread per share");
         share
             .iter_mut()
-            .map(|(p, e)| {
-                let t = Instant::now();
-                f(*p, e).map(|r| (*p, r, t.elapsed()))
-            })
+            .map(|(p, e)| f(*p, e).map(|r| (*p, r)))
             .collect::<Result<Vec<_>>>()
     });
-    let mut timed = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count);
     for r in results {
-        timed.extend(r?);
+        out.extend(r?);
     }
     // in partition order, as the callers expect
-    timed.sort_by_key(|(p, _, _)| *p);
-    // the summed task times: against the phase's wall time and the pool's threads, how busy
-    // the workers were
-    let busy = timed.iter().map(|(_, _, d)| *d).sum();
-    Ok((timed.into_iter().map(|(_, r, _)| r).collect(), busy))
+    out.sort_by_key(|(p, _)| *p);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Decodes and ingests partition `p`'s records of this poll.
@@ -990,9 +984,6 @@ struct WriteJob {
 /// polls and ingests the next poll. At most one batch is in flight.
 struct Writer {
     jobs: Option<mpsc::SyncSender<WriteJob>>,
-    /// Per batch written: how long the write took, when it was done, and how many puts and
-    /// deletes it held.
-    done: mpsc::Receiver<Result<(Duration, Stamp, usize), deflect_store::StoreError>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The batch in flight: the offsets it makes durable, and how many records it holds.
     in_flight: Option<(Vec<(i32, i64)>, usize)>,
@@ -1003,53 +994,65 @@ struct Writer {
     /// Time the writer thread spent writing, and the puts and deletes it wrote.
     busy: Duration,
     ops: u64,
-    /// Batches handed over so far, and batches written (or failed) so far.
+    /// Batches handed over so far, and what the writer thread finished.
     submitted: u64,
-    written: Arc<Written>,
+    finished: Arc<Finished>,
 }
 
-/// How many batches the writer has finished (written or failed), for partition tasks to wait on;
-/// closed when the writer thread ends, so that nobody waits for a write that never comes.
+/// One written batch: how long the write took, when it was done, how many puts and deletes it
+/// held.
+type WriteOutcome = Result<(Duration, Stamp, usize), deflect_store::StoreError>;
+
+/// What the writer thread finished: how many batches (written or failed) and the outcome of the
+/// last one, until [`Writer::wait`] takes it. Closed when the thread ends, however it ends, so
+/// that nobody waits for a write that never comes.
 #[derive(Default)]
-struct Written {
-    count: std::sync::Mutex<u64>,
+struct Finished {
+    state: std::sync::Mutex<FinishedState>,
     cv: std::sync::Condvar,
 }
 
-impl Written {
-    fn set(&self, f: impl FnOnce(&mut u64)) {
-        f(&mut self.count.lock().unwrap_or_else(|e| e.into_inner()));
+#[derive(Default)]
+struct FinishedState {
+    count: u64,
+    closed: bool,
+    outcome: Option<WriteOutcome>,
+}
+
+impl Finished {
+    fn update(&self, f: impl FnOnce(&mut FinishedState)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
         self.cv.notify_all();
     }
 
-    /// Returns once `target` batches are finished (or the writer is gone).
-    fn wait(&self, target: u64) {
-        let mut c = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        while *c < target {
-            c = self.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+    /// Waits until `target` batches are finished (or the writer is gone).
+    fn wait(&self, target: u64) -> std::sync::MutexGuard<'_, FinishedState> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.count < target && !st.closed {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st
     }
 }
 
-/// Closes [`Written`] when the writer thread ends, however it ends.
-struct CloseOnExit(Arc<Written>);
+/// Closes [`Finished`] when the writer thread ends.
+struct CloseOnExit(Arc<Finished>);
 
 impl Drop for CloseOnExit {
     fn drop(&mut self) {
-        self.0.set(|c| *c = u64::MAX);
+        self.0.update(|st| st.closed = true);
     }
 }
 
 impl Writer {
     fn start(store: Arc<Store>) -> Result<Writer> {
         let (jobs, rx) = mpsc::sync_channel::<WriteJob>(1);
-        let (tx, done) = mpsc::sync_channel(1);
-        let written = Arc::new(Written::default());
-        let finished = written.clone();
+        let finished = Arc::new(Finished::default());
+        let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("deflect-writer".into())
             .spawn(move || {
-                let _close = CloseOnExit(finished.clone());
+                let _close = CloseOnExit(done.clone());
                 for job in rx {
                     let t = Instant::now();
                     let mut batch = store.batch();
@@ -1058,16 +1061,15 @@ impl Writer {
                     }
                     let ops = batch.len();
                     let r = batch.commit().map(|()| (t.elapsed(), Stamp::now(), ops));
-                    finished.set(|c| *c += 1);
-                    if tx.send(r).is_err() {
-                        break;
-                    }
+                    done.update(|st| {
+                        st.count += 1;
+                        st.outcome = Some(r);
+                    });
                 }
             })
             .context("cannot start the state writer thread")?;
         Ok(Writer {
             jobs: Some(jobs),
-            done,
             thread: Some(thread),
             in_flight: None,
             last_record_durable: None,
@@ -1075,7 +1077,7 @@ impl Writer {
             busy: Duration::ZERO,
             ops: 0,
             submitted: 0,
-            written,
+            finished,
         })
     }
 
@@ -1096,10 +1098,10 @@ impl Writer {
         Ok(())
     }
 
-    /// The count of finished batches, and the value it reaches once every batch handed over so
-    /// far is finished.
-    fn written(&self) -> (Arc<Written>, u64) {
-        (self.written.clone(), self.submitted)
+    /// What the writer finished, and the count it reaches once every batch handed over so far
+    /// is finished (partition tasks wait on it before reading the store).
+    fn finished(&self) -> (Arc<Finished>, u64) {
+        (self.finished.clone(), self.submitted)
     }
 
     /// Waits for the batch in flight, if any: then its records are durable, and its offsets are
@@ -1109,9 +1111,8 @@ impl Writer {
         let Some((offsets, records)) = self.in_flight.take() else {
             return Ok(());
         };
-        let (busy, written, ops) = self
-            .done
-            .recv()
+        let outcome = self.finished.wait(self.submitted).outcome.take();
+        let (busy, written, ops) = outcome
             .context("the state writer thread stopped")?
             .context("cannot write state batch")?;
         self.busy += busy;

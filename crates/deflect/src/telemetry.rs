@@ -244,11 +244,11 @@ impl Exported {
     /// Sets one counter series (and, the first time, its family's siblings with the same labels
     /// at 0 when they have no value yet); a wait bucket sets the whole cumulative histogram of
     /// its group.
-    fn set_counter(&mut self, k: &CounterKey, v: u64, engine: &PartitionEngine, ps: &str) {
+    fn set_counter(&mut self, k: &CounterKey, engine: &PartitionEngine, ps: &str) {
         let totals = &engine.totals().0;
         if k.metric != Metric::QueueWaitBucket {
             let first = !self.counters.contains_key(k);
-            self.counter(k, ps).absolute(v);
+            self.counter(k, ps).absolute(totals[k]);
             if first {
                 for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
                     let key = CounterKey {
@@ -282,7 +282,6 @@ impl Exported {
         engine: &PartitionEngine,
         ps: &str,
     ) {
-        let totals = &engine.totals().0;
         let mut seen = std::collections::HashSet::new();
         let mut groups = std::collections::HashSet::new();
         for k in keys {
@@ -292,7 +291,7 @@ impl Exported {
                 seen.insert(k)
             };
             if new {
-                self.set_counter(k, totals[k], engine, ps);
+                self.set_counter(k, engine, ps);
             }
         }
     }
