@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use deflect::generate::{GenParams, Generator};
-use deflect_core::engine::{EngineConfig, NoStore, PartitionEngine};
+use deflect_core::engine::{EngineConfig, NoStore, PartitionEngine, StateChanges};
 use deflect_core::journey::JourneyConfig;
 use deflect_core::time::IntervalSpec;
 use deflect_core::Event;
@@ -32,15 +32,21 @@ pub fn engine_config() -> Arc<EngineConfig> {
     })
 }
 
-/// Ingests `events` in order, advancing and taking the state changes every 1,000 events, then
-/// closes everything. Returns the number of counter series (so nothing is optimised away).
-pub fn run_engine(cfg: &Arc<EngineConfig>, events: Vec<Event>) -> usize {
+/// Ingests `events` in order, advancing and taking the state changes every 1,000 events (handed
+/// to `on_batch` with the engine), then closes everything. Returns the number of counter series
+/// (so nothing is optimised away).
+pub fn run_engine(
+    cfg: &Arc<EngineConfig>,
+    events: Vec<Event>,
+    mut on_batch: impl FnMut(&PartitionEngine, StateChanges),
+) -> usize {
     let mut e = PartitionEngine::new(cfg.clone());
     for (i, ev) in events.into_iter().enumerate() {
         e.ingest(i as i64, ev, 0);
         if i % 1000 == 999 {
             e.advance(0, &mut NoStore);
-            let _ = e.take_changes(usize::MAX);
+            let ch = e.take_changes(usize::MAX);
+            on_batch(&e, ch);
         }
     }
     e.finalize(&mut NoStore);

@@ -12,7 +12,7 @@ fn engine(c: &mut Criterion) {
     group.bench_function("ingest_advance_finalize", |b| {
         b.iter_batched(
             || events.clone(),
-            |evs| deflect_benches::run_engine(&cfg, evs),
+            |evs| deflect_benches::run_engine(&cfg, evs, |_, _| {}),
             BatchSize::LargeInput,
         )
     });

@@ -3,8 +3,6 @@
 //! work is roughly one memtable insert per put or delete). `cargo run --release -p
 //! deflect-benches --example changes_once`.
 
-use deflect_core::engine::{NoStore, PartitionEngine};
-
 #[derive(Default)]
 struct Tally {
     batches: usize,
@@ -23,41 +21,33 @@ struct Tally {
 fn main() {
     let events = deflect_benches::engine_events();
     let n = events.len();
-    let mut e = PartitionEngine::new(deflect_benches::engine_config());
-    let mut t = Tally::default();
-    for (i, ev) in events.into_iter().enumerate() {
-        e.ingest(i as i64, ev, 0);
-        if i % 1000 == 999 {
-            e.advance(0, &mut NoStore);
-            let ch = e.take_changes(usize::MAX);
-            t.batches += 1;
-            for (k, v) in &ch.journeys {
-                match v {
-                    Some(v) => {
-                        t.journey_puts += 1;
-                        t.journey_bytes += k.len() + v.len();
-                    }
-                    None => t.journey_deletes += 1,
+    let (mut t, mut snapshot) = (Tally::default(), 0);
+    deflect_benches::run_engine(&deflect_benches::engine_config(), events, |e, ch| {
+        t.batches += 1;
+        for (k, v) in &ch.journeys {
+            match v {
+                Some(v) => {
+                    t.journey_puts += 1;
+                    t.journey_bytes += k.len() + v.len();
                 }
+                None => t.journey_deletes += 1,
             }
-            t.timer_puts += ch.timers_put.len();
-            t.timer_deletes += ch.timers_del.len();
-            t.blob_puts += ch.pending_blobs_put.len();
-            t.blob_deletes += ch.pending_blobs_del.len();
-            t.blob_bytes += ch
-                .pending_blobs_put
-                .iter()
-                .map(|b| b.1.len())
-                .sum::<usize>();
-            t.cohort_writes += ch.cohorts.len();
-            t.cohort_bytes += ch
-                .cohorts
-                .iter()
-                .map(|c| c.1.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
         }
-    }
-    let snapshot = deflect_core::codec::encode(e.snapshot()).len();
+        t.timer_puts += ch.timers_put.len();
+        t.timer_deletes += ch.timers_del.len();
+        t.blob_puts += ch.pending_blobs_put.len();
+        t.blob_deletes += ch.pending_blobs_del.len();
+        t.blob_bytes += ch
+            .pending_blobs_put
+            .iter()
+            .map(|b| b.1.len())
+            .sum::<usize>();
+        t.cohort_writes += ch.cohorts.len();
+        t.cohort_bytes += (ch.cohorts.iter())
+            .map(|c| c.1.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        snapshot = deflect_core::codec::encode(e.snapshot()).len();
+    });
     println!("{n} events in {} batches", t.batches);
     println!(
         "journeys  {} puts ({} bytes), {} deletes",
@@ -75,5 +65,5 @@ fn main() {
         "cohorts   {} writes ({} bytes)",
         t.cohort_writes, t.cohort_bytes
     );
-    println!("snapshot  {snapshot} bytes, rewritten with every batch");
+    println!("snapshot  {snapshot} bytes at the last batch, rewritten with every batch");
 }

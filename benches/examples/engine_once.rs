@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let events = deflect_benches::engine_events();
     let n = events.len();
-    let series = deflect_benches::run_engine(&deflect_benches::engine_config(), events);
+    let series = deflect_benches::run_engine(&deflect_benches::engine_config(), events, |_, _| {});
     println!("{n} events, {series} counter series");
 }
