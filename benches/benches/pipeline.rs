@@ -1,7 +1,12 @@
 //! End to end, in one run: N events produced into the embedded broker, then read by a raw consumer
 //! and by the full pipeline; prints both rates and the ratio (`DEFLECT_BENCH_EVENTS` sets N).
 
+// as in the binary (`crates/deflect/src/main.rs` and `cli::main`)
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    deflect::os::disable_transparent_huge_pages();
     // `cargo bench` passes `--bench`; nothing to parse.
     let events = std::env::var("DEFLECT_BENCH_EVENTS")
         .ok()

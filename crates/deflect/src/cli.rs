@@ -135,8 +135,11 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // before the allocator has anything worth a huge page
+    let huge_pages = crate::os::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    tracing::debug!(?huge_pages, "transparent huge pages");
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod http;
+pub mod os;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;

@@ -20,6 +20,7 @@ use deflect_store::{Store, StoreOptions};
 use rdkafka::error::KafkaError;
 
 use crate::config::Config;
+use crate::os::process_cpu;
 use crate::telemetry;
 
 /// Liveness and readiness, shared with the HTTP server.
@@ -166,19 +167,6 @@ impl Stamp {
 }
 
 /// User and system CPU time of every thread of this process so far.
-pub fn process_cpu() -> Duration {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage only writes the struct it is given; RUSAGE_SELF is always valid
-    let u = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) != 0 {
-            return Duration::ZERO;
-        }
-        u.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
