@@ -115,11 +115,15 @@ fn dashboard_and_rules_work_on_a_real_prometheus() {
         (defaults.kafka.output_topic.as_str(), 1),
     ])
     .unwrap();
+    // the site's afternoon, whenever the test runs: the last intervals closed have demand, so
+    // the staffing series exist (at the site's night they are rightly empty)
+    let zone = afternoon_zone(now());
     let params = GenParams {
         contacts_per_hour: 150.0,
         customers: 3_000,
         seed: 3,
         start_ms: (now() - 9 * 86_400_000) / 3_600_000 * 3_600_000,
+        time_zone: zone.clone(),
         ..Default::default()
     };
     let mut g = Generator::new(params.clone()).unwrap();
@@ -140,6 +144,7 @@ fn dashboard_and_rules_work_on_a_real_prometheus() {
     cfg.dimensions.ivr_nodes = vec!["main".into(), "balance".into(), "cards".into()];
     cfg.journey.high_stakes_intents = vec![INTENTS[0].to_string()];
     cfg.watermark.idle_timeout = Duration::from_secs(1);
+    cfg.site.time_zone = zone;
     let svc = deflect::Service::start(cfg, RunOptions::default()).unwrap();
     let addr = svc.addr();
     // consumed, intervals closed, and the 10 s refresh (staffing, lag) done
@@ -292,4 +297,26 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 fn now() -> i64 {
     deflect::pipeline::now_ms()
+}
+
+/// A fixed-offset zone in which `at` is 14:xx local time (`Etc/GMT-N` is UTC+N).
+fn afternoon_zone(at: i64) -> String {
+    let utc_hour = at.rem_euclid(86_400_000) / 3_600_000;
+    let offset = (14 - utc_hour + 12).rem_euclid(24) - 12;
+    match offset {
+        0 => "Etc/GMT".to_string(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
+
+#[test]
+fn afternoon_zone_is_the_afternoon() {
+    for h in 0..24 {
+        let at = 1_795_000_000_000 / 86_400_000 * 86_400_000 + h * 3_600_000 + 1_234_567;
+        let zone = afternoon_zone(at);
+        let tz = jiff::tz::TimeZone::get(&zone).unwrap();
+        let local = jiff::Timestamp::from_millisecond(at).unwrap().to_zoned(tz);
+        assert_eq!(local.hour(), 14, "{zone} at utc hour {h}");
+    }
 }
