@@ -1,5 +1,5 @@
 //! What the engine hands to the store on the criterion workload, by kind: how many journeys,
-//! timers, blobs and cohorts each batch of 1,000 events writes and how many bytes (the writer's
+//! timers and cohorts each batch of 1,000 events writes and how many bytes (the writer's
 //! work is roughly one memtable insert per put or delete). `cargo run --release -p
 //! deflect-benches --example changes_once`.
 
@@ -11,9 +11,6 @@ struct Tally {
     journey_bytes: usize,
     timer_puts: usize,
     timer_deletes: usize,
-    blob_puts: usize,
-    blob_deletes: usize,
-    blob_bytes: usize,
     cohort_writes: usize,
     cohort_bytes: usize,
 }
@@ -35,13 +32,6 @@ fn main() {
         }
         t.timer_puts += ch.timers_put.len();
         t.timer_deletes += ch.timers_del.len();
-        t.blob_puts += ch.pending_blobs_put.len();
-        t.blob_deletes += ch.pending_blobs_del.len();
-        t.blob_bytes += ch
-            .pending_blobs_put
-            .iter()
-            .map(|b| b.1.len())
-            .sum::<usize>();
         t.cohort_writes += ch.cohorts.len();
         t.cohort_bytes += (ch.cohorts.iter())
             .map(|c| c.1.as_ref().map_or(0, Vec::len))
@@ -56,10 +46,6 @@ fn main() {
     println!(
         "timers    {} puts, {} deletes",
         t.timer_puts, t.timer_deletes
-    );
-    println!(
-        "blobs     {} puts ({} bytes), {} deletes",
-        t.blob_puts, t.blob_bytes, t.blob_deletes
     );
     println!(
         "cohorts   {} writes ({} bytes)",

@@ -9,6 +9,10 @@
 //! The engine holds no I/O. Journeys not in its cache are fetched through [`JourneyStore`]; what
 //! changed is handed out by [`PartitionEngine::take_changes`] and [`PartitionEngine::snapshot`] so
 //! the caller can write it, with the consumed offset, in one atomic batch.
+//!
+//! Pending events are not written: the snapshot keeps where the partition must be read again
+//! ([`PartitionSnapshot::resume_offset`]), and after a restart [`PartitionEngine::ingest`] takes
+//! back exactly the events that were pending and skips the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -184,8 +188,10 @@ pub struct PartitionSnapshot {
     /// Local (date, hour, minute) cells the closed frontier has passed through.
     pub observed: BTreeSet<HeatKey>,
     pub stats: Stats,
-    /// Id of the blob the events accepted in the current batch will be written in.
-    pub next_blob: u64,
+    /// Where a restart reads the partition again: the first offset of the oldest batch that
+    /// still has a pending event (`next_offset` when nothing is pending). Pending events are not
+    /// stored; they are read again from Kafka and taken back by [`PartitionEngine::ingest`].
+    pub resume_offset: i64,
     /// Open callbacks of closed intervals: id → (requested at, tenant, queue).
     pub callbacks: BTreeMap<String, (Millis, String, String)>,
     /// Journeys with a pending timer (each has exactly one: its next wake).
@@ -213,6 +219,9 @@ pub enum Ingest {
     Late,
     /// Offset below the one stored with the state: already applied before a restart.
     AlreadyApplied,
+    /// Read again after a restart: its event was pending when the state was written, and is
+    /// pending again (counted when it was first accepted).
+    Replayed,
 }
 
 /// The figures of one interval, as it closed.
@@ -271,10 +280,6 @@ pub struct CohortState {
 /// ([`crate::codec`]).
 #[derive(Debug, Default)]
 pub struct StateChanges {
-    /// Events accepted in this batch and still pending, as one blob (id, encoded `Vec<Event>`).
-    pub pending_blobs_put: Vec<(u64, Vec<u8>)>,
-    /// Blobs whose every event has been processed.
-    pub pending_blobs_del: Vec<u64>,
     pub timers_put: Vec<TimerKey>,
     pub timers_del: Vec<TimerKey>,
     /// New value of each changed journey; `None` deletes it.
@@ -285,9 +290,7 @@ pub struct StateChanges {
 
 impl StateChanges {
     pub fn is_empty(&self) -> bool {
-        self.pending_blobs_put.is_empty()
-            && self.pending_blobs_del.is_empty()
-            && self.timers_put.is_empty()
+        self.timers_put.is_empty()
             && self.timers_del.is_empty()
             && self.journeys.is_empty()
             && self.cohorts.is_empty()
@@ -371,14 +374,15 @@ pub struct PartitionEngine {
     cfg: Arc<EngineConfig>,
     memo: IntervalMemo,
     snap: PartitionSnapshot,
-    /// Pending events with the id of the blob that stores them.
-    pending: BTreeMap<Pending, u64>,
-    /// Events of each stored blob not yet processed.
-    blob_remaining: HashMap<u64, u32>,
-    /// The events accepted since the last `take_changes`, encoded back to back (the next blob),
-    /// and how many.
-    new_blob: Vec<u8>,
-    new_blob_len: usize,
+    /// Pending events with the batch that accepted them (its first offset).
+    pending: BTreeMap<Pending, i64>,
+    /// Pending events per batch: the oldest batch is where a restart must read again.
+    batch_pending: BTreeMap<i64, u32>,
+    /// First offset of the batch being ingested (since the last `take_changes`).
+    open_batch: Option<i64>,
+    /// One past the highest offset delivered since the engine was built or restored. Below
+    /// `next_offset` the partition is being read again after a restart.
+    read_to: i64,
     pending_ids: HashSet<String>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
@@ -411,54 +415,33 @@ pub struct PartitionEngine {
 
 impl PartitionEngine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
-        Self::restore(cfg, PartitionSnapshot::default(), Vec::new(), Vec::new())
+        Self::restore(cfg, PartitionSnapshot::default(), Vec::new())
     }
 
     /// Rebuilds an engine from stored state. Timers are not loaded here: the engine reads them
-    /// from the store ([`JourneyStore::timers`]) as the frontier approaches them.
+    /// from the store ([`JourneyStore::timers`]) as the frontier approaches them. Pending events
+    /// come back as the partition is read again from [`PartitionSnapshot::resume_offset`] (or
+    /// from any offset before it).
     pub fn restore(
         cfg: Arc<EngineConfig>,
         snap: PartitionSnapshot,
-        blobs: Vec<(u64, Vec<Event>)>,
         cohorts: Vec<CohortState>,
     ) -> Self {
-        // Events before the frontier were processed before the state was written; a blob whose
-        // events were all processed is deleted with the next write.
-        let mut changes = StateChanges::default();
-        let mut pending = BTreeMap::new();
-        let mut pending_ids = HashSet::default();
-        let mut blob_remaining = HashMap::default();
-        for (id, events) in blobs {
-            let mut left = 0u32;
-            for e in events {
-                if snap.frontier.is_some_and(|f| e.occurred_at < f) {
-                    continue;
-                }
-                left += 1;
-                pending_ids.insert(e.event_id.clone());
-                pending.insert(Pending::new(e), id);
-            }
-            if left == 0 {
-                changes.pending_blobs_del.push(id);
-            } else {
-                blob_remaining.insert(id, left);
-            }
-        }
         PartitionEngine {
             cfg,
             memo: IntervalMemo::default(),
+            read_to: snap.resume_offset,
             snap,
-            pending,
-            blob_remaining,
-            pending_ids,
-            new_blob: Vec::new(),
-            new_blob_len: 0,
+            pending: BTreeMap::new(),
+            batch_pending: BTreeMap::new(),
+            open_batch: None,
+            pending_ids: HashSet::default(),
             timers: BTreeSet::new(),
             timers_until: Millis::MIN,
             cache: Default::default(),
             dirty: Vec::new(),
             timer_ops: BTreeMap::new(),
-            changes,
+            changes: StateChanges::default(),
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
             cohort_adds: HashMap::default(),
@@ -600,6 +583,11 @@ impl PartitionEngine {
     pub fn next_offset(&self) -> i64 {
         self.snap.next_offset
     }
+    /// Where a restart reads the partition again, as of the last `take_changes` (what Kafka
+    /// may be told is consumed).
+    pub fn resume_offset(&self) -> i64 {
+        self.snap.resume_offset
+    }
     pub fn watermark(&self) -> Option<Millis> {
         self.snap.watermark.value
     }
@@ -644,6 +632,7 @@ impl PartitionEngine {
 
     /// Marks a record that could not be decoded as consumed.
     pub fn reject(&mut self, offset: i64) -> Ingest {
+        self.read_to = self.read_to.max(offset + 1);
         if offset < self.snap.next_offset {
             return Ingest::AlreadyApplied;
         }
@@ -653,9 +642,14 @@ impl PartitionEngine {
     }
 
     /// Takes one decoded record at `offset`, read at wall-clock time `now_wall`.
+    ///
+    /// A record below the offset stored with the state is read again after a restart: its event
+    /// is taken back as pending when it was pending when the state was written, and skipped
+    /// otherwise (it was processed, late, or a duplicate; counted then).
     pub fn ingest(&mut self, offset: i64, event: Event, now_wall: Millis) -> Ingest {
+        self.read_to = self.read_to.max(offset + 1);
         if offset < self.snap.next_offset {
-            return Ingest::AlreadyApplied;
+            return self.replay(offset, event);
         }
         self.snap.next_offset = offset + 1;
         if let Some(c) = self.closed_before() {
@@ -670,12 +664,30 @@ impl PartitionEngine {
         }
         self.snap.watermark.observe(event.occurred_at, now_wall);
         self.snap.stats.accepted += 1;
-        let blob = self.snap.next_blob;
-        crate::codec::encode_into(&event, &mut self.new_blob);
-        self.new_blob_len += 1;
-        self.pending.insert(Pending::new(event), blob);
-        *self.blob_remaining.entry(blob).or_insert(0) += 1;
+        self.hold(offset, event);
         Ingest::Accepted
+    }
+
+    /// A record read again after a restart. The state was written right after an advance, so
+    /// the events pending then are exactly the accepted ones at or after the closed bound: any
+    /// event before it was processed, or late when it came. Its first copy comes first, so a
+    /// duplicate finds it pending. Nothing is counted again.
+    fn replay(&mut self, offset: i64, event: Event) -> Ingest {
+        if offset < self.snap.resume_offset
+            || self.closed_before().is_some_and(|c| event.occurred_at < c)
+            || !self.pending_ids.insert(event.event_id.clone())
+        {
+            return Ingest::AlreadyApplied;
+        }
+        self.hold(offset, event);
+        Ingest::Replayed
+    }
+
+    /// Holds an event until its interval closes, in the batch being ingested.
+    fn hold(&mut self, offset: i64, event: Event) {
+        let batch = *self.open_batch.get_or_insert(offset);
+        *self.batch_pending.entry(batch).or_insert(0) += 1;
+        self.pending.insert(Pending::new(event), batch);
     }
 
     /// Advances the watermark (idleness included) and closes every interval it allows.
@@ -856,10 +868,10 @@ impl PartitionEngine {
             let a = acc.as_mut().expect("set above");
             match timer {
                 None => {
-                    let (Pending { event: e, .. }, blob) =
+                    let (Pending { event: e, .. }, batch) =
                         self.pending.pop_first().expect("peeked above");
                     self.pending_ids.remove(&e.event_id);
-                    self.release_blob_entry(blob);
+                    self.release_batch_entry(batch);
                     let jk = e.journey_key();
                     self.with_journey(&jk, store, |cfg, j| j.apply(cfg, &e, a));
                 }
@@ -1067,18 +1079,14 @@ impl PartitionEngine {
         }
     }
 
-    fn release_blob_entry(&mut self, blob: u64) {
+    fn release_batch_entry(&mut self, batch: i64) {
         let left = self
-            .blob_remaining
-            .get_mut(&blob)
-            .expect("every pending event has a blob");
+            .batch_pending
+            .get_mut(&batch)
+            .expect("every pending event has a batch");
         *left -= 1;
         if *left == 0 {
-            self.blob_remaining.remove(&blob);
-            // the current blob has not been written yet: nothing to delete
-            if blob != self.snap.next_blob {
-                self.changes.pending_blobs_del.push(blob);
-            }
+            self.batch_pending.remove(&batch);
         }
     }
 
@@ -1110,6 +1118,9 @@ impl PartitionEngine {
 
     /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
     /// `keep_cached` entries afterwards (everything written is in the store).
+    ///
+    /// Call it after [`PartitionEngine::advance`], with nothing ingested in between: a restart
+    /// tells the events pending in the written state by that (see [`PartitionEngine::ingest`]).
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
         self.add_cohort_figures();
         let mut ch = std::mem::take(&mut self.changes);
@@ -1120,18 +1131,23 @@ impl PartitionEngine {
                 ch.timers_del.push(k);
             }
         }
-        // the events accepted since the last write become one blob, unless every one of them
-        // was processed already (a restore skips the processed ones: they are before the frontier)
-        if self.new_blob_len > 0 {
-            let blob = self.snap.next_blob;
-            if self.blob_remaining.contains_key(&blob) {
-                let bytes = crate::codec::encode_seq(self.new_blob_len, &self.new_blob);
-                ch.pending_blobs_put.push((blob, bytes));
-            }
-            self.new_blob.clear();
-            self.new_blob_len = 0;
-            self.snap.next_blob += 1;
-        }
+        // a restart reads again from the oldest batch with a pending event, and not past what
+        // was read again so far after the last restart
+        debug_assert!(
+            {
+                let first = self.pending.keys().next().map(|k| k.at);
+                let closed = self.closed_before();
+                first.zip(closed).is_none_or(|(f, c)| f >= c)
+            },
+            "state taken with a pending event before the closed bound: advance first"
+        );
+        self.open_batch = None;
+        let rereading = (self.read_to < self.snap.next_offset).then_some(self.read_to);
+        self.snap.resume_offset = (self.batch_pending.keys().next().copied())
+            .into_iter()
+            .chain(rereading)
+            .min()
+            .unwrap_or(self.snap.next_offset);
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         for key in dirty {
@@ -1327,7 +1343,6 @@ mod tests {
     struct MemStore {
         journeys: HashMap<String, StoredJourney>,
         snapshot: PartitionSnapshot,
-        blobs: BTreeMap<u64, Vec<Event>>,
         timers: BTreeSet<TimerKey>,
         cohorts: BTreeMap<Millis, CohortState>,
     }
@@ -1357,15 +1372,6 @@ mod tests {
                     None => self.journeys.remove(&*k),
                 };
             }
-            for (id, b) in ch.pending_blobs_put {
-                self.blobs.insert(id, crate::codec::decode(&b).unwrap());
-            }
-            for id in ch.pending_blobs_del {
-                assert!(
-                    self.blobs.remove(&id).is_some(),
-                    "deleting a blob never written"
-                );
-            }
             for t in ch.timers_del {
                 assert!(
                     self.timers.remove(&t),
@@ -1383,11 +1389,9 @@ mod tests {
         }
         /// A crash: everything not written is lost; the engine comes back from the store.
         fn restore(&self, cfg: Arc<EngineConfig>) -> PartitionEngine {
-            let blobs = self.blobs.iter().map(|(k, v)| (*k, v.clone())).collect();
             PartitionEngine::restore(
                 cfg,
                 self.snapshot.clone(),
-                blobs,
                 self.cohorts.values().cloned().collect(),
             )
         }
@@ -1395,7 +1399,8 @@ mod tests {
 
     /// Delivers events to `engines` partitions, advancing and writing every `advance_every`
     /// records and crashing a partition every `crash_every` records (restored from what was
-    /// written, its unwritten records re-delivered as Kafka would).
+    /// written, its records re-delivered as Kafka would: from the resume offset, or from further
+    /// back when Kafka's committed offset lags).
     fn run(
         engines: usize,
         deliveries: &[Event],
@@ -1436,9 +1441,24 @@ mod tests {
             }
             if crash_every > 0 && i % crash_every == crash_every - 1 {
                 es[p] = stores[p].restore(cfg.clone());
-                let from = es[p].next_offset();
-                for (o, e) in logs[p].iter().enumerate().skip(from as usize) {
-                    assert_ne!(es[p].ingest(o as i64, e.clone(), 0), Ingest::Late);
+                let resume = es[p].resume_offset();
+                assert!(resume <= es[p].next_offset());
+                let mut o = if i % 2 == 0 { resume / 2 } else { resume } as usize;
+                // every third crash, a write and another crash halfway through the records read
+                // again: the second restart must not skip the rest of them
+                let mut again = (i % 3 == 0).then_some((o + logs[p].len()) / 2);
+                while o < logs[p].len() {
+                    assert_ne!(es[p].ingest(o as i64, logs[p][o].clone(), 0), Ingest::Late);
+                    o += 1;
+                    if again == Some(o) {
+                        again = None;
+                        let c = es[p].advance(0, &mut stores[p]);
+                        closed.extend(c.iter().map(|c| c.interval.start));
+                        record(p, es[p].take_reports());
+                        stores[p].write(&mut es[p], 0);
+                        es[p] = stores[p].restore(cfg.clone());
+                        o = es[p].resume_offset() as usize;
+                    }
                 }
             }
         }
@@ -1596,8 +1616,9 @@ mod tests {
             e.ingest(6, ev("w", "w", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
             Ingest::Accepted
         );
+        // the same record again (a consumer that re-read it): it is pending already
         assert_eq!(
-            e.ingest(6, ev("v", "v", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
+            e.ingest(6, ev("w", "w", t0 + 30 * MIN, EventKind::AiAgentStarted), 0),
             Ingest::AlreadyApplied
         );
         assert_eq!(
@@ -1667,7 +1688,7 @@ mod tests {
         assert!(windowed.timers_len() > 200, "most journeys are still live");
         // a crash: the engine comes back without timers in memory and reads them as it goes
         let mut windowed = store.restore(cfg());
-        let from = windowed.next_offset() as usize;
+        let from = windowed.resume_offset() as usize;
         for (o, e) in events.iter().enumerate().skip(from) {
             windowed.ingest(o as i64, e.clone(), 0);
         }

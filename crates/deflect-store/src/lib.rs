@@ -5,15 +5,16 @@
 //!
 //! | cf | key | value |
 //! |---|---|---|
-//! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, watermark, frontier, totals, heat map |
+//! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, resume offset, watermark, frontier, totals, heat map |
 //! | `meta` | `deflect.format` | [`FORMAT_VERSION`] of the store, checked at open |
-//! | `pending` | partition, blob id | the events accepted in one batch and still waiting for their interval to close |
 //! | `timers` | partition, fire time, journey key | (empty); read by time range as the frontier approaches |
 //! | `journeys` | partition, journey key | [`StoredJourney`] (the journey and its timer's instant) |
 //! | `cohorts` | partition, interval start | [`CohortState`]: cohort figures awaiting their horizons |
 //!
 //! Everything one poll produced, for every partition, is written in one `WriteBatch`: the state and
-//! the offsets it corresponds to are durable together or not at all.
+//! the offsets it corresponds to are durable together or not at all. Pending events (accepted,
+//! their interval not closed yet) are not stored: a restart reads them again from Kafka, from the
+//! snapshot's resume offset.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,18 +24,17 @@ use deflect_core::engine::{
     timer_bound, CohortState, JourneyStore, PartitionSnapshot, StateChanges, StoredJourney,
     TimerKey,
 };
-use deflect_core::event::{Event, Millis};
+use deflect_core::event::Millis;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
 };
 
 const CF_META: &str = "meta";
-const CF_PENDING: &str = "pending";
 const CF_TIMERS: &str = "timers";
 const CF_JOURNEYS: &str = "journeys";
 const CF_COHORTS: &str = "cohorts";
-const CFS: [&str; 5] = [CF_META, CF_PENDING, CF_TIMERS, CF_JOURNEYS, CF_COHORTS];
+const CFS: [&str; 4] = [CF_META, CF_TIMERS, CF_JOURNEYS, CF_COHORTS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,7 +58,10 @@ pub enum StoreError {
 
 /// Version of the stored layout and encodings; bumped whenever either changes.
 /// 2: partition snapshots count live timers; timers are read back by range, not at start-up.
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: a journey is stored with its timer's instant.
+/// 4: no pending events (the `pending` column family of earlier formats); snapshots keep the
+/// resume offset.
+pub const FORMAT_VERSION: u32 = 4;
 /// Key of the format version in `meta` (partition keys there are exactly 4 bytes).
 const FORMAT_KEY: &[u8] = b"deflect.format";
 
@@ -102,13 +105,6 @@ fn prefix(p: i32) -> [u8; 4] {
     (p as u32).to_be_bytes()
 }
 
-fn blob_key(p: i32, id: u64) -> [u8; 12] {
-    let mut v = [0u8; 12];
-    v[..4].copy_from_slice(&prefix(p));
-    v[4..].copy_from_slice(&id.to_be_bytes());
-    v
-}
-
 fn timer_key(p: i32, k: &TimerKey) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + k.1.len());
     v.extend_from_slice(&prefix(p));
@@ -129,8 +125,6 @@ type KeyValue = (Box<[u8]>, Box<[u8]>);
 /// Everything a partition needs to resume.
 pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
-    /// Pending-event blobs: (blob id, events).
-    pub pending: Vec<(u64, Vec<Event>)>,
     pub cohorts: Vec<CohortState>,
 }
 
@@ -174,7 +168,17 @@ impl Store {
         db_opts.set_write_buffer_manager(&wbm);
         db_opts.set_atomic_flush(true);
         db_opts.set_max_background_jobs(2);
-        let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        // a store of another format may have other column families: open them all, so that the
+        // format check below can say what is wrong
+        let mut names: Vec<String> = DB::list_cf(&db_opts, path).unwrap_or_default();
+        for n in CFS {
+            if !names.iter().any(|e| e == n) {
+                names.push(n.to_string());
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
         let db =
             DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
                 path: shown.clone(),
@@ -243,16 +247,6 @@ impl Store {
                 what: "partition snapshot",
                 source,
             })?;
-        let mut pending = Vec::new();
-        for item in self.scan(CF_PENDING, p) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let id = u64::from_be_bytes(k[4..12].try_into().expect("blob keys are 12 bytes"));
-            let events = codec::decode(&v).map_err(|source| StoreError::Corrupt {
-                what: "pending events",
-                source,
-            })?;
-            pending.push((id, events));
-        }
         let mut cohorts = Vec::new();
         for item in self.scan(CF_COHORTS, p) {
             let (_, v) = item.map_err(|e| self.err(e))?;
@@ -261,11 +255,7 @@ impl Store {
                 source,
             })?);
         }
-        Ok(Some(RestoredPartition {
-            snapshot,
-            pending,
-            cohorts,
-        }))
+        Ok(Some(RestoredPartition { snapshot, cohorts }))
     }
 
     fn scan(
@@ -433,13 +423,7 @@ impl Batch<'_> {
     /// [`Batch::partition`] with the snapshot already encoded (by the thread that owns it).
     pub fn partition_encoded(&mut self, p: i32, snap: &[u8], ch: &StateChanges) {
         let s = self.store;
-        let (pending, timers, journeys) = (s.cf(CF_PENDING), s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
-        for (id, bytes) in &ch.pending_blobs_put {
-            self.wb.put_cf(pending, blob_key(p, *id), bytes);
-        }
-        for id in &ch.pending_blobs_del {
-            self.wb.delete_cf(pending, blob_key(p, *id));
-        }
+        let (timers, journeys) = (s.cf(CF_TIMERS), s.cf(CF_JOURNEYS));
         for k in &ch.timers_del {
             self.wb.delete_cf(timers, timer_key(p, k));
         }

@@ -318,7 +318,7 @@ fn run_loop(
     let offsets: Vec<(i32, i64)> = l
         .engines
         .iter()
-        .map(|(p, e)| (*p, e.engine.next_offset()))
+        .map(|(p, e)| (*p, e.engine.resume_offset()))
         .collect();
     if let Err(e) = l.consumer.commit_sync(&offsets) {
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
@@ -363,11 +363,11 @@ impl Loop<'_> {
                 tracing::info!(
                     partition = p,
                     next_offset = r.snapshot.next_offset,
-                    pending_blobs = r.pending.len(),
+                    resume_offset = r.snapshot.resume_offset,
                     timers = r.snapshot.live_timers,
                     "partition state restored"
                 );
-                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.pending, r.cohorts)
+                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.cohorts)
             }
             None => PartitionEngine::new(self.engine_cfg.clone()),
         };
@@ -527,9 +527,10 @@ impl Loop<'_> {
         self.phases.ingest_busy += ingest_busy;
         self.phases.wait_write_busy += wait_write_busy;
         self.phases.advance_busy += advance_busy;
-        let mut skipped = 0u64;
+        let (mut skipped, mut replayed) = (0u64, 0u64);
         for a in &ingested {
             skipped += a.skipped;
+            replayed += a.replayed;
             for (i, dropped) in &a.dropped {
                 let msg = &msgs[*i];
                 match dropped {
@@ -581,6 +582,9 @@ impl Loop<'_> {
         if skipped > 0 {
             telemetry::already_applied(skipped);
         }
+        if replayed > 0 {
+            telemetry::replayed(replayed);
+        }
         let mut changes = Vec::new();
         for a in advanced {
             let p = a.partition;
@@ -622,10 +626,11 @@ impl Loop<'_> {
                 out.flush(Duration::from_secs(30))
                     .context("cannot deliver dead letters, late events or reports")?;
             }
+            // Kafka is told where a restart must read again: pending events are not stored
             let offsets = self
                 .engines
                 .iter()
-                .map(|(p, e)| (*p, e.engine.next_offset()))
+                .map(|(p, e)| (*p, e.engine.resume_offset()))
                 .collect();
             self.writer.submit(changes, offsets, n)?;
         }
@@ -826,6 +831,8 @@ struct Ingested {
     partition: i32,
     /// Records below the offset stored with the state (applied before a restart).
     skipped: u64,
+    /// Records read again after a restart whose events are pending again.
+    replayed: u64,
     /// (index into the poll's records, why) of the records to forward.
     dropped: Vec<(usize, Dropped)>,
 }
@@ -888,7 +895,7 @@ fn on_partitions<T: Send>(
 
 /// Decodes and ingests partition `p`'s records of this poll.
 fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
-    let (mut skipped, mut dropped) = (0u64, Vec::new());
+    let (mut skipped, mut replayed, mut dropped) = (0u64, 0u64, Vec::new());
     for &i in input.by_partition.get(&p).map_or(&[][..], Vec::as_slice) {
         let msg = &input.msgs[i];
         let payload = msg.payload().unwrap_or_default();
@@ -897,6 +904,7 @@ fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
                 let kind = ev.kind.type_name();
                 match e.ingest(msg.offset(), ev, input.now) {
                     Ingest::AlreadyApplied => skipped += 1,
+                    Ingest::Replayed => replayed += 1,
                     Ingest::Late => {
                         let closed_until = e.frontier().unwrap_or(0);
                         dropped.push((i, Dropped::Late { kind, closed_until }));
@@ -916,6 +924,7 @@ fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
     Ingested {
         partition: p,
         skipped,
+        replayed,
         dropped,
     }
 }

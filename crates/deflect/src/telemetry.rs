@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::{
 pub const EVENTS: &str = "deflect_events_total";
 pub const EVENTS_REJECTED: &str = "deflect_events_rejected_total";
 pub const RECORDS_SKIPPED: &str = "deflect_records_already_applied_total";
+pub const RECORDS_REPLAYED: &str = "deflect_records_replayed_total";
 pub const INTERVALS_CLOSED: &str = "deflect_intervals_closed_total";
 pub const WATERMARK: &str = "deflect_watermark_seconds";
 pub const FRONTIER: &str = "deflect_closed_until_seconds";
@@ -84,6 +85,7 @@ pub fn describe() {
         }
     }
     counter!(RECORDS_SKIPPED).increment(0);
+    counter!(RECORDS_REPLAYED).increment(0);
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
@@ -98,6 +100,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS_SKIPPED,
         "Records re-delivered below the offset stored with the state (already applied)."
+    );
+    describe_counter!(
+        RECORDS_REPLAYED,
+        "Records read again after a restart because their events were still pending (not stored)."
     );
     describe_counter!(
         INTERVALS_CLOSED,
@@ -409,6 +415,10 @@ pub fn reports(reports: &[deflect_core::engine::Report]) {
 
 pub fn already_applied(n: u64) {
     counter!(RECORDS_SKIPPED).increment(n);
+}
+
+pub fn replayed(n: u64) {
+    counter!(RECORDS_REPLAYED).increment(n);
 }
 
 pub fn batch(seconds: f64, records: usize) {
