@@ -383,6 +383,8 @@ pub struct PartitionEngine {
     /// One past the highest offset delivered since the engine was built or restored. Below
     /// `next_offset` the partition is being read again after a restart.
     read_to: i64,
+    /// Restored from stored state, and no record read since.
+    restored_unread: bool,
     pending_ids: HashSet<String>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
@@ -415,7 +417,9 @@ pub struct PartitionEngine {
 
 impl PartitionEngine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
-        Self::restore(cfg, PartitionSnapshot::default(), Vec::new())
+        let mut e = Self::restore(cfg, PartitionSnapshot::default(), Vec::new());
+        e.restored_unread = false;
+        e
     }
 
     /// Rebuilds an engine from stored state. Timers are not loaded here: the engine reads them
@@ -431,6 +435,7 @@ impl PartitionEngine {
             cfg,
             memo: IntervalMemo::default(),
             read_to: snap.resume_offset,
+            restored_unread: true,
             snap,
             pending: BTreeMap::new(),
             batch_pending: BTreeMap::new(),
@@ -588,6 +593,12 @@ impl PartitionEngine {
     pub fn resume_offset(&self) -> i64 {
         self.snap.resume_offset
     }
+    /// After a restore, before any record was read: the records from [`Self::resume_offset`]
+    /// up to `first_offset` (the first one Kafka returns) are missing, when there are any.
+    pub fn missing_since_restore(&self, first_offset: i64) -> Option<std::ops::Range<i64>> {
+        (self.restored_unread && first_offset > self.snap.resume_offset)
+            .then_some(self.snap.resume_offset..first_offset)
+    }
     pub fn watermark(&self) -> Option<Millis> {
         self.snap.watermark.value
     }
@@ -633,6 +644,7 @@ impl PartitionEngine {
     /// Marks a record that could not be decoded as consumed.
     pub fn reject(&mut self, offset: i64) -> Ingest {
         self.read_to = self.read_to.max(offset + 1);
+        self.restored_unread = false;
         if offset < self.snap.next_offset {
             return Ingest::AlreadyApplied;
         }
@@ -648,6 +660,7 @@ impl PartitionEngine {
     /// otherwise (it was processed, late, or a duplicate; counted then).
     pub fn ingest(&mut self, offset: i64, event: Event, now_wall: Millis) -> Ingest {
         self.read_to = self.read_to.max(offset + 1);
+        self.restored_unread = false;
         if offset < self.snap.next_offset {
             return self.replay(offset, event);
         }
@@ -1697,6 +1710,31 @@ mod tests {
         assert_eq!(windowed.totals(), all_in_memory.totals());
         assert_eq!(windowed.totals().total(Metric::Containment), 3 * 288);
         assert_eq!(windowed.timers_len(), 0);
+    }
+
+    #[test]
+    fn records_missing_after_a_restore_are_reported_once() {
+        let t0 = 1_704_704_400_000;
+        let start = EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        };
+        assert_eq!(PartitionEngine::new(cfg()).missing_since_restore(5), None);
+        let snap = PartitionSnapshot {
+            next_offset: 20,
+            resume_offset: 10,
+            ..Default::default()
+        };
+        let mut e = PartitionEngine::restore(cfg(), snap, Vec::new());
+        assert_eq!(e.missing_since_restore(10), None);
+        assert_eq!(e.missing_since_restore(9), None);
+        assert_eq!(e.missing_since_restore(13), Some(10..13));
+        e.ingest(13, ev("a", "c", t0, start), 0);
+        assert_eq!(
+            e.missing_since_restore(14),
+            None,
+            "only before the first read"
+        );
     }
 
     #[test]

@@ -896,7 +896,20 @@ fn on_partitions<T: Send>(
 /// Decodes and ingests partition `p`'s records of this poll.
 fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
     let (mut skipped, mut replayed, mut dropped) = (0u64, 0u64, Vec::new());
-    for &i in input.by_partition.get(&p).map_or(&[][..], Vec::as_slice) {
+    let records = input.by_partition.get(&p).map_or(&[][..], Vec::as_slice);
+    if let Some(missing) =
+        (records.first()).and_then(|&i| e.missing_since_restore(input.msgs[i].offset()))
+    {
+        // Kafka's retention deleted records the restart had to read again: the events pending
+        // in the stored state among them, and any not consumed yet, are lost
+        tracing::warn!(
+            partition = p,
+            resume_offset = missing.start,
+            first_offset = missing.end,
+            "records after the stored state are no longer in kafka; their events are missing"
+        );
+    }
+    for &i in records {
         let msg = &input.msgs[i];
         let payload = msg.payload().unwrap_or_default();
         match validate(input.limits, msg, payload, input.format, input.now) {
