@@ -2,8 +2,8 @@
 //!
 //! - [`GroupConsumer`]: a `BaseConsumer` meant to be polled on one dedicated thread. Rebalances are
 //!   recorded by its context and handed to the caller after `poll` returns, so the caller decides
-//!   when to load or drop partition state; consumer lag per partition comes from librdkafka's
-//!   statistics.
+//!   when to load or drop partition state; each partition's end offset comes from librdkafka's
+//!   statistics (the caller knows how far it consumed).
 //! - [`OutputProducer`]: every record deflect writes (dead letters, late events, interval reports,
 //!   generated traffic), with delivery checks.
 //! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
@@ -84,7 +84,7 @@ pub struct GroupContext {
     events: Mutex<Vec<Assignment>>,
     /// Whether `events` is non-empty: read after every polled record, without the lock.
     has_events: std::sync::atomic::AtomicBool,
-    lag: Mutex<HashMap<i32, i64>>,
+    end_offsets: Mutex<HashMap<i32, i64>>,
 }
 
 impl GroupContext {
@@ -116,10 +116,17 @@ impl ClientContext for GroupContext {
 
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
-            let mut lag = self.lag.lock().expect("lag lock");
+            let mut ends = self.end_offsets.lock().expect("end offsets lock");
             for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
-                    lag.insert(*p, s.consumer_lag);
+                // the last stable offset (what a read_committed consumer can reach), else the
+                // high watermark
+                let end = if s.ls_offset >= 0 {
+                    s.ls_offset
+                } else {
+                    s.hi_offset
+                };
+                if *p >= 0 && end >= 0 {
+                    ends.insert(*p, end);
                 }
             }
         }
@@ -210,13 +217,15 @@ impl GroupConsumer {
         (self.consumer.context().has_events).load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Consumer lag per partition from the last statistics report.
-    pub fn lag(&self) -> HashMap<i32, i64> {
+    /// Each partition's end offset from the last statistics report (every 5 s). librdkafka's
+    /// own `consumer_lag` counts from the committed offset, which deflect keeps at the oldest
+    /// pending event: the caller subtracts the offset it consumed to.
+    pub fn end_offsets(&self) -> HashMap<i32, i64> {
         self.consumer
             .context()
-            .lag
+            .end_offsets
             .lock()
-            .expect("lag lock")
+            .expect("end offsets lock")
             .clone()
     }
 

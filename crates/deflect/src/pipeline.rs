@@ -659,9 +659,10 @@ impl Loop<'_> {
             telemetry::full_refresh(*p, &e.engine);
         }
         let t1 = t0.elapsed();
-        for (p, lag) in self.consumer.lag() {
-            if self.assigned.contains(&p) {
-                telemetry::lag(p, lag);
+        // records not consumed yet (Kafka's committed offset trails by the pending events)
+        for (p, end) in self.consumer.end_offsets() {
+            if let (true, Some(e)) = (self.assigned.contains(&p), self.engines.get(&p)) {
+                telemetry::lag(p, (end - e.engine.next_offset()).max(0));
             }
         }
         let wm = instance_watermark(

@@ -123,7 +123,7 @@ pub fn describe() {
     );
     describe_gauge!(
         CONSUMER_LAG,
-        "Records behind the log end, per partition (librdkafka statistics)."
+        "Records not consumed yet, per partition: the log end (librdkafka statistics, every 5 s) minus the next offset to consume."
     );
     describe_gauge!(
         PENDING_EVENTS,
