@@ -385,6 +385,8 @@ pub struct PartitionEngine {
     read_to: i64,
     /// Restored from stored state, and no record read since.
     restored_unread: bool,
+    /// Where the journey key of the event being processed is built.
+    key_buf: String,
     pending_ids: HashSet<String>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
@@ -436,6 +438,7 @@ impl PartitionEngine {
             memo: IntervalMemo::default(),
             read_to: snap.resume_offset,
             restored_unread: true,
+            key_buf: String::new(),
             snap,
             pending: BTreeMap::new(),
             batch_pending: BTreeMap::new(),
@@ -885,8 +888,11 @@ impl PartitionEngine {
                         self.pending.pop_first().expect("peeked above");
                     self.pending_ids.remove(&e.event_id);
                     self.release_batch_entry(batch);
-                    let jk = e.journey_key();
+                    // the key is built in a buffer kept by the engine (no allocation per event)
+                    let mut jk = std::mem::take(&mut self.key_buf);
+                    e.journey_key_into(&mut jk);
                     self.with_journey(&jk, store, |cfg, j| j.apply(cfg, &e, a));
+                    self.key_buf = jk;
                 }
                 Some((_, key)) => self.with_journey(&key, store, |cfg, j| j.fire(cfg, t, a)),
             }
@@ -991,28 +997,33 @@ impl PartitionEngine {
         }
     }
 
-    /// Loads the journey of `key` into `cache` (a fresh one when the store has none).
+    /// The journey of `key` in `cache`, loaded first when it is not there (a fresh one when the
+    /// store has none), with its shared key: one hash lookup.
     fn cached<'c>(
         cache: &'c mut JourneyCache,
         key: &str,
         store: &mut dyn JourneyStore,
-    ) -> &'c mut Cached {
-        if !cache.contains_key(key) {
-            let c = match store.load(key) {
-                Some(s) => Cached {
-                    journey: s.journey,
-                    timer: s.timer,
-                    dirty: false,
-                },
-                None => Cached {
-                    journey: Journey::new(key.starts_with("c:")),
-                    timer: None,
-                    dirty: false,
-                },
-            };
-            cache.insert(JourneyKey::from(key), c);
+    ) -> (JourneyKey, &'c mut Cached) {
+        use hashbrown::hash_map::EntryRef;
+        match cache.entry_ref(key) {
+            EntryRef::Occupied(o) => (o.key().clone(), o.into_mut()),
+            EntryRef::Vacant(v) => {
+                let c = match store.load(key) {
+                    Some(s) => Cached {
+                        journey: s.journey,
+                        timer: s.timer,
+                        dirty: false,
+                    },
+                    None => Cached {
+                        journey: Journey::new(key.starts_with("c:")),
+                        timer: None,
+                        dirty: false,
+                    },
+                };
+                let o = v.insert_entry(c);
+                (o.key().clone(), o.into_mut())
+            }
         }
-        cache.get_mut(key).expect("inserted above")
     }
 
     /// Takes the first timer, known to be the next item, off its journey (its delete recorded).
@@ -1022,7 +1033,7 @@ impl PartitionEngine {
         let key = self.timers.pop_first().expect("the next item is a timer");
         self.record_timer(key.clone(), false);
         self.snap.live_timers = self.snap.live_timers.saturating_sub(1);
-        let c = Self::cached(&mut self.cache, &key.1, store);
+        let (shared, c) = Self::cached(&mut self.cache, &key.1, store);
         debug_assert_eq!(c.timer, Some(key.0), "a journey's timer is where it is set");
         c.timer = None;
         if c.journey
@@ -1031,7 +1042,8 @@ impl PartitionEngine {
         {
             Some(key)
         } else {
-            self.set_timer(&key.1, store.keeps_timers());
+            let moved = Self::rewake(&self.cfg.journey, &mut self.dirty, &shared, c);
+            self.move_timer(shared, moved, store.keeps_timers());
             None
         }
     }
@@ -1044,32 +1056,45 @@ impl PartitionEngine {
         store: &mut dyn JourneyStore,
         f: impl FnOnce(&JourneyConfig, &mut Journey),
     ) {
-        let c = Self::cached(&mut self.cache, key, store);
+        let (shared, c) = Self::cached(&mut self.cache, key, store);
         f(&self.cfg.journey, &mut c.journey);
-        self.set_timer(key, store.keeps_timers());
+        let moved = Self::rewake(&self.cfg.journey, &mut self.dirty, &shared, c);
+        self.move_timer(shared, moved, store.keeps_timers());
     }
 
     /// Marks a cached journey changed and sets its timer at its next wake unless it is set
-    /// before it already (see [`StoredJourney`]); removes it when nothing is left to wake for.
-    fn set_timer(&mut self, key: &str, keeps_timers: bool) {
-        let (shared, c) = (self.cache)
-            .get_key_value_mut(key)
-            .expect("the journey is cached");
-        let shared = shared.clone();
+    /// before it already (see [`StoredJourney`]), or takes it away when nothing is left to wake
+    /// for. Returns the timer's instants (before, after).
+    fn rewake(
+        cfg: &JourneyConfig,
+        dirty: &mut Vec<JourneyKey>,
+        shared: &JourneyKey,
+        c: &mut Cached,
+    ) -> (Option<Millis>, Option<Millis>) {
         if !c.dirty {
             c.dirty = true;
-            self.dirty.push(shared.clone());
+            dirty.push(shared.clone());
         }
         let before = c.timer;
-        let after = match (before, c.journey.next_wake(&self.cfg.journey)) {
+        let after = match (before, c.journey.next_wake(cfg)) {
             (_, None) => None,
             (Some(s), Some(w)) if s <= w => Some(s),
             (_, w) => w,
         };
+        c.timer = after;
+        (before, after)
+    }
+
+    /// Moves a journey's timer from `before` to `after` in memory and in the writes.
+    fn move_timer(
+        &mut self,
+        shared: JourneyKey,
+        (before, after): (Option<Millis>, Option<Millis>),
+        keeps_timers: bool,
+    ) {
         if before == after {
             return;
         }
-        c.timer = after;
         if let Some(b) = before {
             let k = (b, shared.clone());
             // a timer outside the window is only in the store

@@ -28,15 +28,22 @@ impl Event {
     /// The key of the journey this event belongs to: the customer, or the contact when the customer is
     /// unknown (prefixed so the two can never collide).
     pub fn journey_key(&self) -> String {
+        let mut key = String::new();
+        self.journey_key_into(&mut key);
+        key
+    }
+
+    /// [`Event::journey_key`] written into `key` (cleared first), reusing its allocation.
+    pub fn journey_key_into(&self, key: &mut String) {
         // built by hand: `format!` costs more than the copy (one key per processed event)
         let (prefix, id) = match &self.customer_id {
             Some(c) => ("c:", c),
             None => ("k:", &self.contact_id),
         };
-        let mut key = String::with_capacity(prefix.len() + id.len());
+        key.clear();
+        key.reserve(prefix.len() + id.len());
         key.push_str(prefix);
         key.push_str(id);
-        key
     }
 
     /// Total order used to process events deterministically: event time, then lifecycle rank (so a
