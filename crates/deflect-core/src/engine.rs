@@ -326,8 +326,13 @@ struct Acc {
     counters: hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher>,
     heat: HeatCell,
     callbacks: Vec<CallbackOp>,
-    /// Cohort figures decided by the item being processed: (origin instant, metric, labels).
-    cohort: Vec<(Millis, Metric, Vec<String>)>,
+    /// Cohort figures decided by the item being processed: (origin instant, metric, its labels'
+    /// range in `cohort_labels`), the labels' text back to back in `cohort_text` (no allocation
+    /// per figure once the buffers have grown).
+    cohort: Vec<(Millis, Metric, std::ops::Range<usize>)>,
+    /// End offset in `cohort_text` of each label.
+    cohort_labels: Vec<usize>,
+    cohort_text: String,
     /// Events not applied because their order made no sense for their contact.
     rejected: Vec<(Event, &'static str)>,
 }
@@ -365,8 +370,13 @@ impl Figures for Acc {
     }
     fn cohort(&mut self, metric: Metric, labels: &[&str], origin: Millis) {
         self.count(metric, labels, 1);
-        let owned = labels.iter().map(|s| s.to_string()).collect();
-        self.cohort.push((origin, metric, owned));
+        let from = self.cohort_labels.len();
+        for l in labels {
+            self.cohort_text.push_str(l);
+            self.cohort_labels.push(self.cohort_text.len());
+        }
+        self.cohort
+            .push((origin, metric, from..self.cohort_labels.len()));
     }
 }
 
@@ -407,7 +417,7 @@ pub struct PartitionEngine {
     /// interval and series: adding each decision to a cohort's sorted counters compared label
     /// strings at every level of a B-tree. Added before anything reads the cohorts (a revision
     /// or a closing emitted, state taken) and at the end of every advance.
-    cohort_adds: HashMap<(Interval, CounterKey), u64>,
+    cohort_adds: HashMap<Interval, hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher>>,
     /// Events and timers processed so far (since the engine was built; not stored).
     processed: u64,
     dirty_cohorts: BTreeSet<Millis>,
@@ -546,8 +556,10 @@ impl PartitionEngine {
             return;
         }
         let mut adds = std::mem::take(&mut self.cohort_adds);
-        for ((i, key), v) in adds.drain() {
-            self.cohort_state(i).counters.add(key.metric, key.labels, v);
+        for (i, keys) in adds.drain() {
+            for (key, v) in keys {
+                self.cohort_state(i).counters.add(key.metric, key.labels, v);
+            }
             self.dirty_cohorts.insert(i.start);
         }
         // keep the buffer's capacity
@@ -876,6 +888,8 @@ impl PartitionEngine {
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
                     cohort: Vec::new(),
+                    cohort_labels: Vec::new(),
+                    cohort_text: String::new(),
                     rejected: Vec::new(),
                 });
             }
@@ -896,13 +910,29 @@ impl PartitionEngine {
                 }
                 Some((_, key)) => self.with_journey(&key, store, |cfg, j| j.fire(cfg, t, a)),
             }
-            for (origin, metric, labels) in a.cohort.drain(..) {
+            for (origin, metric, range) in a.cohort.drain(..) {
                 let i = self.interval_of(origin);
-                *self
-                    .cohort_adds
-                    .entry((i, CounterKey { metric, labels }))
-                    .or_insert(0) += 1;
+                // the labels as slices of the text, on the stack
+                let mut labels = crate::metrics::Labels::default();
+                let mut start = range.start.checked_sub(1).map_or(0, |p| a.cohort_labels[p]);
+                for &end in &a.cohort_labels[range] {
+                    labels.push(&a.cohort_text[start..end]);
+                    start = end;
+                }
+                let k = CounterKeyRef {
+                    metric,
+                    labels: &labels,
+                };
+                let adds = self.cohort_adds.entry(i).or_default();
+                match adds.get_mut(&k) {
+                    Some(c) => *c += 1,
+                    None => {
+                        adds.insert(k.to_owned(), 1);
+                    }
+                }
             }
+            a.cohort_labels.clear();
+            a.cohort_text.clear();
         }
         if let Some(a) = acc.take() {
             closed.push(self.close(a));

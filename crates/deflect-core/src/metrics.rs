@@ -151,7 +151,7 @@ pub fn csat_box(score: f64, scale_min: f64, scale_max: f64) -> &'static str {
     }
 }
 
-/// The most labels a metric has.
+/// The most labels a metric has (a test checks every metric against it).
 pub const MAX_LABELS: usize = 6;
 
 /// Label values of one count, borrowed and on the stack, so that counting allocates nothing.
@@ -271,6 +271,14 @@ pub fn wait_bucket_labels() -> impl Iterator<Item = &'static str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_metric_has_more_than_max_labels() {
+        for m in Metric::ALL {
+            assert!(m.labels().len() <= MAX_LABELS, "{m:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
