@@ -102,20 +102,24 @@ struct Cached {
 /// A pending event, ordered as events are processed: by event time, then by kind (see
 /// [`crate::event::EventKind::rank`]), then by id, so that the order does not depend on delivery.
 /// The event is part of the key (no copy of its id); its time and rank are kept inline, so that
-/// comparisons rarely follow the box.
+/// comparisons rarely follow the box. Keys are unique: a second event with a pending id is a
+/// duplicate and never held. `batch` (the first offset of the batch that accepted it) is not part
+/// of the order.
 #[derive(Debug)]
 struct Pending {
     at: Millis,
     rank: u8,
     event: Box<Event>,
+    batch: i64,
 }
 
 impl Pending {
-    fn new(event: Event) -> Self {
+    fn new(event: Event, batch: i64) -> Self {
         Pending {
             at: event.occurred_at,
             rank: event.kind.rank(),
             event: Box::new(event),
+            batch,
         }
     }
 
@@ -385,7 +389,9 @@ pub struct PartitionEngine {
     memo: IntervalMemo,
     snap: PartitionSnapshot,
     /// Pending events with the batch that accepted them (its first offset).
-    pending: BTreeMap<Pending, i64>,
+    /// A min-heap: events come mostly in time order, so a push rarely moves up the heap, where a
+    /// B-tree insert compared keys on every level.
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
     /// Pending events per batch: the oldest batch is where a restart must read again.
     batch_pending: BTreeMap<i64, u32>,
     /// First offset of the batch being ingested (since the last `take_changes`).
@@ -450,7 +456,7 @@ impl PartitionEngine {
             restored_unread: true,
             key_buf: String::new(),
             snap,
-            pending: BTreeMap::new(),
+            pending: Default::default(),
             batch_pending: BTreeMap::new(),
             open_batch: None,
             pending_ids: HashSet::default(),
@@ -715,7 +721,8 @@ impl PartitionEngine {
     fn hold(&mut self, offset: i64, event: Event) {
         let batch = *self.open_batch.get_or_insert(offset);
         *self.batch_pending.entry(batch).or_insert(0) += 1;
-        self.pending.insert(Pending::new(event), batch);
+        self.pending
+            .push(std::cmp::Reverse(Pending::new(event, batch)));
     }
 
     /// Advances the watermark (idleness included) and closes every interval it allows.
@@ -805,7 +812,7 @@ impl PartitionEngine {
     /// One slice of [`PartitionEngine::finalize_step`]; `None` once nothing is left.
     fn finalize_slice(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
         let mut next = [
-            self.pending.keys().next().map(|k| k.at),
+            self.pending.peek().map(|k| k.0.at),
             self.timers.first().map(|k| k.0),
         ]
         .into_iter()
@@ -852,12 +859,7 @@ impl PartitionEngine {
         let mut acc: Option<Acc> = None;
         loop {
             // the next item before `target`: an event, or a timer (events first at one instant)
-            let next_event = self
-                .pending
-                .keys()
-                .next()
-                .map(|k| k.at)
-                .filter(|t| *t < target);
+            let next_event = self.pending.peek().map(|k| k.0.at).filter(|t| *t < target);
             let next_timer = self.timers.first().map(|k| k.0).filter(|t| *t < target);
             let (t, is_event) = match (next_event, next_timer) {
                 (None, None) => break,
@@ -898,8 +900,9 @@ impl PartitionEngine {
             let a = acc.as_mut().expect("set above");
             match timer {
                 None => {
-                    let (Pending { event: e, .. }, batch) =
-                        self.pending.pop_first().expect("peeked above");
+                    let std::cmp::Reverse(Pending {
+                        event: e, batch, ..
+                    }) = self.pending.pop().expect("peeked above");
                     self.pending_ids.remove(&e.event_id);
                     self.release_batch_entry(batch);
                     // the key is built in a buffer kept by the engine (no allocation per event)
@@ -1203,7 +1206,7 @@ impl PartitionEngine {
         // was read again so far after the last restart
         debug_assert!(
             {
-                let first = self.pending.keys().next().map(|k| k.at);
+                let first = self.pending.peek().map(|k| k.0.at);
                 let closed = self.closed_before();
                 first.zip(closed).is_none_or(|(f, c)| f >= c)
             },
