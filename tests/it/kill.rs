@@ -165,7 +165,8 @@ fn sigkill_ten_times_then_exact_figures() {
             None => {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
-                kills.push((wait.as_millis(), stored_offsets(&cfg).0));
+                let durable: i64 = stored_offsets(&cfg, 12).iter().map(|o| o.0).sum();
+                kills.push((wait.as_millis(), durable));
             }
         }
     }
@@ -191,14 +192,18 @@ fn sigkill_ten_times_then_exact_figures() {
     assert_state_matches(cfg, &oracle);
 }
 
-/// The offsets stored with the durable state and the resume offsets, summed over the partitions.
-fn stored_offsets(cfg: &deflect::Config) -> (i64, i64) {
+/// Per partition of the first `partitions`, the offset stored with the durable state and the
+/// resume offset (0 and 0 for a partition without state).
+fn stored_offsets(cfg: &deflect::Config, partitions: i32) -> Vec<(i64, i64)> {
     let store =
         deflect_store::Store::open(&cfg.state.dir, deflect_store::StoreOptions::default()).unwrap();
-    (0..12)
-        .filter_map(|p| store.load_partition(p).unwrap())
-        .map(|r| (r.snapshot.next_offset, r.snapshot.resume_offset))
-        .fold((0, 0), |(a, b), (n, r)| (a + n, b + r))
+    (0..partitions)
+        .map(|p| {
+            store.load_partition(p).unwrap().map_or((0, 0), |r| {
+                (r.snapshot.next_offset, r.snapshot.resume_offset)
+            })
+        })
+        .collect()
 }
 
 /// The batch oracle (`deflect-oracle`, no streaming machinery): every figure of every interval,
@@ -363,8 +368,7 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
 
     // Kafka's committed offsets never pass where the durable state must be read again (its
     // resume offset: pending events are read again from Kafka)
-    let store =
-        deflect_store::Store::open(&cfg.state.dir, deflect_store::StoreOptions::default()).unwrap();
+    let stored_offsets = stored_offsets(&cfg, 8);
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("group.id", "full")
@@ -379,10 +383,7 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
     let mut stored_total = 0;
-    for p in 0..8 {
-        let (stored, resume) = store.load_partition(p).unwrap().map_or((0, 0), |r| {
-            (r.snapshot.next_offset, r.snapshot.resume_offset)
-        });
+    for (p, &(stored, resume)) in (0..).zip(&stored_offsets) {
         stored_total += stored;
         assert!(resume <= stored);
         let c = committed
@@ -394,7 +395,6 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
             "partition {p}: committed {c} > resume offset {resume}"
         );
     }
-    drop(store);
     assert!(
         stored_total < consumed_total(&broker, topic),
         "the disk filled before the end of the input"

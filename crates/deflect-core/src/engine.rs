@@ -334,8 +334,8 @@ struct Acc {
     /// range in `cohort_labels`), the labels' text back to back in `cohort_text` (no allocation
     /// per figure once the buffers have grown).
     cohort: Vec<(Millis, Metric, std::ops::Range<usize>)>,
-    /// End offset in `cohort_text` of each label.
-    cohort_labels: Vec<usize>,
+    /// Where each label is in `cohort_text`.
+    cohort_labels: Vec<std::ops::Range<usize>>,
     cohort_text: String,
     /// Events not applied because their order made no sense for their contact.
     rejected: Vec<(Event, &'static str)>,
@@ -376,8 +376,9 @@ impl Figures for Acc {
         self.count(metric, labels, 1);
         let from = self.cohort_labels.len();
         for l in labels {
+            let start = self.cohort_text.len();
             self.cohort_text.push_str(l);
-            self.cohort_labels.push(self.cohort_text.len());
+            self.cohort_labels.push(start..self.cohort_text.len());
         }
         self.cohort
             .push((origin, metric, from..self.cohort_labels.len()));
@@ -388,9 +389,8 @@ pub struct PartitionEngine {
     cfg: Arc<EngineConfig>,
     memo: IntervalMemo,
     snap: PartitionSnapshot,
-    /// Pending events with the batch that accepted them (its first offset).
-    /// A min-heap: events come mostly in time order, so a push rarely moves up the heap, where a
-    /// B-tree insert compared keys on every level.
+    /// Pending events, a min-heap in processing order: events come mostly in time order, so a
+    /// push rarely moves up the heap, where a B-tree insert compared keys on every level.
     pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
     /// Pending events per batch: the oldest batch is where a restart must read again.
     batch_pending: BTreeMap<i64, u32>,
@@ -917,10 +917,8 @@ impl PartitionEngine {
                 let i = self.interval_of(origin);
                 // the labels as slices of the text, on the stack
                 let mut labels = crate::metrics::Labels::default();
-                let mut start = range.start.checked_sub(1).map_or(0, |p| a.cohort_labels[p]);
-                for &end in &a.cohort_labels[range] {
-                    labels.push(&a.cohort_text[start..end]);
-                    start = end;
+                for l in &a.cohort_labels[range] {
+                    labels.push(&a.cohort_text[l.clone()]);
                 }
                 let k = CounterKeyRef {
                     metric,
@@ -1041,19 +1039,15 @@ impl PartitionEngine {
         match cache.entry_ref(key) {
             EntryRef::Occupied(o) => (o.key().clone(), o.into_mut()),
             EntryRef::Vacant(v) => {
-                let c = match store.load(key) {
-                    Some(s) => Cached {
-                        journey: s.journey,
-                        timer: s.timer,
-                        dirty: false,
-                    },
-                    None => Cached {
-                        journey: Journey::new(key.starts_with("c:")),
-                        timer: None,
-                        dirty: false,
-                    },
+                let (journey, timer) = match store.load(key) {
+                    Some(s) => (s.journey, s.timer),
+                    None => (Journey::new(key.starts_with("c:")), None),
                 };
-                let o = v.insert_entry(c);
+                let o = v.insert_entry(Cached {
+                    journey,
+                    timer,
+                    dirty: false,
+                });
                 (o.key().clone(), o.into_mut())
             }
         }

@@ -127,8 +127,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
             None => break,
         }
     }
-    let end = Stamp::now();
-    let (raw, raw_cpu) = (end.at - started.at, end.cpu.saturating_sub(started.cpu));
+    let (raw, raw_cpu) = Stamp::now().since(started);
     drop(reader);
     anyhow::ensure!(
         seen == n,

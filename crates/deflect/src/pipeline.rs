@@ -164,9 +164,14 @@ impl Stamp {
             cpu: process_cpu(),
         }
     }
+
+    /// Wall time and process CPU time from `start` to this stamp.
+    pub fn since(self, start: Stamp) -> (Duration, Duration) {
+        (self.at - start.at, self.cpu.saturating_sub(start.cpu))
+    }
 }
 
-/// User and system CPU time of every thread of this process so far.
+/// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -315,22 +320,14 @@ fn run_loop(
         }
     }
     l.writer.wait(&l.consumer)?;
-    let offsets: Vec<(i32, i64)> = l
-        .engines
-        .iter()
-        .map(|(p, e)| (*p, e.engine.resume_offset()))
-        .collect();
-    if let Err(e) = l.consumer.commit_sync(&offsets) {
+    if let Err(e) = l.consumer.commit_sync(&l.resume_offsets()) {
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
     }
     l.summary.partitions = l.engines.len();
     if let Some(first) = l.first_record {
-        let end = Stamp::now();
-        l.summary.busy = end.at - first.at;
-        l.summary.cpu = end.cpu.saturating_sub(first.cpu);
+        (l.summary.busy, l.summary.cpu) = Stamp::now().since(first);
         if let Some(last) = l.writer.last_record_durable {
-            l.summary.records_busy = last.at - first.at;
-            l.summary.records_cpu = last.cpu.saturating_sub(first.cpu);
+            (l.summary.records_busy, l.summary.records_cpu) = last.since(first);
         }
     }
     tracing::info!(
@@ -353,6 +350,14 @@ fn run_loop(
 }
 
 impl Loop<'_> {
+    /// What Kafka is told is consumed: where a restart must read each partition again (pending
+    /// events are not stored).
+    fn resume_offsets(&self) -> Vec<(i32, i64)> {
+        (self.engines.iter())
+            .map(|(p, e)| (*p, e.engine.resume_offset()))
+            .collect()
+    }
+
     fn load(&self, p: i32) -> Result<Part> {
         let engine = match self
             .store
@@ -626,12 +631,7 @@ impl Loop<'_> {
                 out.flush(Duration::from_secs(30))
                     .context("cannot deliver dead letters, late events or reports")?;
             }
-            // Kafka is told where a restart must read again: pending events are not stored
-            let offsets = self
-                .engines
-                .iter()
-                .map(|(p, e)| (*p, e.engine.resume_offset()))
-                .collect();
+            let offsets = self.resume_offsets();
             self.writer.submit(changes, offsets, n)?;
         }
         let t_submitted = Instant::now();
