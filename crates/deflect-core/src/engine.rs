@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, Millis};
 use crate::journey::{Figures, Journey, JourneyConfig};
 use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric};
+use crate::pending::PendingQueue;
 use crate::time::{Interval, IntervalMemo, IntervalSpec};
 use crate::watermark::Watermark;
 
@@ -389,9 +390,9 @@ pub struct PartitionEngine {
     cfg: Arc<EngineConfig>,
     memo: IntervalMemo,
     snap: PartitionSnapshot,
-    /// Pending events, a min-heap in processing order: events come mostly in time order, so a
-    /// push rarely moves up the heap, where a B-tree insert compared keys on every level.
-    pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+    /// Pending events in processing order: most come in time order and are appended to a sorted
+    /// run; a heap takes the others (see [`PendingQueue`]).
+    pending: PendingQueue<Pending>,
     /// Pending events per batch: the oldest batch is where a restart must read again.
     batch_pending: BTreeMap<i64, u32>,
     /// First offset of the batch being ingested (since the last `take_changes`).
@@ -721,8 +722,7 @@ impl PartitionEngine {
     fn hold(&mut self, offset: i64, event: Event) {
         let batch = *self.open_batch.get_or_insert(offset);
         *self.batch_pending.entry(batch).or_insert(0) += 1;
-        self.pending
-            .push(std::cmp::Reverse(Pending::new(event, batch)));
+        self.pending.push(Pending::new(event, batch));
     }
 
     /// Advances the watermark (idleness included) and closes every interval it allows.
@@ -812,7 +812,7 @@ impl PartitionEngine {
     /// One slice of [`PartitionEngine::finalize_step`]; `None` once nothing is left.
     fn finalize_slice(&mut self, store: &mut dyn JourneyStore) -> Option<Vec<ClosedInterval>> {
         let mut next = [
-            self.pending.peek().map(|k| k.0.at),
+            self.pending.peek().map(|k| k.at),
             self.timers.first().map(|k| k.0),
         ]
         .into_iter()
@@ -859,7 +859,7 @@ impl PartitionEngine {
         let mut acc: Option<Acc> = None;
         loop {
             // the next item before `target`: an event, or a timer (events first at one instant)
-            let next_event = self.pending.peek().map(|k| k.0.at).filter(|t| *t < target);
+            let next_event = self.pending.peek().map(|k| k.at).filter(|t| *t < target);
             let next_timer = self.timers.first().map(|k| k.0).filter(|t| *t < target);
             let (t, is_event) = match (next_event, next_timer) {
                 (None, None) => break,
@@ -900,9 +900,9 @@ impl PartitionEngine {
             let a = acc.as_mut().expect("set above");
             match timer {
                 None => {
-                    let std::cmp::Reverse(Pending {
+                    let Pending {
                         event: e, batch, ..
-                    }) = self.pending.pop().expect("peeked above");
+                    } = self.pending.pop().expect("peeked above");
                     self.pending_ids.remove(&e.event_id);
                     self.release_batch_entry(batch);
                     // the key is built in a buffer kept by the engine (no allocation per event)
@@ -1200,7 +1200,7 @@ impl PartitionEngine {
         // was read again so far after the last restart
         debug_assert!(
             {
-                let first = self.pending.peek().map(|k| k.0.at);
+                let first = self.pending.peek().map(|k| k.at);
                 let closed = self.closed_before();
                 first.zip(closed).is_none_or(|(f, c)| f >= c)
             },

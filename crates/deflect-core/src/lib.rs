@@ -10,6 +10,7 @@ pub mod engine;
 pub mod event;
 pub mod journey;
 pub mod metrics;
+pub mod pending;
 pub mod staffing;
 pub mod time;
 pub mod watermark;

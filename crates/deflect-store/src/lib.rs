@@ -156,10 +156,14 @@ impl Store {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // The same for the memtables, where the recent writes are: without a filter, a lookup of
+        // a key it does not hold walks the skip list (7 % of the partition workers' time in `deflect bench`).
         let cf_opts = || {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_memtable_whole_key_filtering(true);
+            o.set_memtable_prefix_bloom_ratio(0.02);
             o
         };
         let mut db_opts = cf_opts();
