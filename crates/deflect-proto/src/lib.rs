@@ -14,6 +14,7 @@ use prost::Message;
 
 mod json;
 pub mod report;
+mod wire;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -243,12 +244,18 @@ fn pb_enum<T>(
     parse: fn(&str) -> Option<T>,
 ) -> Result<T, DecodeError> {
     let name = pb_name.ok_or_else(|| bad(field, v))?;
-    let lower = name
-        .split_once('_')
-        .map(|(_, rest)| rest)
-        .unwrap_or(name)
-        .to_ascii_lowercase();
-    parse(&lower).ok_or_else(|| bad(field, v))
+    let rest = name.split_once('_').map_or(name, |(_, rest)| rest);
+    // lowercased on the stack: one enum per record or more, each allocated a string before
+    let mut buf = [0u8; 32];
+    let parsed = match buf.get_mut(..rest.len()) {
+        Some(b) => {
+            b.copy_from_slice(rest.as_bytes());
+            b.make_ascii_lowercase();
+            std::str::from_utf8(b).ok().and_then(parse)
+        }
+        None => parse(&rest.to_ascii_lowercase()),
+    };
+    parsed.ok_or_else(|| bad(field, v))
 }
 
 macro_rules! pb_enum_name {
@@ -259,8 +266,11 @@ macro_rules! pb_enum_name {
 
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     use pb::contact_event::Payload as P;
-    let mut m = pb::ContactEvent::decode(bytes)
-        .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?;
+    let mut m = match wire::contact_event(bytes) {
+        Some(m) => m,
+        None => pb::ContactEvent::decode(bytes)
+            .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?,
+    };
     let payload = m.payload.take().ok_or_else(|| {
         DecodeError::new(
             RejectReason::UnknownEventType,
