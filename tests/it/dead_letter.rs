@@ -232,7 +232,7 @@ fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
         assert_eq!(headers["deflect.source.partition"], "0");
         let e = deflect_proto::decode_protobuf(payload).expect("the event, re-encoded");
         assert_eq!(headers["deflect.event_id"], e.event_id);
-        ids.push((e.event_id, headers["deflect.detail"].clone()));
+        ids.push((e.event_id.to_string(), headers["deflect.detail"].clone()));
     }
     ids.sort();
     assert_eq!(

@@ -32,11 +32,11 @@ impl B {
         self.events.push((
             part,
             Event {
-                event_id: format!("{contact}-{n}"),
+                event_id: format!("{contact}-{n}").into(),
                 tenant: "acme".into(),
                 contact_id: contact.into(),
                 parent_contact_id: None,
-                customer_id: customer.map(str::to_string),
+                customer_id: customer.map(Into::into),
                 channel: ch,
                 occurred_at: at,
                 intent: Some("billing".into()),

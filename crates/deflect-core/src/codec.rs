@@ -32,6 +32,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 mod tests {
     use super::*;
 
+    /// Journeys hold [`crate::event::Text`] where they held `String`: stored state keeps its
+    /// bytes both ways (no new state format), short and long (inline and allocated) alike.
+    #[test]
+    fn text_is_stored_as_a_string() {
+        for s in ["", "c1", "a-contact-id-longer-than-twenty-four-bytes"] {
+            let text = crate::event::Text::from(s);
+            assert_eq!(encode(&text), encode(&s.to_string()));
+            assert_eq!(
+                decode::<crate::event::Text>(&encode(&s.to_string())).unwrap(),
+                s
+            );
+        }
+    }
+
     #[test]
     fn a_sequence_built_value_by_value_decodes_as_a_vec() {
         for n in [0usize, 1, 3, 127, 128, 300] {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Channel;
+use crate::event::{Channel, Text};
 
 pub const OTHER: &str = "other";
 pub const NONE: &str = "none";
@@ -25,23 +25,23 @@ pub struct DimensionsConfig {
 }
 
 impl DimensionsConfig {
-    fn fold(set: &[String], v: Option<&str>) -> String {
+    fn fold(set: &[String], v: Option<&str>) -> Text {
         match v {
-            None | Some("") => NONE.to_string(),
-            Some(v) if set.iter().any(|s| s == v) => v.to_string(),
-            Some(_) => OTHER.to_string(),
+            None | Some("") => Text::const_new(NONE),
+            Some(v) if set.iter().any(|s| s == v) => v.into(),
+            Some(_) => Text::const_new(OTHER),
         }
     }
-    pub fn tenant(&self, v: &str) -> String {
+    pub fn tenant(&self, v: &str) -> Text {
         Self::fold(&self.tenants, Some(v))
     }
-    pub fn intent(&self, v: Option<&str>) -> String {
+    pub fn intent(&self, v: Option<&str>) -> Text {
         Self::fold(&self.intents, v)
     }
-    pub fn queue(&self, v: Option<&str>) -> String {
+    pub fn queue(&self, v: Option<&str>) -> Text {
         Self::fold(&self.queues, v)
     }
-    pub fn ivr_node(&self, v: &str) -> String {
+    pub fn ivr_node(&self, v: &str) -> Text {
         Self::fold(&self.ivr_nodes, Some(v))
     }
 }
@@ -49,10 +49,10 @@ impl DimensionsConfig {
 /// The bounded dimensions of one contact, already folded.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dimensions {
-    pub tenant: String,
+    pub tenant: Text,
     pub channel: Channel,
-    pub intent: String,
-    pub queue: String,
+    pub intent: Text,
+    pub queue: Text,
 }
 
 #[cfg(test)]

@@ -1392,11 +1392,11 @@ mod tests {
             for (i, (cust, start, ch, steps)) in contacts.into_iter().enumerate() {
                 for (j, (off, kind)) in steps.into_iter().enumerate() {
                     out.push(Event {
-                        event_id: format!("e{i}-{j}"),
+                        event_id: compact_str::format_compact!("e{i}-{j}"),
                         tenant: "t".into(),
-                        contact_id: format!("c{i}"),
+                        contact_id: compact_str::format_compact!("c{i}"),
                         parent_contact_id: None,
-                        customer_id: (cust > 0).then(|| format!("u{cust}")),
+                        customer_id: (cust > 0).then(|| compact_str::format_compact!("u{cust}")),
                         channel: ch,
                         occurred_at: base + start + off,
                         intent: None,
@@ -1717,7 +1717,7 @@ mod tests {
         for i in 0..288 {
             let (id, t) = (format!("k{i}"), t0 + i * 10 * MIN);
             let mut e = ev(&format!("{id}s"), &id, t, EventKind::AiAgentStarted);
-            e.customer_id = Some(id.clone());
+            e.customer_id = Some(id.as_str().into());
             let kinds = [
                 EventKind::ContactStarted {
                     direction: Direction::Inbound,
@@ -1731,7 +1731,7 @@ mod tests {
             ];
             for (n, kind) in kinds.into_iter().enumerate() {
                 events.push(Event {
-                    event_id: format!("{id}-{n}"),
+                    event_id: compact_str::format_compact!("{id}-{n}"),
                     occurred_at: t + n as i64 * MIN,
                     kind,
                     ..e.clone()
@@ -1842,9 +1842,9 @@ mod heatmap_tests {
         let mut i = 0;
         while t < to {
             let ev = Event {
-                event_id: format!("e{i}"),
+                event_id: compact_str::format_compact!("e{i}"),
                 tenant: "t".into(),
-                contact_id: format!("c{i}"),
+                contact_id: compact_str::format_compact!("c{i}"),
                 parent_contact_id: None,
                 customer_id: None,
                 channel: Channel::Voice,

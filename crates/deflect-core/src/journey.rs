@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::dims::{Dimensions, DimensionsConfig};
 use crate::event::{
     AiOutcome, Channel, Direction, Event, EventKind, Initiation, IvrExitReason, Millis,
-    QueueExitReason,
+    QueueExitReason, Text,
 };
 use crate::metrics::{csat_box, wait_bucket_label, Labels, Metric, Outcome, RECONTACT_WINDOWS};
 
@@ -120,7 +120,7 @@ pub struct ContactState {
     pub talk_known: bool,
     pub talk_unknown: bool,
     /// The raw intent (proactive deflection matches it against notification topics).
-    pub raw_intent: Option<String>,
+    pub raw_intent: Option<Text>,
 }
 
 impl ContactState {
@@ -185,10 +185,10 @@ impl ContactState {
 /// A potential call (of a known customer) whose re-contact is not yet decided for every window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch {
-    pub contact_id: String,
+    pub contact_id: Text,
     pub ended_at: Millis,
     /// tenant, channel, intent.
-    pub labels: Vec<String>,
+    pub labels: Vec<Text>,
     pub outcome: Outcome,
     /// Bit i set = window `RECONTACT_WINDOWS[i]` still undecided.
     pub pending: u8,
@@ -198,18 +198,18 @@ pub struct Watch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationWatch {
     pub sent_at: Millis,
-    pub topic: String,
+    pub topic: Text,
     /// tenant, channel, topic (folded).
-    pub labels: Vec<String>,
+    pub labels: Vec<Text>,
 }
 
 /// An ended contact, kept for `survey_window` so that a survey can be split by its outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ended {
-    pub contact_id: String,
+    pub contact_id: Text,
     pub ended_at: Millis,
     pub outcome: Outcome,
-    pub tenant: String,
+    pub tenant: Text,
     pub channel: Channel,
 }
 
@@ -217,12 +217,12 @@ pub struct Ended {
 pub struct Journey {
     pub known_customer: bool,
     /// Boxed: a B-tree leaf reserves room for eleven values, and most journeys have one contact.
-    pub contacts: BTreeMap<String, Box<ContactState>>,
+    pub contacts: BTreeMap<Text, Box<ContactState>>,
     pub watches: Vec<Watch>,
     pub notifications: Vec<NotificationWatch>,
     pub ended: Vec<Ended>,
     /// Open callbacks: id → (requested at, tenant label, queue label).
-    pub callbacks: BTreeMap<String, (Millis, String, String)>,
+    pub callbacks: BTreeMap<Text, (Millis, Text, Text)>,
 }
 
 fn window_ms(i: usize) -> Millis {
@@ -316,7 +316,7 @@ impl Journey {
             EventKind::NotificationSent { topic, .. } => {
                 let labels = vec![
                     cfg.dims.tenant(&e.tenant),
-                    e.channel.as_str().to_string(),
+                    Text::const_new(e.channel.as_str()),
                     cfg.dims.intent(Some(topic)),
                 ];
                 if self.known_customer {
@@ -374,7 +374,7 @@ impl Journey {
             out.rejected(e, detail);
             return;
         }
-        let mut intent_known: Option<String> = None;
+        let mut intent_known: Option<Text> = None;
         match &e.kind {
             EventKind::ContactStarted {
                 direction,
@@ -565,7 +565,7 @@ impl Journey {
     ) {
         let outcome = c.outcome();
         self.ended.push(Ended {
-            contact_id: contact_id.to_string(),
+            contact_id: contact_id.into(),
             ended_at: t,
             outcome,
             tenant: c.dims.tenant.clone(),
@@ -603,14 +603,16 @@ impl Journey {
             &with(&labels, &[outcome.as_str()]),
             1,
         );
-        if outcome == Outcome::Deflected && cfg.high_stakes_intents.contains(&c.dims.intent) {
+        if outcome == Outcome::Deflected
+            && cfg.high_stakes_intents.iter().any(|i| *i == c.dims.intent)
+        {
             out.count(Metric::HighStakesDeflected, &labels, 1);
         }
         if self.known_customer {
             self.watches.push(Watch {
-                contact_id: contact_id.to_string(),
+                contact_id: contact_id.into(),
                 ended_at: t,
-                labels: labels.map(str::to_string).to_vec(),
+                labels: labels.map(Text::from).to_vec(),
                 outcome,
                 pending: (1 << RECONTACT_WINDOWS.len()) - 1,
             });
@@ -627,7 +629,7 @@ impl Journey {
     /// watches whose window passed without a re-contact are decided, notifications whose window
     /// passed deflected a call, and ended contacts older than the survey window are forgotten.
     pub fn fire(&mut self, cfg: &JourneyConfig, t: Millis, out: &mut dyn Figures) {
-        let due: Vec<String> = self
+        let due: Vec<Text> = self
             .contacts
             .iter()
             .filter(|(_, c)| c.last_event_at + cfg.contact_timeout_ms <= t)
@@ -733,7 +735,7 @@ mod tests {
 
     fn ev(contact: &str, t: Millis, kind: EventKind) -> Event {
         Event {
-            event_id: format!("{contact}-{t}-{}", kind.rank()),
+            event_id: compact_str::format_compact!("{contact}-{t}-{}", kind.rank()),
             tenant: "t".into(),
             contact_id: contact.into(),
             parent_contact_id: None,

@@ -352,8 +352,8 @@ fn journey(cfg: &JourneyConfig, known: bool, evs: &[&Event], out: &mut Out) {
         let (t, q) = match open.remove(callback_id.as_str()) {
             Some((_, t, q)) => (t, q),
             None => (
-                cfg.dims.tenant(&e.tenant),
-                cfg.dims.queue(e.queue.as_deref()),
+                cfg.dims.tenant(&e.tenant).to_string(),
+                cfg.dims.queue(e.queue.as_deref()).to_string(),
             ),
         };
         out.count(e.occurred_at, Metric::Callbacks, &[&t, &q, ev], 1);
@@ -424,7 +424,7 @@ fn fold_segment<'a>(
                     out.count(t, Metric::PotentialCalls, &[&tenant, channel, &intent], 1);
                     out.at(t).heat.arrivals += 1;
                     if let Some(i) = &raw_intent {
-                        intents.push((p, i.clone()));
+                        intents.push((p, i.to_string()));
                     }
                 }
             }
@@ -433,7 +433,7 @@ fn fold_segment<'a>(
                 raw_intent = Some(i.clone()).filter(|i| !i.is_empty());
                 if potential {
                     if let Some(i) = &raw_intent {
-                        intents.push((p, i.clone()));
+                        intents.push((p, i.to_string()));
                     }
                 }
             }
@@ -511,7 +511,12 @@ fn fold_segment<'a>(
             }
             EventKind::CallbackRequested { callback_id } => {
                 callback = true;
-                requests.push((p, callback_id.as_str(), tenant.clone(), queue.clone()));
+                requests.push((
+                    p,
+                    callback_id.as_str(),
+                    tenant.to_string(),
+                    queue.to_string(),
+                ));
                 let ql = [tenant.as_str(), channel, queue.as_str()];
                 if let Some(q) = enqueued.take() {
                     out.count(t, Metric::QueueCallbackRequested, &ql, 1);
@@ -596,7 +601,7 @@ fn fold_segment<'a>(
             &[cl[0], cl[1], cl[2], outcome.as_str()],
             1,
         );
-        if outcome == Outcome::Deflected && cfg.high_stakes_intents.contains(&intent) {
+        if outcome == Outcome::Deflected && cfg.high_stakes_intents.iter().any(|i| *i == intent) {
             out.count(end, Metric::HighStakesDeflected, &cl, 1);
         }
     }
@@ -606,9 +611,9 @@ fn fold_segment<'a>(
         end_pos,
         outcome,
         potential,
-        tenant: tenant.clone(),
+        tenant: tenant.to_string(),
         channel,
-        intent,
+        intent: intent.to_string(),
     }
 }
 

@@ -142,7 +142,7 @@ fn oracle(minutes: u32, j: &JourneyConfig, events: &[Event]) -> BTreeMap<Millis,
 // ---------- random scenarios
 
 fn arb_step() -> impl Strategy<Value = EventKind> {
-    let s = |s: &str| s.to_string();
+    let s = |s: &str| deflect_core::event::Text::from(s);
     prop_oneof![
         prop::sample::select(vec!["billing", "card", "dispute", "moving", ""]).prop_map(move |i| {
             EventKind::IntentIdentified {
@@ -188,14 +188,20 @@ fn arb_step() -> impl Strategy<Value = EventKind> {
         prop::option::of(0u64..120_000)
             .prop_map(|acw_ms| EventKind::AfterContactWorkEnded { acw_ms }),
         (0u8..3).prop_map(move |i| EventKind::CallbackRequested {
-            callback_id: format!("cb{i}")
+            callback_id: format!("cb{i}").into()
         }),
         (0u8..3, 0u8..3).prop_map(|(i, k)| {
             let callback_id = format!("cb{i}");
             match k {
-                0 => EventKind::CallbackCompleted { callback_id },
-                1 => EventKind::CallbackCanceled { callback_id },
-                _ => EventKind::CallbackExpired { callback_id },
+                0 => EventKind::CallbackCompleted {
+                    callback_id: callback_id.into(),
+                },
+                1 => EventKind::CallbackCanceled {
+                    callback_id: callback_id.into(),
+                },
+                _ => EventKind::CallbackExpired {
+                    callback_id: callback_id.into(),
+                },
             }
         }),
     ]
@@ -270,19 +276,19 @@ fn arb_events() -> impl Strategy<Value = Vec<Event>> {
             steps.sort_by_key(|s| s.0);
             let customer = (cust > 0).then(|| format!("u{cust}"));
             let mk = |j: usize, t: Millis, kind: EventKind| Event {
-                event_id: format!("e{i}-{j}"),
+                event_id: format!("e{i}-{j}").into(),
                 tenant: if i % 7 == 0 {
                     "zeta".into()
                 } else {
                     "acme".into()
                 },
-                contact_id: format!("c{i}"),
+                contact_id: format!("c{i}").into(),
                 parent_contact_id: None,
-                customer_id: customer.clone(),
+                customer_id: customer.as_deref().map(Into::into),
                 channel: ch,
                 occurred_at: base + t,
-                intent: intent.map(str::to_string),
-                queue: (i % 3 == 0).then(|| "q1".to_string()),
+                intent: intent.map(Into::into),
+                queue: (i % 3 == 0).then(|| "q1".into()),
                 kind,
             };
             out.push(mk(
@@ -383,7 +389,7 @@ fn ev(id: &str, cust: Option<&str>, contact: &str, t: Millis, kind: EventKind) -
         tenant: "acme".into(),
         contact_id: contact.into(),
         parent_contact_id: None,
-        customer_id: cust.map(str::to_string),
+        customer_id: cust.map(Into::into),
         channel: Channel::Voice,
         occurred_at: t,
         intent: None,

@@ -184,7 +184,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, DecodeError> {
             initiation: p.enumerated("initiation", Initiation::parse)?,
         },
         "intent_identified" => EventKind::IntentIdentified {
-            intent: p.str("intent")?.to_string(),
+            intent: p.str("intent")?.into(),
             confidence: p.f64("confidence")?.unwrap_or(0.0) as f32,
         },
         "ivr_entered" => EventKind::IvrEntered {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use deflect_core::event::{
     AiOutcome, Channel, Direction, DisconnectParty, EscalationSource, Event, EventKind, Initiation,
-    IvrExitReason, QueueExitReason,
+    IvrExitReason, QueueExitReason, Text,
 };
 use prost::Message;
 
@@ -165,15 +165,19 @@ pub struct Envelope<'a> {
 
 /// Validates the envelope and builds the event.
 pub fn envelope(env: Envelope<'_>, kind: EventKind) -> Result<Event, DecodeError> {
-    // strings decoded into owned buffers (protobuf) move into the event, borrowed ones are copied
+    // short strings are copied inline; owned long ones (prost) keep their buffer
+    let text = |v: Cow<'_, str>| match v {
+        Cow::Borrowed(b) => Text::from(b),
+        Cow::Owned(o) => Text::from(o),
+    };
     let req = |v: Cow<'_, str>, name: &str| {
         if v.is_empty() {
             Err(DecodeError::missing(name))
         } else {
-            Ok(v.into_owned())
+            Ok(text(v))
         }
     };
-    let opt = |v: Cow<'_, str>| (!v.is_empty()).then(|| v.into_owned());
+    let opt = |v: Cow<'_, str>| (!v.is_empty()).then(|| text(v));
     let kind = match kind {
         // A survey refers to a contact; the intent payload also sets the envelope's intent.
         EventKind::IntentIdentified { intent, confidence } if intent.is_empty() => {
@@ -181,7 +185,7 @@ pub fn envelope(env: Envelope<'_>, kind: EventKind) -> Result<Event, DecodeError
                 return Err(DecodeError::missing("intent_identified.intent"));
             }
             EventKind::IntentIdentified {
-                intent: env.intent.to_string(),
+                intent: Text::from(&*env.intent),
                 confidence,
             }
         }
@@ -264,12 +268,47 @@ macro_rules! pb_enum_name {
     };
 }
 
+/// A `ContactEvent` record's fields before validation: strings borrowed from the record (read
+/// directly, [`wire`]) or owned (decoded by prost).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PbRecord<'a> {
+    pub event_id: Cow<'a, str>,
+    pub tenant: Cow<'a, str>,
+    pub contact_id: Cow<'a, str>,
+    pub parent_contact_id: Cow<'a, str>,
+    pub customer_id: Cow<'a, str>,
+    pub channel: i32,
+    pub occurred_at: i64,
+    pub intent: Cow<'a, str>,
+    pub queue: Cow<'a, str>,
+    pub payload: Option<pb::contact_event::Payload>,
+}
+
+impl From<pb::ContactEvent> for PbRecord<'_> {
+    fn from(m: pb::ContactEvent) -> Self {
+        // `attributes` are dropped: no metric may use them
+        PbRecord {
+            event_id: Cow::Owned(m.event_id),
+            tenant: Cow::Owned(m.tenant),
+            contact_id: Cow::Owned(m.contact_id),
+            parent_contact_id: Cow::Owned(m.parent_contact_id),
+            customer_id: Cow::Owned(m.customer_id),
+            channel: m.channel,
+            occurred_at: m.occurred_at,
+            intent: Cow::Owned(m.intent),
+            queue: Cow::Owned(m.queue),
+            payload: m.payload,
+        }
+    }
+}
+
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     use pb::contact_event::Payload as P;
     let mut m = match wire::contact_event(bytes) {
         Some(m) => m,
         None => pb::ContactEvent::decode(bytes)
-            .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?,
+            .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?
+            .into(),
     };
     let payload = m.payload.take().ok_or_else(|| {
         DecodeError::new(
@@ -293,16 +332,18 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
             )?,
         },
         P::IntentIdentified(p) => EventKind::IntentIdentified {
-            intent: p.intent,
+            intent: p.intent.into(),
             confidence: finite32("intent_identified.confidence", p.confidence)?,
         },
-        P::IvrEntered(p) => EventKind::IvrEntered { node: p.node },
+        P::IvrEntered(p) => EventKind::IvrEntered {
+            node: p.node.into(),
+        },
         P::IvrMenuSelected(p) => EventKind::IvrMenuSelected {
-            node: p.node,
-            option: p.option,
+            node: p.node.into(),
+            option: p.option.into(),
         },
         P::IvrExited(p) => EventKind::IvrExited {
-            node: p.node,
+            node: p.node.into(),
             reason: pb_enum(
                 "ivr_exited.reason",
                 p.reason,
@@ -310,7 +351,9 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
                 IvrExitReason::parse,
             )?,
         },
-        P::SelfServiceViewed(p) => EventKind::SelfServiceViewed { item: p.item },
+        P::SelfServiceViewed(p) => EventKind::SelfServiceViewed {
+            item: p.item.into(),
+        },
         P::SelfServiceResolved(p) => EventKind::SelfServiceResolved {
             confirmed: p.confirmed,
         },
@@ -331,14 +374,14 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
                 pb_enum_name!(pb::escalation_requested::From, p.from),
                 EscalationSource::parse,
             )?,
-            reason: p.reason,
+            reason: p.reason.into(),
             context_passed: p.context_passed,
         },
         P::QueueEntered(p) => EventKind::QueueEntered {
             queue: if p.queue.is_empty() {
-                m.queue.clone()
+                Text::from(&*m.queue)
             } else {
-                p.queue
+                p.queue.into()
             },
             priority: p.priority,
         },
@@ -359,16 +402,16 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
         },
         P::AfterContactWorkEnded(p) => EventKind::AfterContactWorkEnded { acw_ms: p.acw_ms },
         P::CallbackRequested(p) => EventKind::CallbackRequested {
-            callback_id: p.callback_id,
+            callback_id: p.callback_id.into(),
         },
         P::CallbackCompleted(p) => EventKind::CallbackCompleted {
-            callback_id: p.callback_id,
+            callback_id: p.callback_id.into(),
         },
         P::CallbackCanceled(p) => EventKind::CallbackCanceled {
-            callback_id: p.callback_id,
+            callback_id: p.callback_id.into(),
         },
         P::CallbackExpired(p) => EventKind::CallbackExpired {
-            callback_id: p.callback_id,
+            callback_id: p.callback_id.into(),
         },
         P::ContactEnded(p) => EventKind::ContactEnded {
             party: match p.party {
@@ -384,8 +427,8 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
         },
         P::SurveyResponse(p) => survey(p.score, p.scale_min, p.scale_max)?,
         P::NotificationSent(p) => EventKind::NotificationSent {
-            campaign: p.campaign,
-            topic: p.topic,
+            campaign: p.campaign.into(),
+            topic: p.topic.into(),
         },
     };
     if let EventKind::QueueEntered { queue, .. } = &kind {
@@ -395,18 +438,18 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     envelope(
         Envelope {
-            event_id: Cow::Owned(m.event_id),
-            tenant: Cow::Owned(m.tenant),
-            contact_id: Cow::Owned(m.contact_id),
-            parent_contact_id: Cow::Owned(m.parent_contact_id),
-            customer_id: Cow::Owned(m.customer_id),
+            event_id: m.event_id,
+            tenant: m.tenant,
+            contact_id: m.contact_id,
+            parent_contact_id: m.parent_contact_id,
+            customer_id: m.customer_id,
             channel: match m.channel {
                 0 => None,
                 v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
             },
             occurred_at: Some(m.occurred_at),
-            intent: Cow::Owned(m.intent),
-            queue: Cow::Owned(m.queue),
+            intent: m.intent,
+            queue: m.queue,
         },
         kind,
     )
@@ -465,22 +508,24 @@ pub fn encode_protobuf(e: &Event) -> Vec<u8> {
         }),
         EventKind::IntentIdentified { intent, confidence } => {
             P::IntentIdentified(pb::IntentIdentified {
-                intent: intent.clone(),
+                intent: intent.to_string(),
                 confidence: *confidence,
             })
         }
-        EventKind::IvrEntered { node } => P::IvrEntered(pb::IvrEntered { node: node.clone() }),
+        EventKind::IvrEntered { node } => P::IvrEntered(pb::IvrEntered {
+            node: node.to_string(),
+        }),
         EventKind::IvrMenuSelected { node, option } => P::IvrMenuSelected(pb::IvrMenuSelected {
-            node: node.clone(),
-            option: option.clone(),
+            node: node.to_string(),
+            option: option.to_string(),
         }),
         EventKind::IvrExited { node, reason } => P::IvrExited(pb::IvrExited {
-            node: node.clone(),
+            node: node.to_string(),
             reason: to_pb_enum!(pb::ivr_exited::Reason, "REASON", reason),
         }),
-        EventKind::SelfServiceViewed { item } => {
-            P::SelfServiceViewed(pb::SelfServiceViewed { item: item.clone() })
-        }
+        EventKind::SelfServiceViewed { item } => P::SelfServiceViewed(pb::SelfServiceViewed {
+            item: item.to_string(),
+        }),
         EventKind::SelfServiceResolved { confirmed } => {
             P::SelfServiceResolved(pb::SelfServiceResolved {
                 confirmed: *confirmed,
@@ -497,11 +542,11 @@ pub fn encode_protobuf(e: &Event) -> Vec<u8> {
             context_passed,
         } => P::EscalationRequested(pb::EscalationRequested {
             from: to_pb_enum!(pb::escalation_requested::From, "FROM", from),
-            reason: reason.clone(),
+            reason: reason.to_string(),
             context_passed: *context_passed,
         }),
         EventKind::QueueEntered { queue, priority } => P::QueueEntered(pb::QueueEntered {
-            queue: queue.clone(),
+            queue: queue.to_string(),
             priority: *priority,
         }),
         EventKind::QueueExited { reason } => P::QueueExited(pb::QueueExited {
@@ -522,19 +567,19 @@ pub fn encode_protobuf(e: &Event) -> Vec<u8> {
         }
         EventKind::CallbackRequested { callback_id } => {
             P::CallbackRequested(pb::CallbackRequested {
-                callback_id: callback_id.clone(),
+                callback_id: callback_id.to_string(),
             })
         }
         EventKind::CallbackCompleted { callback_id } => {
             P::CallbackCompleted(pb::CallbackCompleted {
-                callback_id: callback_id.clone(),
+                callback_id: callback_id.to_string(),
             })
         }
         EventKind::CallbackCanceled { callback_id } => P::CallbackCanceled(pb::CallbackCanceled {
-            callback_id: callback_id.clone(),
+            callback_id: callback_id.to_string(),
         }),
         EventKind::CallbackExpired { callback_id } => P::CallbackExpired(pb::CallbackExpired {
-            callback_id: callback_id.clone(),
+            callback_id: callback_id.to_string(),
         }),
         EventKind::ContactEnded { party, resolved } => P::ContactEnded(pb::ContactEnded {
             party: party.map_or(0, |p| to_pb_enum!(pb::contact_ended::Party, "PARTY", p)),
@@ -551,21 +596,25 @@ pub fn encode_protobuf(e: &Event) -> Vec<u8> {
         }),
         EventKind::NotificationSent { campaign, topic } => {
             P::NotificationSent(pb::NotificationSent {
-                campaign: campaign.clone(),
-                topic: topic.clone(),
+                campaign: campaign.to_string(),
+                topic: topic.to_string(),
             })
         }
     };
     pb::ContactEvent {
-        event_id: e.event_id.clone(),
-        tenant: e.tenant.clone(),
-        contact_id: e.contact_id.clone(),
-        parent_contact_id: e.parent_contact_id.clone().unwrap_or_default(),
-        customer_id: e.customer_id.clone().unwrap_or_default(),
+        event_id: e.event_id.to_string(),
+        tenant: e.tenant.to_string(),
+        contact_id: e.contact_id.to_string(),
+        parent_contact_id: e
+            .parent_contact_id
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
+        customer_id: e.customer_id.as_deref().unwrap_or_default().to_string(),
         channel: channel_to_pb(e.channel) as i32,
         occurred_at: e.occurred_at,
-        intent: e.intent.clone().unwrap_or_default(),
-        queue: e.queue.clone().unwrap_or_default(),
+        intent: e.intent.as_deref().unwrap_or_default().to_string(),
+        queue: e.queue.as_deref().unwrap_or_default().to_string(),
         attributes: Default::default(),
         payload: Some(payload),
     }

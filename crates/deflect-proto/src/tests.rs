@@ -13,14 +13,21 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                 initiation
             }),
         (s, 0u8..=100).prop_map(|(intent, c)| EventKind::IntentIdentified {
-            intent,
+            intent: intent.into(),
             confidence: f32::from(c) / 100.0
         }),
-        s.prop_map(|node| EventKind::IvrEntered { node }),
-        (s, s).prop_map(|(node, option)| EventKind::IvrMenuSelected { node, option }),
-        (s, prop::sample::select(IvrExitReason::ALL))
-            .prop_map(|(node, reason)| EventKind::IvrExited { node, reason }),
-        s.prop_map(|item| EventKind::SelfServiceViewed { item }),
+        s.prop_map(|node| EventKind::IvrEntered { node: node.into() }),
+        (s, s).prop_map(|(node, option)| EventKind::IvrMenuSelected {
+            node: node.into(),
+            option: option.into()
+        }),
+        (s, prop::sample::select(IvrExitReason::ALL)).prop_map(|(node, reason)| {
+            EventKind::IvrExited {
+                node: node.into(),
+                reason,
+            }
+        }),
+        s.prop_map(|item| EventKind::SelfServiceViewed { item: item.into() }),
         any::<bool>().prop_map(|confirmed| EventKind::SelfServiceResolved { confirmed }),
         Just(EventKind::AiAgentStarted),
         (prop::sample::select(AiOutcome::ALL), any::<u32>())
@@ -33,21 +40,32 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
             .prop_map(
                 |(from, reason, context_passed)| EventKind::EscalationRequested {
                     from,
-                    reason,
+                    reason: reason.into(),
                     context_passed
                 }
             ),
-        (s, -5i32..5).prop_map(|(queue, priority)| EventKind::QueueEntered { queue, priority }),
+        (s, -5i32..5).prop_map(|(queue, priority)| EventKind::QueueEntered {
+            queue: queue.into(),
+            priority
+        }),
         prop::sample::select(QueueExitReason::ALL)
             .prop_map(|reason| EventKind::QueueExited { reason }),
         any::<bool>().prop_map(|context_received| EventKind::AgentConnected { context_received }),
         (any::<Option<u64>>(), any::<Option<u64>>())
             .prop_map(|(talk_ms, hold_ms)| EventKind::AgentDisconnected { talk_ms, hold_ms }),
         any::<Option<u64>>().prop_map(|acw_ms| EventKind::AfterContactWorkEnded { acw_ms }),
-        s.prop_map(|callback_id| EventKind::CallbackRequested { callback_id }),
-        s.prop_map(|callback_id| EventKind::CallbackCompleted { callback_id }),
-        s.prop_map(|callback_id| EventKind::CallbackCanceled { callback_id }),
-        s.prop_map(|callback_id| EventKind::CallbackExpired { callback_id }),
+        s.prop_map(|callback_id| EventKind::CallbackRequested {
+            callback_id: callback_id.into()
+        }),
+        s.prop_map(|callback_id| EventKind::CallbackCompleted {
+            callback_id: callback_id.into()
+        }),
+        s.prop_map(|callback_id| EventKind::CallbackCanceled {
+            callback_id: callback_id.into()
+        }),
+        s.prop_map(|callback_id| EventKind::CallbackExpired {
+            callback_id: callback_id.into()
+        }),
         (
             prop::option::of(prop::sample::select(DisconnectParty::ALL)),
             any::<bool>()
@@ -58,7 +76,10 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
             scale_min: 1.0,
             scale_max: 5.0
         }),
-        (s, s).prop_map(|(campaign, topic)| EventKind::NotificationSent { campaign, topic }),
+        (s, s).prop_map(|(campaign, topic)| EventKind::NotificationSent {
+            campaign: campaign.into(),
+            topic: topic.into()
+        }),
     ]
 }
 
@@ -88,15 +109,15 @@ pub(crate) fn arb_event() -> impl Strategy<Value = Event> {
                 queue,
                 kind,
             )| Event {
-                event_id,
-                tenant,
-                contact_id,
-                parent_contact_id,
-                customer_id,
+                event_id: event_id.into(),
+                tenant: tenant.into(),
+                contact_id: contact_id.into(),
+                parent_contact_id: parent_contact_id.map(Into::into),
+                customer_id: customer_id.map(Into::into),
                 channel,
                 occurred_at,
-                intent: intent.clone(),
-                queue,
+                intent: intent.clone().map(Into::into),
+                queue: queue.map(Into::into),
                 kind: match kind {
                     // An empty payload intent falls back to the envelope's; keep the round trip exact.
                     EventKind::IntentIdentified {

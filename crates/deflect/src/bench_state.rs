@@ -61,11 +61,11 @@ pub fn rss() -> (u64, u64) {
 /// The events of customer `i`'s one contact, starting at `t`.
 fn contact(i: u64, t: i64) -> Vec<Event> {
     let ev = |k: u64, dt: i64, kind: EventKind| Event {
-        event_id: format!("s{i}-{k}"),
+        event_id: format!("s{i}-{k}").into(),
         tenant: "acme".into(),
-        contact_id: format!("k{i}"),
+        contact_id: format!("k{i}").into(),
         parent_contact_id: None,
-        customer_id: Some(format!("cust-{i:08}")),
+        customer_id: Some(format!("cust-{i:08}").into()),
         channel: Channel::Voice,
         occurred_at: t + dt,
         intent: None,

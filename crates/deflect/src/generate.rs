@@ -203,19 +203,19 @@ impl Generator {
         kind: EventKind,
     ) -> Event {
         Event {
-            event_id: format!("{contact}-{seq}"),
+            event_id: format!("{contact}-{seq}").into(),
             tenant: customer
                 .map_or(
                     TENANTS[0],
                     |c| if c % 5 == 0 { TENANTS[1] } else { TENANTS[0] },
                 )
-                .to_string(),
-            contact_id: contact.to_string(),
+                .into(),
+            contact_id: contact.into(),
             parent_contact_id: None,
-            customer_id: customer.map(|c| format!("u{c}")),
+            customer_id: customer.map(|c| format!("u{c}").into()),
             channel,
             occurred_at: at,
-            intent: intent.map(str::to_string),
+            intent: intent.map(Into::into),
             queue: None,
             kind,
         }
@@ -233,7 +233,7 @@ impl Generator {
                         intent: Option<&str>,
                         kind: EventKind| {
             let mut e = g.event(&contact, a.customer, ch, at, seq, intent, kind);
-            e.parent_contact_id = a.callback_of.clone();
+            e.parent_contact_id = a.callback_of.as_deref().map(Into::into);
             seq += 1;
             evs.push(e);
         };
@@ -282,7 +282,7 @@ impl Generator {
                 Channel::Voice,
                 Some(intent),
                 EventKind::CallbackCompleted {
-                    callback_id: format!("cb-{parent}"),
+                    callback_id: format!("cb-{parent}").into(),
                 },
             );
             push(
@@ -444,7 +444,7 @@ impl Generator {
                     channel,
                     None,
                     EventKind::SelfServiceViewed {
-                        item: format!("kb-{intent}"),
+                        item: format!("kb-{intent}").into(),
                     },
                 );
             }
@@ -572,7 +572,7 @@ impl Generator {
                         channel,
                         Some(intent),
                         EventKind::CallbackRequested {
-                            callback_id: format!("cb-{contact}"),
+                            callback_id: format!("cb-{contact}").into(),
                         },
                     );
                     let leg_at = t + 600_000 + rng.gen_range(0..3_000_000);

@@ -159,15 +159,15 @@ fn call_events(spec: &IntervalSpec, c: &Call<'_>, entry: Time, out: &mut Vec<Eve
     let mut n = 0;
     let mut push = |at: Millis, kind: EventKind| {
         out.push(Event {
-            event_id: format!("{contact}-{n}"),
+            event_id: format!("{contact}-{n}").into(),
             tenant: TENANT.into(),
-            contact_id: contact.clone(),
+            contact_id: contact.clone().into(),
             parent_contact_id: None,
-            customer_id: customer.clone(),
+            customer_id: customer.as_deref().map(Into::into),
             channel: Channel::Voice,
             occurred_at: at,
-            intent: Some(c.kind.to_string()),
-            queue: Some(c.kind.to_string()),
+            intent: Some(c.kind.to_string().into()),
+            queue: Some(c.kind.to_string().into()),
             kind,
         });
         n += 1;
@@ -220,7 +220,7 @@ fn call_events(spec: &IntervalSpec, c: &Call<'_>, entry: Time, out: &mut Vec<Eve
         push(
             tq,
             EventKind::QueueEntered {
-                queue: c.kind.to_string(),
+                queue: c.kind.to_string().into(),
                 priority: c.priority,
             },
         );

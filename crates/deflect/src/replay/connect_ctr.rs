@@ -148,15 +148,15 @@ fn contact_events(id: &str, r: &Value) -> Result<Vec<Event>, &'static str> {
     let mut push = |at: Millis, kind: EventKind| {
         let n = evs.len();
         evs.push(Event {
-            event_id: format!("{id}-{n}"),
-            tenant: tenant.to_string(),
-            contact_id: id.to_string(),
-            parent_contact_id: s(r, "PreviousContactId").map(str::to_string),
-            customer_id: customer.map(str::to_string),
+            event_id: format!("{id}-{n}").into(),
+            tenant: tenant.into(),
+            contact_id: id.into(),
+            parent_contact_id: s(r, "PreviousContactId").map(Into::into),
+            customer_id: customer.map(Into::into),
             channel,
             occurred_at: at,
             intent: None,
-            queue: queue_name.map(str::to_string),
+            queue: queue_name.map(Into::into),
             kind,
         });
     };
