@@ -412,6 +412,8 @@ pub struct PartitionEngine {
     timers: BTreeSet<TimerKey>,
     timers_until: Millis,
     cache: JourneyCache,
+    /// Every journey the last [`PartitionEngine::take_changes`] handed out is still cached.
+    writes_cached: bool,
     /// Keys of the cached journeys changed since the last `take_changes` (each once).
     dirty: Vec<JourneyKey>,
     /// Net timer writes since the last `take_changes`: a timer set and fired within one batch
@@ -468,6 +470,7 @@ impl PartitionEngine {
             timers: BTreeSet::new(),
             timers_until: Millis::MIN,
             cache: Default::default(),
+            writes_cached: true,
             dirty: Vec::new(),
             timer_ops: HashMap::default(),
             changes: StateChanges::default(),
@@ -649,6 +652,14 @@ impl PartitionEngine {
     }
     pub fn snapshot(&self) -> &PartitionSnapshot {
         &self.snap
+    }
+
+    /// Whether a journey this engine reads from its store is one that the writes last handed
+    /// out by [`PartitionEngine::take_changes`] do not touch: they are all still cached (the
+    /// cache was not trimmed), and it reads only journeys it does not have. Then its journey
+    /// reads need not wait for that write to land; its timer reads always do.
+    pub fn journey_reads_skip_last_changes(&self) -> bool {
+        self.writes_cached
     }
 
     /// Instants before this are closed: events there are late.
@@ -1226,14 +1237,16 @@ impl PartitionEngine {
             c.dirty = false;
             if c.journey.is_empty() {
                 debug_assert_eq!(c.timer, None, "an empty journey has no timer");
-                self.cache.remove(&key);
+                // stays cached, empty, as the store will have it (none): the customer's next
+                // contact needs no lookup, and every journey this batch writes stays cached
                 ch.journeys.push((key, None));
             } else {
                 let v = crate::codec::encode(&(c.timer, &c.journey));
                 ch.journeys.push((key, Some(v)));
             }
         }
-        if self.cache.len() > keep_cached {
+        self.writes_cached = self.cache.len() <= keep_cached;
+        if !self.writes_cached {
             self.cache.clear();
         }
         for start in std::mem::take(&mut self.dirty_cohorts) {
@@ -1416,9 +1429,16 @@ mod tests {
         snapshot: PartitionSnapshot,
         timers: BTreeSet<TimerKey>,
         cohorts: BTreeMap<Millis, CohortState>,
+        /// The journeys of the last write, while the engine says its reads skip them (the
+        /// pipeline then reads without waiting for that write to land).
+        unsynced: Option<std::collections::HashSet<String>>,
     }
     impl JourneyStore for MemStore {
         fn load(&mut self, key: &str) -> Option<StoredJourney> {
+            assert!(
+                !self.unsynced.as_ref().is_some_and(|w| w.contains(key)),
+                "journey {key} read from the store before the write that changed it landed"
+            );
             self.journeys.get(key).cloned()
         }
         fn keeps_timers(&self) -> bool {
@@ -1435,6 +1455,9 @@ mod tests {
         /// One durable write, as `deflect-store` makes it.
         fn write(&mut self, e: &mut PartitionEngine, keep_cached: usize) {
             let ch = e.take_changes(keep_cached);
+            self.unsynced = e
+                .journey_reads_skip_last_changes()
+                .then(|| (ch.journeys.iter()).map(|(k, _)| k.to_string()).collect());
             for (k, j) in ch.journeys {
                 match j {
                     Some(j) => self
@@ -1459,7 +1482,9 @@ mod tests {
             self.snapshot = e.snapshot().clone();
         }
         /// A crash: everything not written is lost; the engine comes back from the store.
-        fn restore(&self, cfg: Arc<EngineConfig>) -> PartitionEngine {
+        fn restore(&mut self, cfg: Arc<EngineConfig>) -> PartitionEngine {
+            // after a restart every write has landed
+            self.unsynced = None;
             PartitionEngine::restore(
                 cfg,
                 self.snapshot.clone(),
@@ -1768,6 +1793,45 @@ mod tests {
         assert_eq!(windowed.totals(), all_in_memory.totals());
         assert_eq!(windowed.totals().total(Metric::Containment), 3 * 288);
         assert_eq!(windowed.timers_len(), 0);
+    }
+
+    /// A journey emptied by one batch stays cached as empty: the customer's next contact does
+    /// not look it up in the store (where the delete may not have landed yet).
+    #[test]
+    fn an_emptied_journey_is_not_looked_up_again() {
+        let t0 = 1_704_704_400_000;
+        let contact = |id: &str, t: Millis| {
+            let kinds = [
+                EventKind::ContactStarted {
+                    direction: Direction::Inbound,
+                    initiation: Initiation::Customer,
+                },
+                EventKind::SelfServiceResolved { confirmed: true },
+                EventKind::ContactEnded {
+                    party: None,
+                    resolved: true,
+                },
+            ];
+            (kinds.into_iter().enumerate())
+                .map(|(n, kind)| ev(&format!("{id}-{n}"), id, t + n as i64 * MIN, kind))
+                .collect::<Vec<_>>()
+        };
+        let (mut e, mut store) = (PartitionEngine::new(cfg()), MemStore::default());
+        for (o, ev) in contact("a", t0).into_iter().enumerate() {
+            e.ingest(o as i64, ev, 0);
+        }
+        // every re-contact window passes: nothing is left of the journey
+        e.finalize(&mut store);
+        store.write(&mut e, usize::MAX);
+        assert!(store.journeys.is_empty());
+        assert!(e.journey_reads_skip_last_changes());
+        let later = e.frontier().unwrap() + 60 * MIN;
+        for (o, ev) in contact("b", later).into_iter().enumerate() {
+            e.ingest(10 + o as i64, ev, 0);
+        }
+        e.finalize(&mut store);
+        // both contacts contained, in each of the three re-contact windows
+        assert_eq!(e.totals().total(Metric::Containment), 6);
     }
 
     #[test]
