@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,7 @@ struct Pending {
 }
 
 impl Pending {
+    #[inline]
     fn new(event: Event, batch: i64) -> Self {
         Pending {
             at: event.occurred_at,
@@ -393,10 +394,13 @@ pub struct PartitionEngine {
     /// Pending events in processing order: most come in time order and are appended to a sorted
     /// run; a heap takes the others (see [`PendingQueue`]).
     pending: PendingQueue<Pending>,
-    /// Pending events per batch: the oldest batch is where a restart must read again.
+    /// Pending events per batch: the oldest batch is where a restart must read again. The batch
+    /// being ingested is counted apart until the next `take_changes`.
     batch_pending: BTreeMap<i64, u32>,
-    /// First offset of the batch being ingested (since the last `take_changes`).
+    /// First offset of the batch being ingested (since the last `take_changes`), and how many of
+    /// its events are pending.
     open_batch: Option<i64>,
+    open_batch_pending: u32,
     /// One past the highest offset delivered since the engine was built or restored. Below
     /// `next_offset` the partition is being read again after a restart.
     read_to: i64,
@@ -404,9 +408,11 @@ pub struct PartitionEngine {
     restored_unread: bool,
     /// Where the journey key of the event being processed is built.
     key_buf: String,
-    /// Ids of the pending events, inline up to 24 bytes (no allocation, and no second cache
-    /// line to follow when an id is looked up or removed).
-    pending_ids: HashSet<compact_str::CompactString>,
+    /// Ids of the pending events (inline up to 24 bytes), with their event time. An event is
+    /// pending exactly when its time is not before the frontier (processing takes every event
+    /// before it, and one that comes later than that is late), so the ids of processed events
+    /// are dropped in one pass at the end of processing, instead of one removal per event.
+    pending_ids: HashMap<compact_str::CompactString, Millis>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
@@ -466,7 +472,8 @@ impl PartitionEngine {
             pending: Default::default(),
             batch_pending: BTreeMap::new(),
             open_batch: None,
-            pending_ids: HashSet::default(),
+            open_batch_pending: 0,
+            pending_ids: HashMap::default(),
             timers: BTreeSet::new(),
             timers_until: Millis::MIN,
             cache: Default::default(),
@@ -708,7 +715,7 @@ impl PartitionEngine {
                 return Ingest::Late;
             }
         }
-        if !self.pending_ids.insert(event.event_id.as_str().into()) {
+        if !self.claim_id(&event) {
             self.snap.stats.duplicates += 1;
             return Ingest::Duplicate;
         }
@@ -725,7 +732,7 @@ impl PartitionEngine {
     fn replay(&mut self, offset: i64, event: Event) -> Ingest {
         if offset < self.snap.resume_offset
             || self.closed_before().is_some_and(|c| event.occurred_at < c)
-            || !self.pending_ids.insert(event.event_id.as_str().into())
+            || !self.claim_id(&event)
         {
             return Ingest::AlreadyApplied;
         }
@@ -733,10 +740,23 @@ impl PartitionEngine {
         Ingest::Replayed
     }
 
+    /// Records `event`'s id as pending; false when an event with that id is pending already.
+    fn claim_id(&mut self, event: &Event) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.pending_ids.entry(event.event_id.as_str().into()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(event.occurred_at);
+                true
+            }
+        }
+    }
+
     /// Holds an event until its interval closes, in the batch being ingested.
+    #[inline]
     fn hold(&mut self, offset: i64, event: Event) {
         let batch = *self.open_batch.get_or_insert(offset);
-        *self.batch_pending.entry(batch).or_insert(0) += 1;
+        self.open_batch_pending += 1;
         self.pending.push(Pending::new(event, batch));
     }
 
@@ -917,7 +937,6 @@ impl PartitionEngine {
                     let Pending {
                         event: e, batch, ..
                     } = self.pending.pop().expect("peeked above");
-                    self.pending_ids.remove(e.event_id.as_str());
                     self.release_batch_entry(batch);
                     // the key is built in a buffer kept by the engine (no allocation per event)
                     let mut jk = std::mem::take(&mut self.key_buf);
@@ -956,8 +975,11 @@ impl PartitionEngine {
         self.add_cohort_figures();
         // The frontier starts at the first processed item's interval, never before it, so the
         // observed hours do not depend on when `advance` happened to be called.
-        if self.snap.frontier.is_some() {
+        if let Some(frontier) = self.snap.frontier {
             self.observe_until(target);
+            // the events processed here are no longer pending
+            let frontier = frontier.max(target);
+            self.pending_ids.retain(|_, at| *at >= frontier);
         }
         closed
     }
@@ -1159,6 +1181,10 @@ impl PartitionEngine {
     }
 
     fn release_batch_entry(&mut self, batch: i64) {
+        if self.open_batch == Some(batch) {
+            self.open_batch_pending -= 1;
+            return;
+        }
         let left = self
             .batch_pending
             .get_mut(&batch)
@@ -1223,7 +1249,10 @@ impl PartitionEngine {
             },
             "state taken with a pending event before the closed bound: advance first"
         );
-        self.open_batch = None;
+        if let (Some(batch), n @ 1..) = (self.open_batch.take(), self.open_batch_pending) {
+            self.batch_pending.insert(batch, n);
+        }
+        self.open_batch_pending = 0;
         let rereading = (self.read_to < self.snap.next_offset).then_some(self.read_to);
         self.snap.resume_offset = (self.batch_pending.keys().next().copied())
             .into_iter()
@@ -1793,6 +1822,43 @@ mod tests {
         assert_eq!(windowed.totals(), all_in_memory.totals());
         assert_eq!(windowed.totals().total(Metric::Containment), 3 * 288);
         assert_eq!(windowed.timers_len(), 0);
+    }
+
+    /// An id names a duplicate only while its event is pending: once processed, the id is free
+    /// again (a re-delivery of that event would be late by then).
+    #[test]
+    fn an_id_is_a_duplicate_only_while_its_event_is_pending() {
+        let t0 = 1_704_704_400_000;
+        let start = || EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        };
+        let mut e = PartitionEngine::new(cfg());
+        assert_eq!(e.ingest(0, ev("x", "c1", t0, start()), 0), Ingest::Accepted);
+        assert_eq!(
+            e.ingest(1, ev("x", "c1", t0, start()), 0),
+            Ingest::Duplicate
+        );
+        assert_eq!(
+            e.ingest(2, ev("x", "c2", t0 + 5 * MIN, start()), 0),
+            Ingest::Duplicate
+        );
+        assert_eq!(
+            e.ingest(3, ev("y", "c3", t0 + 180 * MIN, start()), 0),
+            Ingest::Accepted
+        );
+        e.advance(0, &mut NoStore);
+        assert!(e.frontier().is_some_and(|f| f > t0 && f <= t0 + 180 * MIN));
+        assert_eq!(e.ingest(4, ev("x", "c1", t0, start()), 0), Ingest::Late);
+        assert_eq!(
+            e.ingest(5, ev("x", "c4", t0 + 180 * MIN, start()), 0),
+            Ingest::Accepted
+        );
+        assert_eq!(
+            e.ingest(6, ev("x", "c4", t0 + 181 * MIN, start()), 0),
+            Ingest::Duplicate
+        );
+        assert_eq!(e.stats().duplicates, 3);
     }
 
     /// A journey emptied by one batch stays cached as empty: the customer's next contact does
