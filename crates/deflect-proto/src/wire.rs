@@ -19,6 +19,13 @@ const FIXED32: u8 = 5;
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Option<u64> {
+        // most are keys, lengths and small numbers: one byte
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Some(u64::from(b));
+            }
+        }
         let mut v = 0u64;
         for (i, &b) in self.buf.iter().enumerate().take(10) {
             // the tenth byte may only carry the 64th bit
