@@ -1671,6 +1671,25 @@ mod tests {
         }
     }
 
+    /// A contact resolved by self-service, one event a minute from `t` (ids `{contact}-{n}`):
+    /// contained in every re-contact window unless the customer comes back.
+    fn resolved_contact(contact: &str, t: Millis) -> Vec<Event> {
+        let kinds = [
+            EventKind::ContactStarted {
+                direction: Direction::Inbound,
+                initiation: Initiation::Customer,
+            },
+            EventKind::SelfServiceResolved { confirmed: true },
+            EventKind::ContactEnded {
+                party: None,
+                resolved: true,
+            },
+        ];
+        (kinds.into_iter().enumerate())
+            .map(|(n, kind)| ev(&format!("{contact}-{n}"), contact, t + n as i64 * MIN, kind))
+            .collect()
+    }
+
     #[test]
     fn figures_go_to_the_interval_of_their_deciding_event() {
         let mut e = PartitionEngine::new(cfg());
@@ -1769,27 +1788,10 @@ mod tests {
         let t0 = 1_704_704_400_000;
         let mut events = Vec::new();
         for i in 0..288 {
-            let (id, t) = (format!("k{i}"), t0 + i * 10 * MIN);
-            let mut e = ev(&format!("{id}s"), &id, t, EventKind::AiAgentStarted);
-            e.customer_id = Some(id.as_str().into());
-            let kinds = [
-                EventKind::ContactStarted {
-                    direction: Direction::Inbound,
-                    initiation: Initiation::Customer,
-                },
-                EventKind::SelfServiceResolved { confirmed: true },
-                EventKind::ContactEnded {
-                    party: None,
-                    resolved: true,
-                },
-            ];
-            for (n, kind) in kinds.into_iter().enumerate() {
-                events.push(Event {
-                    event_id: compact_str::format_compact!("{id}-{n}"),
-                    occurred_at: t + n as i64 * MIN,
-                    kind,
-                    ..e.clone()
-                });
+            let id = format!("k{i}");
+            for mut e in resolved_contact(&id, t0 + i * 10 * MIN) {
+                e.customer_id = Some(id.as_str().into());
+                events.push(e);
             }
         }
         let (mut windowed, mut store) = (PartitionEngine::new(cfg()), MemStore::default());
@@ -1866,24 +1868,8 @@ mod tests {
     #[test]
     fn an_emptied_journey_is_not_looked_up_again() {
         let t0 = 1_704_704_400_000;
-        let contact = |id: &str, t: Millis| {
-            let kinds = [
-                EventKind::ContactStarted {
-                    direction: Direction::Inbound,
-                    initiation: Initiation::Customer,
-                },
-                EventKind::SelfServiceResolved { confirmed: true },
-                EventKind::ContactEnded {
-                    party: None,
-                    resolved: true,
-                },
-            ];
-            (kinds.into_iter().enumerate())
-                .map(|(n, kind)| ev(&format!("{id}-{n}"), id, t + n as i64 * MIN, kind))
-                .collect::<Vec<_>>()
-        };
         let (mut e, mut store) = (PartitionEngine::new(cfg()), MemStore::default());
-        for (o, ev) in contact("a", t0).into_iter().enumerate() {
+        for (o, ev) in resolved_contact("a", t0).into_iter().enumerate() {
             e.ingest(o as i64, ev, 0);
         }
         // every re-contact window passes: nothing is left of the journey
@@ -1892,7 +1878,7 @@ mod tests {
         assert!(store.journeys.is_empty());
         assert!(e.journey_reads_skip_last_changes());
         let later = e.frontier().unwrap() + 60 * MIN;
-        for (o, ev) in contact("b", later).into_iter().enumerate() {
+        for (o, ev) in resolved_contact("b", later).into_iter().enumerate() {
             e.ingest(10 + o as i64, ev, 0);
         }
         e.finalize(&mut store);
