@@ -891,11 +891,12 @@ fn on_partitions<T: Send>(
                 };
                 take(own, true).or_else(|| (1..n).find_map(|k| take((own + k) % n, false)))
             };
+            // counted out however the task ends (a panic is raised again when the scope ends)
+            let _done = CountDown(&running);
             while let Some((p, e)) = next() {
                 let r = f(p, e).map(|r| (p, r));
                 results.lock().expect("results lock").push(r);
             }
-            running.fetch_sub(1, Ordering::Release);
         });
         meanwhile(&|| running.load(Ordering::Acquire) == 0);
     });
@@ -906,6 +907,130 @@ fn on_partitions<T: Send>(
     // in partition order, as the callers expect
     out.sort_by_key(|(p, _)| *p);
     Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
+#[cfg(test)]
+mod partition_tasks_tests {
+    use super::*;
+
+    fn parts(n: i32) -> BTreeMap<i32, Part> {
+        let cfg = Arc::new(Config::default().engine());
+        (0..n)
+            .map(|p| {
+                let part = Part {
+                    engine: PartitionEngine::new(cfg.clone()),
+                    exported: Default::default(),
+                };
+                (p, part)
+            })
+            .collect()
+    }
+
+    fn pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    /// Results in partition order whichever thread ran a partition; the calling thread's task
+    /// runs meanwhile and sees the tasks finish; a thread done early takes the other's last ones.
+    #[test]
+    fn every_partition_once_in_order_while_the_caller_polls() {
+        let mut engines = parts(6);
+        let threads = std::sync::Mutex::new(BTreeMap::new());
+        let mut saw_done = false;
+        let four_started = AtomicBool::new(false);
+        let out = on_partitions(
+            &mut engines,
+            &pool(),
+            |p, _| {
+                let me = std::thread::current().id();
+                threads.lock().unwrap().insert(p, me);
+                // partitions 0, 2, 4 start on one thread, 1, 3, 5 on the other: the first
+                // thread stays on partition 0 until the other one took partition 4
+                if p == 4 {
+                    four_started.store(true, Ordering::Release);
+                }
+                let until = Instant::now() + Duration::from_secs(10);
+                while p == 0 && !four_started.load(Ordering::Acquire) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(p * 10)
+            },
+            |done| {
+                while !done() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                saw_done = true;
+            },
+        )
+        .unwrap();
+        assert_eq!(out, [0, 10, 20, 30, 40, 50]);
+        assert!(saw_done);
+        let threads = threads.into_inner().unwrap();
+        // the fast thread took partition 4, the slow thread's last one
+        assert_eq!(threads[&4], threads[&1], "{threads:?}");
+        assert_ne!(threads[&0], threads[&1]);
+    }
+
+    /// A task that fails or panics does not leave the caller waiting: an error comes back, a
+    /// panic is raised again.
+    #[test]
+    fn a_failing_or_panicking_partition_ends_the_call() {
+        let mut engines = parts(4);
+        let wait = |done: &dyn Fn() -> bool| {
+            let until = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < until, "the caller was left waiting");
+            }
+        };
+        let err = on_partitions(
+            &mut engines,
+            &pool(),
+            |p, _| {
+                if p == 2 {
+                    anyhow::bail!("partition {p} failed")
+                } else {
+                    Ok(p)
+                }
+            },
+            wait,
+        );
+        assert!(err.unwrap_err().to_string().contains("partition 2 failed"));
+        let started = Instant::now();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_partitions(
+                &mut engines,
+                &pool(),
+                |p, _| {
+                    if p == 3 {
+                        panic!("partition {p} panicked")
+                    } else {
+                        Ok(p)
+                    }
+                },
+                wait,
+            )
+        }));
+        let payload = panicked.expect_err("the panic is raised again");
+        let text = (payload.downcast_ref::<String>().cloned())
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        assert_eq!(text.as_deref(), Some("partition 3 panicked"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the caller waited for it"
+        );
+    }
+}
+
+/// Decrements a count of running tasks when dropped.
+struct CountDown<'c>(&'c AtomicUsize);
+
+impl Drop for CountDown<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// How long a poll ahead waits for a record before it checks again whether the partitions are
