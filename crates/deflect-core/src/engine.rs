@@ -115,12 +115,11 @@ struct Pending {
 }
 
 impl Pending {
-    #[inline]
-    fn new(event: Event, batch: i64) -> Self {
+    fn new(event: Box<Event>, batch: i64) -> Self {
         Pending {
             at: event.occurred_at,
             rank: event.kind.rank(),
-            event: Box::new(event),
+            event,
             batch,
         }
     }
@@ -702,7 +701,14 @@ impl PartitionEngine {
     /// A record below the offset stored with the state is read again after a restart: its event
     /// is taken back as pending when it was pending when the state was written, and skipped
     /// otherwise (it was processed, late, or a duplicate; counted then).
-    pub fn ingest(&mut self, offset: i64, event: Event, now_wall: Millis) -> Ingest {
+    pub fn ingest(
+        &mut self,
+        offset: i64,
+        event: impl Into<Box<Event>>,
+        now_wall: Millis,
+    ) -> Ingest {
+        // boxed once, where it is decoded: a buffered event is not moved again
+        let event = event.into();
         self.read_to = self.read_to.max(offset + 1);
         self.restored_unread = false;
         if offset < self.snap.next_offset {
@@ -729,7 +735,7 @@ impl PartitionEngine {
     /// the events pending then are exactly the accepted ones at or after the closed bound: any
     /// event before it was processed, or late when it came. Its first copy comes first, so a
     /// duplicate finds it pending. Nothing is counted again.
-    fn replay(&mut self, offset: i64, event: Event) -> Ingest {
+    fn replay(&mut self, offset: i64, event: Box<Event>) -> Ingest {
         if offset < self.snap.resume_offset
             || self.closed_before().is_some_and(|c| event.occurred_at < c)
             || !self.claim_id(&event)
@@ -753,8 +759,7 @@ impl PartitionEngine {
     }
 
     /// Holds an event until its interval closes, in the batch being ingested.
-    #[inline]
-    fn hold(&mut self, offset: i64, event: Event) {
+    fn hold(&mut self, offset: i64, event: Box<Event>) {
         let batch = *self.open_batch.get_or_insert(offset);
         self.open_batch_pending += 1;
         self.pending.push(Pending::new(event, batch));

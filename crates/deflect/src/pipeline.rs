@@ -775,7 +775,7 @@ fn validate(
     payload: &[u8],
     format: deflect_proto::Format,
     now: i64,
-) -> Result<deflect_core::Event, deflect_proto::DecodeError> {
+) -> Result<Box<deflect_core::Event>, deflect_proto::DecodeError> {
     use deflect_proto::{DecodeError, RejectReason};
     if payload.len() > limits.max_record_bytes {
         return Err(DecodeError::new(
@@ -789,7 +789,8 @@ fn validate(
             "record has a null or empty key",
         ));
     }
-    let ev = deflect_proto::decode(payload, format)?;
+    // boxed here, once: the engine buffers it as it is
+    let ev = Box::new(deflect_proto::decode(payload, format)?);
     let max = now.saturating_add(limits.max_future.as_millis() as i64);
     let min = limits.min_event_time.as_millisecond();
     if ev.occurred_at < min || ev.occurred_at > max {
