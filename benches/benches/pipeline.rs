@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     deflect::os::disable_transparent_huge_pages();
+    deflect::os::delay_allocator_purges();
     // `cargo bench` passes `--bench`; nothing to parse.
     let events = std::env::var("DEFLECT_BENCH_EVENTS")
         .ok()

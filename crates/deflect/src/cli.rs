@@ -137,9 +137,10 @@ enum Command {
 pub fn main() -> ExitCode {
     // before the allocator has anything worth a huge page
     let huge_pages = crate::os::disable_transparent_huge_pages();
+    let purge_delay_ms = crate::os::delay_allocator_purges();
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    tracing::debug!(?huge_pages, "transparent huge pages");
+    tracing::debug!(?huge_pages, purge_delay_ms, "allocator settings");
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1073,7 +1073,12 @@ impl<'a> Poller<'a> {
             // hundred nanoseconds and three clock reads per record were a tenth of it
             let tp = (work_done.is_none() && !timeout.is_zero()).then(Instant::now);
             let msg = match consumer.poll(timeout) {
-                None if work_done.is_some() => continue,
+                None if work_done.is_some() => {
+                    // nothing ready: wait a little for the next record (a poll with a timeout
+                    // reads the clock, one that returns at once does not)
+                    timeout = AHEAD_WAIT;
+                    continue;
+                }
                 None => {
                     self.empty_polls += 1;
                     if let Some(tp) = tp {
@@ -1093,9 +1098,7 @@ impl<'a> Poller<'a> {
                 }
                 Some(Ok(m)) => m,
             };
-            if work_done.is_none() {
-                timeout = Duration::ZERO;
-            }
+            timeout = Duration::ZERO;
             if self.first_record.is_none() {
                 self.first_record = Some(Stamp::now());
             }
