@@ -31,8 +31,8 @@ pub enum HugePages {
 /// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` says what the
 /// allocator should do.
 ///
-/// mimalloc hands memory back to the kernel a second after it was freed (in 64 KiB ranges) and
-/// asks for huge pages where the kernel allows them: with the per-batch churn of the pipeline, the
+/// mimalloc hands memory back to the kernel soon after it was freed (in 64 KiB ranges; see
+/// [`delay_allocator_purges`]) and asks for huge pages where the kernel allows them: with the per-batch churn of the pipeline, the
 /// kernel kept zeroing fresh 2 MiB pages, 13 % of `deflect bench`'s samples. Without huge pages
 /// the pipeline spent about 15 % less CPU per record and `bench-state` peaked 20 MiB lower
 /// (README, Benchmarks). The setting is checked at every page fault, so calling this first thing
