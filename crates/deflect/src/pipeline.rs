@@ -970,9 +970,9 @@ mod partition_tasks_tests {
         assert_eq!(out, [0, 10, 20, 30, 40, 50]);
         assert!(saw_done);
         let threads = threads.into_inner().unwrap();
-        // the fast thread took partition 4, the slow thread's last one
+        // the thread that started on partition 1 took partition 4, the other one's last (if the
+        // other thread started late, it may have taken more, even all of them)
         assert_eq!(threads[&4], threads[&1], "{threads:?}");
-        assert_ne!(threads[&0], threads[&1]);
     }
 
     /// A task that fails or panics does not leave the caller waiting: an error comes back, a
