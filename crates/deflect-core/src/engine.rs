@@ -1831,6 +1831,32 @@ mod tests {
         assert_eq!(windowed.timers_len(), 0);
     }
 
+    /// A timer written by the batch being processed, due exactly where the timers not held in
+    /// memory begin, is found by the end of the input (it is neither in memory nor in the store).
+    #[test]
+    fn finalizing_finds_a_timer_written_at_the_window_edge() {
+        // a contact starting at 10:00 (an interval start) and never ending: the first slice
+        // closes up to 11:00 and holds the timers before 12:00 in memory; the contact times out
+        // at 12:00, the window's edge
+        let t0 = 1_704_708_000_000; // 2024-01-08T10:00:00Z
+        let mut c = (*cfg()).clone();
+        c.journey.contact_timeout_ms = 120 * MIN;
+        let mut e = PartitionEngine::new(Arc::new(c));
+        let start = EventKind::ContactStarted {
+            direction: Direction::Inbound,
+            initiation: Initiation::Customer,
+        };
+        e.ingest(0, ev("a", "c1", t0, start), 0);
+        let mut store = MemStore::default();
+        assert!(e.finalize_slice(&mut store).is_some());
+        assert_eq!(e.frontier(), Some(t0 + 60 * MIN));
+        assert!(e.timers.is_empty(), "the timer is past the window");
+        assert_eq!(e.timers_len(), 1);
+        e.finalize(&mut store);
+        assert_eq!(e.timers_len(), 0, "the timeout fired");
+        assert!(e.frontier().unwrap() > t0 + 120 * MIN);
+    }
+
     /// An id names a duplicate only while its event is pending: once processed, the id is free
     /// again (a re-delivery of that event would be late by then).
     #[test]
