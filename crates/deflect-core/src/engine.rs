@@ -1857,6 +1857,59 @@ mod tests {
         assert!(e.frontier().unwrap() > t0 + 120 * MIN);
     }
 
+    /// Two events of one contact at the same instant and rank are processed in the order of
+    /// their ids, whatever order they come in: here two queue entries, the last of which labels
+    /// the abandon that follows.
+    #[test]
+    fn ties_are_broken_by_event_id() {
+        let t0 = 1_704_708_000_000;
+        let mut c = (*cfg()).clone();
+        c.journey.dims.queues = vec!["q1".into(), "q2".into()];
+        let cfg = Arc::new(c);
+        let entered = |q: &str| EventKind::QueueEntered {
+            queue: q.into(),
+            priority: 0,
+        };
+        let start = ev(
+            "a-0",
+            "c1",
+            t0,
+            EventKind::ContactStarted {
+                direction: Direction::Inbound,
+                initiation: Initiation::Customer,
+            },
+        );
+        let q1 = ev("a-1", "c1", t0 + MIN, entered("q1"));
+        let q2 = ev("a-2", "c1", t0 + MIN, entered("q2"));
+        let abandoned = ev(
+            "a-3",
+            "c1",
+            t0 + 2 * MIN,
+            EventKind::QueueExited {
+                reason: QueueExitReason::Abandoned,
+            },
+        );
+        let totals = |order: [&Event; 4]| {
+            let mut e = PartitionEngine::new(cfg.clone());
+            for (o, ev) in order.into_iter().enumerate() {
+                assert_eq!(e.ingest(o as i64, ev.clone(), 0), Ingest::Accepted);
+            }
+            e.finalize(&mut NoStore);
+            e.totals().clone()
+        };
+        let in_order = totals([&start, &q1, &q2, &abandoned]);
+        assert_eq!(in_order, totals([&start, &q2, &q1, &abandoned]));
+        let abandoned_in = |q: &str| {
+            (in_order.0.iter())
+                .filter(|(k, _)| {
+                    k.metric == Metric::QueueAbandoned && k.labels.iter().any(|l| l == q)
+                })
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        };
+        assert_eq!((abandoned_in("q1"), abandoned_in("q2")), (0, 1));
+    }
+
     /// An id names a duplicate only while its event is pending: once processed, the id is free
     /// again (a re-delivery of that event would be late by then).
     #[test]
