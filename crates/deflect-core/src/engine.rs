@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Millis};
+use crate::event::{Event, Millis, Text};
 use crate::journey::{Figures, Journey, JourneyConfig};
 use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric};
 use crate::pending::PendingQueue;
@@ -411,7 +411,7 @@ pub struct PartitionEngine {
     /// pending exactly when its time is not before the frontier (processing takes every event
     /// before it, and one that comes later than that is late), so the ids of processed events
     /// are dropped in one pass at the end of processing, instead of one removal per event.
-    pending_ids: HashMap<compact_str::CompactString, Millis>,
+    pending_ids: HashMap<Text, Millis>,
     /// Timers in memory: with a store that keeps timers, exactly those due before
     /// `timers_until`; otherwise all of them.
     timers: BTreeSet<TimerKey>,
@@ -1226,8 +1226,9 @@ impl PartitionEngine {
         }
     }
 
-    /// Hands out the writes accumulated since the last call; the journey cache is trimmed to
-    /// `keep_cached` entries afterwards (everything written is in the store).
+    /// Hands out the writes accumulated since the last call; the journey cache is cleared
+    /// afterwards when it holds more than `keep_cached` entries (everything written will be in
+    /// the store; see [`PartitionEngine::journey_reads_skip_last_changes`]).
     ///
     /// Call it after [`PartitionEngine::advance`], with nothing ingested in between: a restart
     /// tells the events pending in the written state by that (see [`PartitionEngine::ingest`]).

@@ -271,6 +271,7 @@ pub fn wait_bucket_labels() -> impl Iterator<Item = &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn no_metric_has_more_than_max_labels() {
@@ -278,8 +279,6 @@ mod tests {
             assert!(m.labels().len() <= MAX_LABELS, "{m:?}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn names_are_unique_and_prefixed() {

