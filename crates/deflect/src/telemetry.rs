@@ -7,7 +7,6 @@ use std::time::Duration;
 use deflect_core::engine::{ClosedInterval, HeatRow, PartitionEngine};
 use deflect_core::metrics::{wait_bucket_labels, CounterKey, Metric};
 use deflect_core::time::WEEKDAY_NAMES;
-use std::collections::HashMap;
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Label,
@@ -224,11 +223,16 @@ pub fn export_totals(p: i32, engine: &PartitionEngine) {
 pub struct Exported {
     /// Heat-map rows by (weekday, hour, minute).
     heat: std::collections::BTreeMap<(u8, u8, u8), HeatRow>,
-    /// Handles of the business series registered so far: setting one is a store, not a registry
-    /// lookup with its label strings (the idle timeout cannot orphan them: every update counts
-    /// as activity, and the periodic refresh updates every owned series).
-    counters: HashMap<CounterKey, Counter>,
+    /// Handles of the business series registered so far: updating one is an atomic add, not a
+    /// registry lookup with its label strings (the idle timeout cannot orphan them: every update
+    /// counts as activity, and the periodic refresh updates every owned series).
+    counters: FxHashMap<CounterKey, Counter>,
+    /// The wait histograms registered so far, by their labels without `le`: the cumulative
+    /// buckets' handles in `le` order.
+    buckets: FxHashMap<Vec<String>, Vec<Counter>>,
 }
+
+type FxHashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 impl Exported {
     /// The rows that differ from the ones last exported, which they replace.
@@ -238,23 +242,26 @@ impl Exported {
             .collect()
     }
 
-    /// The handle of a series, registered on first use.
-    fn counter(&mut self, k: &CounterKey, ps: &str) -> &Counter {
-        if !self.counters.contains_key(k) {
-            let c = counter!(k.metric.name(), labels(k, ps));
-            self.counters.insert(k.clone(), c);
+    /// Sets a series to `v`, registering its handle on first use.
+    fn set(&mut self, k: &CounterKey, v: u64, ps: &str) {
+        match self.counters.get(k) {
+            Some(c) => c.absolute(v),
+            None => {
+                let c = counter!(k.metric.name(), labels(k, ps));
+                c.absolute(v);
+                self.counters.insert(k.clone(), c);
+            }
         }
-        &self.counters[k]
     }
 
-    /// Sets one counter series (and, the first time, its family's siblings with the same labels
-    /// at 0 when they have no value yet); a wait bucket sets the whole cumulative histogram of
-    /// its group.
+    /// Sets one counter series to the engine's total (and, the first time, its family's
+    /// siblings with the same labels at 0 when they have no value yet); a wait bucket sets the
+    /// whole cumulative histogram of its group.
     fn set_counter(&mut self, k: &CounterKey, engine: &PartitionEngine, ps: &str) {
         let totals = &engine.totals().0;
         if k.metric != Metric::QueueWaitBucket {
             let first = !self.counters.contains_key(k);
-            self.counter(k, ps).absolute(totals[k]);
+            self.set(k, totals[k], ps);
             if first {
                 for sibling in deflect_core::metrics::family(k.metric).unwrap_or(&[]) {
                     let key = CounterKey {
@@ -262,7 +269,7 @@ impl Exported {
                         labels: k.labels.clone(),
                     };
                     if *sibling != k.metric && !totals.contains_key(&key) {
-                        self.counter(&key, ps).absolute(0);
+                        self.set(&key, 0, ps);
                     }
                 }
             }
@@ -271,25 +278,30 @@ impl Exported {
         // one key, its `le` rewritten in place for each bucket
         let mut key = k.clone();
         let mut cumulative = 0;
+        let mut handles = Vec::new();
         for le in wait_bucket_labels() {
             let last = key.labels.last_mut().expect("a bucket has an le label");
             last.clear();
             last.push_str(le);
             cumulative += totals.get(&key).copied().unwrap_or(0);
-            self.counter(&key, ps).absolute(cumulative);
+            let c = counter!(key.metric.name(), labels(&key, ps));
+            c.absolute(cumulative);
+            handles.push(c);
         }
+        key.labels.pop();
+        self.buckets.insert(key.labels, handles);
     }
 
-    /// Sets the series of these keys (each wait-bucket group once, whichever of its buckets
-    /// changed).
+    /// Sets the series of these keys to the engine's totals (each wait-bucket group once,
+    /// whichever of its buckets changed).
     fn set_counters<'a>(
         &mut self,
         keys: impl Iterator<Item = &'a CounterKey>,
         engine: &PartitionEngine,
         ps: &str,
     ) {
-        let mut seen = std::collections::HashSet::new();
-        let mut groups = std::collections::HashSet::new();
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut groups = rustc_hash::FxHashSet::default();
         for k in keys {
             let new = if k.metric == Metric::QueueWaitBucket {
                 groups.insert(&k.labels[..k.labels.len() - 1])
@@ -298,6 +310,42 @@ impl Exported {
             };
             if new {
                 self.set_counter(k, engine, ps);
+            }
+        }
+    }
+
+    /// Adds the figures of closed intervals to their series. A series registered before is
+    /// incremented by each figure (a wait bucket increments its `le` and every greater one:
+    /// they are cumulative); one seen for the first time is set to the engine's total, which
+    /// already holds every interval of `closed`, and is not incremented again in this call.
+    fn add_closed(&mut self, closed: &[ClosedInterval], engine: &PartitionEngine, ps: &str) {
+        let mut fresh = rustc_hash::FxHashSet::<&CounterKey>::default();
+        let mut fresh_groups = rustc_hash::FxHashSet::<&[String]>::default();
+        for (k, v) in closed.iter().flat_map(|c| &c.counters.0) {
+            if k.metric == Metric::QueueWaitBucket {
+                let (group, le) = k.labels.split_at(k.labels.len() - 1);
+                match self.buckets.get(group) {
+                    Some(_) if !fresh_groups.is_empty() && fresh_groups.contains(group) => {}
+                    Some(handles) => {
+                        let i = wait_bucket_labels()
+                            .position(|l| l == le[0])
+                            .expect("a bucket's le is one of the buckets");
+                        handles[i..].iter().for_each(|c| c.increment(*v));
+                    }
+                    None => {
+                        self.set_counter(k, engine, ps);
+                        fresh_groups.insert(group);
+                    }
+                }
+            } else {
+                match self.counters.get(k) {
+                    Some(_) if !fresh.is_empty() && fresh.contains(k) => {}
+                    Some(c) => c.increment(*v),
+                    None => {
+                        self.set_counter(k, engine, ps);
+                        fresh.insert(k);
+                    }
+                }
             }
         }
     }
@@ -311,7 +359,7 @@ pub fn export_closed(
     exported: &mut Exported,
 ) {
     let ps = p.to_string();
-    exported.set_counters(closed.iter().flat_map(|c| c.counters.0.keys()), engine, &ps);
+    exported.add_closed(closed, engine, &ps);
     if !closed.is_empty() {
         let rows = exported.changed_heat_rows(engine.heatmap());
         export_heat_rows(p, engine, rows.iter());
@@ -463,7 +511,8 @@ mod tests {
 
     /// After every closing, the heat-map gauges equal the engine's heat map, although each closing
     /// sets only the rows that changed since the previous one; the business series equal the
-    /// engine's totals (through handles registered once), their absent siblings 0.
+    /// engine's totals (registered once, then incremented by each closing: a series first seen
+    /// in a step that closes several intervals is not counted twice), their absent siblings 0.
     #[test]
     fn series_set_by_closings_follow_the_engine() {
         let (rec, handle) = recorder();
