@@ -233,7 +233,8 @@ pub enum Ingest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClosedInterval {
     pub interval: Interval,
-    pub counters: Counters,
+    /// Shared with the interval's report (not copied per reader).
+    pub counters: Arc<Counters>,
     pub heat: HeatCell,
 }
 
@@ -267,7 +268,9 @@ pub struct Report {
     pub is_final: bool,
     /// Labels of the horizons (`24h`, `72h`, `7d`, the proactive window) already final.
     pub horizons_final: Vec<String>,
-    pub counters: Counters,
+    /// Shared with the closed interval or the cohort state it was taken from: a report costs
+    /// no copy of its series.
+    pub counters: Arc<Counters>,
     pub heat: HeatCell,
 }
 
@@ -278,7 +281,9 @@ pub struct CohortState {
     pub end: Millis,
     /// Revisions emitted so far.
     pub emitted: u32,
-    pub counters: Counters,
+    /// Copied on write only while a report taken from it is alive (stored as the counters
+    /// themselves).
+    pub counters: Arc<Counters>,
 }
 
 /// State writes produced since the last call to `take_changes`, already encoded
@@ -532,7 +537,7 @@ impl PartitionEngine {
             start: i.start,
             end: i.end,
             emitted: 0,
-            counters: Counters::default(),
+            counters: Default::default(),
         })
     }
 
@@ -578,7 +583,7 @@ impl PartitionEngine {
         let mut adds = std::mem::take(&mut self.cohort_adds);
         for (i, keys) in adds.drain() {
             for (key, v) in keys {
-                self.cohort_state(i).counters.add(key.metric, key.labels, v);
+                Arc::make_mut(&mut self.cohort_state(i).counters).add(key.metric, key.labels, v);
             }
             self.dirty_cohorts.insert(i.start);
         }
@@ -990,7 +995,9 @@ impl PartitionEngine {
     }
 
     fn close(&mut self, mut a: Acc) -> ClosedInterval {
-        let counters = Counters(std::mem::take(&mut a.counters).into_iter().collect());
+        let counters = Arc::new(Counters(
+            std::mem::take(&mut a.counters).into_iter().collect(),
+        ));
         self.snap.totals.merge(&counters);
         self.snap.stats.out_of_order += a.rejected.len() as u64;
         self.rejected.extend(a.rejected);

@@ -280,6 +280,12 @@ mod tests {
         }
     }
 
+    /// `Journey::next_wake` takes a watch's first pending window as its earliest.
+    #[test]
+    fn recontact_windows_grow() {
+        assert!(RECONTACT_WINDOWS.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+
     #[test]
     fn names_are_unique_and_prefixed() {
         let mut names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();

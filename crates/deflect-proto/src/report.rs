@@ -126,7 +126,7 @@ mod tests {
             revision: 2,
             is_final: false,
             horizons_final: vec!["24h".into(), "72h".into()],
-            counters: c,
+            counters: c.into(),
             heat: HeatCell::default(),
         };
         let m = to_message(&r, 3, &spec);

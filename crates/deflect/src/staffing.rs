@@ -267,7 +267,7 @@ mod tracker_tests {
                 start,
                 end: start + 1_800_000,
             },
-            counters: c,
+            counters: c.into(),
             heat: HeatCell::default(),
         }
     }
