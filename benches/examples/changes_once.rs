@@ -11,6 +11,7 @@ struct Tally {
     journey_bytes: usize,
     timer_puts: usize,
     timer_deletes: usize,
+    timer_range_deletes: usize,
     cohort_writes: usize,
     cohort_bytes: usize,
 }
@@ -32,6 +33,7 @@ fn main() {
         }
         t.timer_puts += ch.timers_put.len();
         t.timer_deletes += ch.timers_del.len();
+        t.timer_range_deletes += usize::from(ch.timers_fired_before.is_some());
         t.cohort_writes += ch.cohorts.len();
         t.cohort_bytes += (ch.cohorts.iter())
             .map(|c| c.1.as_ref().map_or(0, Vec::len))
@@ -44,8 +46,8 @@ fn main() {
         t.journey_puts, t.journey_bytes, t.journey_deletes
     );
     println!(
-        "timers    {} puts, {} deletes",
-        t.timer_puts, t.timer_deletes
+        "timers    {} puts, {} deletes, {} range deletes (of fired timers)",
+        t.timer_puts, t.timer_deletes, t.timer_range_deletes
     );
     println!(
         "cohorts   {} writes ({} bytes)",

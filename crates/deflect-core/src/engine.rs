@@ -291,7 +291,13 @@ pub struct CohortState {
 #[derive(Debug, Default)]
 pub struct StateChanges {
     pub timers_put: Vec<TimerKey>,
+    /// Timers moved or taken away before they were due.
     pub timers_del: Vec<TimerKey>,
+    /// Timers fired since the last changes: every stored timer due before this instant (the
+    /// frontier) was fired, so one range delete removes them all, applied after the puts (a timer
+    /// set and fired within the batch included). Fired timers were half of all timer writes,
+    /// each a tombstone in the memtable.
+    pub timers_fired_before: Option<Millis>,
     /// New value of each changed journey; `None` deletes it.
     pub journeys: Vec<(JourneyKey, Option<Vec<u8>>)>,
     /// New value of each changed cohort (by interval start); `None` deletes it.
@@ -302,6 +308,7 @@ impl StateChanges {
     pub fn is_empty(&self) -> bool {
         self.timers_put.is_empty()
             && self.timers_del.is_empty()
+            && self.timers_fired_before.is_none()
             && self.journeys.is_empty()
             && self.cohorts.is_empty()
     }
@@ -431,6 +438,8 @@ pub struct PartitionEngine {
     /// Hashed: a put or delete per moved timer, where a B-tree compared keys on every level; the
     /// range reads below (once per window move or finalize slice) scan it.
     timer_ops: HashMap<TimerKey, TimerOp>,
+    /// The latest timer fired since the last `take_changes` (they are deleted by range).
+    fired_until: Option<Millis>,
     changes: StateChanges,
     /// Cohorts of closed intervals whose last horizon has not passed, by interval start.
     cohorts: BTreeMap<Millis, CohortState>,
@@ -484,6 +493,7 @@ impl PartitionEngine {
             writes_cached: true,
             dirty: Vec::new(),
             timer_ops: HashMap::default(),
+            fired_until: None,
             changes: StateChanges::default(),
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
@@ -1106,7 +1116,10 @@ impl PartitionEngine {
     /// timer again at that wake and returns `None`.
     fn take_first_timer(&mut self, store: &mut dyn JourneyStore) -> Option<TimerKey> {
         let key = self.timers.pop_first().expect("the next item is a timer");
-        self.record_timer(key.clone(), false);
+        // no delete of its own: the range delete of fired timers takes it (and a put of it in
+        // this batch, if any, is not written)
+        self.timer_ops.remove(&key);
+        self.fired_until = self.fired_until.max(Some(key.0));
         self.snap.live_timers = self.snap.live_timers.saturating_sub(1);
         let (shared, c) = Self::cached(&mut self.cache, &key.1, store);
         debug_assert_eq!(c.timer, Some(key.0), "a journey's timer is where it is set");
@@ -1252,6 +1265,14 @@ impl PartitionEngine {
         // in key order, as the store keeps them
         ch.timers_put.sort_unstable();
         ch.timers_del.sort_unstable();
+        if let Some(fired) = self.fired_until.take() {
+            let frontier = self
+                .snap
+                .frontier
+                .expect("a timer fired: the frontier moved");
+            debug_assert!(fired < frontier, "fired {fired} at or past the frontier");
+            ch.timers_fired_before = Some(frontier);
+        }
         // a restart reads again from the oldest batch with a pending event, and not past what
         // was read again so far after the last restart
         debug_assert!(
@@ -1515,6 +1536,16 @@ mod tests {
                 );
             }
             self.timers.extend(ch.timers_put);
+            if let Some(before) = ch.timers_fired_before {
+                self.timers.retain(|t| t.0 >= before);
+            }
+            // every timer before the frontier fired, and none of them is left behind
+            let frontier = e.snapshot().frontier.unwrap_or(Millis::MIN);
+            assert!(
+                self.timers.first().is_none_or(|t| t.0 >= frontier),
+                "a fired timer left in the store: {:?} before {frontier}",
+                self.timers.first()
+            );
             for (k, c) in ch.cohorts {
                 match c {
                     Some(c) => self.cohorts.insert(k, crate::codec::decode(&c).unwrap()),

@@ -434,6 +434,14 @@ impl Batch<'_> {
         for k in &ch.timers_put {
             self.wb.put_cf(timers, timer_key(p, k), []);
         }
+        if let Some(before) = ch.timers_fired_before {
+            // after the puts: a timer set and fired within the batch goes too
+            self.wb.delete_range_cf(
+                timers,
+                timer_key(p, &timer_bound(Millis::MIN)),
+                timer_key(p, &timer_bound(before)),
+            );
+        }
         for (k, j) in &ch.journeys {
             match j {
                 Some(j) => self.wb.put_cf(journeys, journey_key(p, k), j),

@@ -75,6 +75,31 @@ fn batch_round_trips_and_partitions_are_isolated() {
     b.commit().unwrap();
     assert_eq!(timers(3, Millis::MIN, Millis::MAX).len(), 2);
     assert_eq!(store.journeys(3).load("c:u"), None);
+
+    // fired timers go by range: every one of the partition before the instant, one put in the
+    // same batch included, and no other partition's
+    let fired = StateChanges {
+        timers_put: vec![(50, "c:y".into()), (120, "c:z".into())],
+        timers_fired_before: Some(99),
+        ..Default::default()
+    };
+    let mut b = store.batch();
+    b.partition(3, &snap, &fired);
+    let other = StateChanges {
+        timers_put: vec![(-7, "c:q".into())],
+        ..Default::default()
+    };
+    b.partition(2, &snap, &other);
+    b.commit().unwrap();
+    assert_eq!(
+        timers(3, Millis::MIN, Millis::MAX),
+        vec![(99, "c:u".into()), (120, "c:z".into())]
+    );
+    assert_eq!(
+        timers(2, Millis::MIN, Millis::MAX),
+        vec![(-7, "c:q".into())]
+    );
+    assert_eq!(timers(4, Millis::MIN, Millis::MAX), vec![(1, "c:x".into())]);
 }
 
 #[test]
