@@ -56,7 +56,9 @@ pub trait JourneyStore {
     fn keeps_timers(&self) -> bool {
         false
     }
-    /// The stored timers due in `[from, to)`, as of the last write.
+    /// The stored timers due in `[from, to)`, as of the last write or the one before it: the
+    /// engine lays the timer writes it handed out last over what this returns, so a read need
+    /// not wait for that write to land (the write must be atomic for readers).
     fn timers(&mut self, _from: Millis, _to: Millis) -> Vec<TimerKey> {
         Vec::new()
     }
@@ -440,6 +442,10 @@ pub struct PartitionEngine {
     timer_ops: HashMap<TimerKey, TimerOp>,
     /// The latest timer fired since the last `take_changes` (they are deleted by range).
     fired_until: Option<Millis>,
+    /// The timer writes handed out by the last `take_changes`, laid over timers read from the
+    /// store whether or not that write has landed yet (a write lands before the next one is
+    /// handed out).
+    timer_ops_written: Vec<(TimerKey, TimerOp)>,
     changes: StateChanges,
     /// Cohorts of closed intervals whose last horizon has not passed, by interval start.
     cohorts: BTreeMap<Millis, CohortState>,
@@ -494,6 +500,7 @@ impl PartitionEngine {
             dirty: Vec::new(),
             timer_ops: HashMap::default(),
             fired_until: None,
+            timer_ops_written: Vec::new(),
             changes: StateChanges::default(),
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
@@ -678,7 +685,8 @@ impl PartitionEngine {
     /// Whether a journey this engine reads from its store is one that the writes last handed
     /// out by [`PartitionEngine::take_changes`] do not touch: they are all still cached (the
     /// cache was not trimmed), and it reads only journeys it does not have. Then its journey
-    /// reads need not wait for that write to land; its timer reads always do.
+    /// reads need not wait for that write to land. Its timer reads never need to
+    /// ([`JourneyStore::timers`]), except [`JourneyStore::first_timer`] when finalizing.
     pub fn journey_reads_skip_last_changes(&self) -> bool {
         self.writes_cached
     }
@@ -826,7 +834,11 @@ impl PartitionEngine {
         if from < to {
             self.timers.extend(store.timers(from, to));
             let range = timer_bound(from)..timer_bound(to);
-            for (k, op) in self.timer_ops.iter().filter(|(k, _)| range.contains(k)) {
+            // the last write's, in case it has not landed, then this batch's (the range delete
+            // of fired timers is below `from`: nothing to lay over)
+            let ops =
+                (self.timer_ops_written.iter().map(|(k, op)| (k, op))).chain(self.timer_ops.iter());
+            for (k, op) in ops.filter(|(k, _)| range.contains(k)) {
                 if op.is_put() {
                     self.timers.insert(k.clone());
                 } else {
@@ -1255,12 +1267,14 @@ impl PartitionEngine {
     pub fn take_changes(&mut self, keep_cached: usize) -> StateChanges {
         self.add_cohort_figures();
         let mut ch = std::mem::take(&mut self.changes);
+        self.timer_ops_written.clear();
         for (k, op) in self.timer_ops.drain() {
             if op.is_put() {
-                ch.timers_put.push(k);
+                ch.timers_put.push(k.clone());
             } else {
-                ch.timers_del.push(k);
+                ch.timers_del.push(k.clone());
             }
+            self.timer_ops_written.push((k, op));
         }
         // in key order, as the store keeps them
         ch.timers_put.sort_unstable();
@@ -1495,6 +1509,11 @@ mod tests {
         /// The journeys of the last write, while the engine says its reads skip them (the
         /// pipeline then reads without waiting for that write to land).
         unsynced: Option<std::collections::HashSet<String>>,
+        /// The timers of every other write land only with the next write (or a finalizing
+        /// read, or a restart): timer reads in between see the store without them, as the
+        /// pipeline's do while that write is in flight.
+        timers_in_flight: Option<(StateChanges, Millis)>,
+        writes: u64,
     }
     impl JourneyStore for MemStore {
         fn load(&mut self, key: &str) -> Option<StoredJourney> {
@@ -1513,6 +1532,11 @@ mod tests {
                 .cloned()
                 .collect()
         }
+        fn first_timer(&mut self, from: Millis) -> Option<Millis> {
+            // the pipeline waits for the write in flight here
+            self.land_timers();
+            self.timers(from, Millis::MAX).first().map(|k| k.0)
+        }
     }
     impl MemStore {
         /// One durable write, as `deflect-store` makes it.
@@ -1529,6 +1553,33 @@ mod tests {
                     None => self.journeys.remove(&*k),
                 };
             }
+            self.land_timers();
+            let frontier = e.snapshot().frontier.unwrap_or(Millis::MIN);
+            let timers = StateChanges {
+                timers_put: ch.timers_put,
+                timers_del: ch.timers_del,
+                timers_fired_before: ch.timers_fired_before,
+                ..Default::default()
+            };
+            self.timers_in_flight = Some((timers, frontier));
+            self.writes += 1;
+            if self.writes % 2 == 0 {
+                self.land_timers();
+            }
+            for (k, c) in ch.cohorts {
+                match c {
+                    Some(c) => self.cohorts.insert(k, crate::codec::decode(&c).unwrap()),
+                    None => self.cohorts.remove(&k),
+                };
+            }
+            self.snapshot = e.snapshot().clone();
+        }
+        /// A crash: everything not written is lost; the engine comes back from the store.
+        /// The timer writes of the write in flight land.
+        fn land_timers(&mut self) {
+            let Some((ch, frontier)) = self.timers_in_flight.take() else {
+                return;
+            };
             for t in ch.timers_del {
                 assert!(
                     self.timers.remove(&t),
@@ -1540,24 +1591,16 @@ mod tests {
                 self.timers.retain(|t| t.0 >= before);
             }
             // every timer before the frontier fired, and none of them is left behind
-            let frontier = e.snapshot().frontier.unwrap_or(Millis::MIN);
             assert!(
                 self.timers.first().is_none_or(|t| t.0 >= frontier),
                 "a fired timer left in the store: {:?} before {frontier}",
                 self.timers.first()
             );
-            for (k, c) in ch.cohorts {
-                match c {
-                    Some(c) => self.cohorts.insert(k, crate::codec::decode(&c).unwrap()),
-                    None => self.cohorts.remove(&k),
-                };
-            }
-            self.snapshot = e.snapshot().clone();
         }
-        /// A crash: everything not written is lost; the engine comes back from the store.
         fn restore(&mut self, cfg: Arc<EngineConfig>) -> PartitionEngine {
             // after a restart every write has landed
             self.unsynced = None;
+            self.land_timers();
             PartitionEngine::restore(
                 cfg,
                 self.snapshot.clone(),

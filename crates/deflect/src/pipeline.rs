@@ -480,8 +480,9 @@ impl Loop<'_> {
             keep_cached: self.cfg.state.journey_cache_entries,
         };
         // Decoding and ingesting read no state: they overlap the write of the previous batch.
-        // Advancing overlaps it too, until it reads timers, or journeys the engine cannot tell
-        // apart from that write's (its cache was trimmed): then it waits for the write.
+        // Advancing overlaps it too (timer reads included: the engine lays that write's timers
+        // over them), until it reads journeys the engine cannot tell apart from that write's
+        // (its cache was trimmed), or the first timer ahead when finalizing: then it waits.
         let in_flight = self.writer.finished();
         // Meanwhile this thread polls the next batch's records (the partitions' threads are
         // busy; waiting here left a core idle for the poll's part of every batch).
@@ -1227,7 +1228,8 @@ fn advance(
 type InFlight = (Arc<Finished>, u64);
 
 /// The store as a partition's advance reads it: a read waits for the batch in flight to be
-/// written first, except journey reads that the engine knows that batch does not touch
+/// written first, except timer scans (the engine lays that batch's timers over them) and
+/// journey reads that the engine knows that batch does not touch
 /// ([`PartitionEngine::journey_reads_skip_last_changes`]): then its advance overlaps the write.
 struct Synced<'s> {
     reader: deflect_store::JourneyReader<'s>,
@@ -1258,7 +1260,8 @@ impl deflect_core::engine::JourneyStore for Synced<'_> {
         self.reader.keeps_timers()
     }
     fn timers(&mut self, from: Millis, to: Millis) -> Vec<deflect_core::engine::TimerKey> {
-        self.sync();
+        // no wait: the engine lays the timer writes in flight over what this reads (a RocksDB
+        // write batch is atomic for readers)
         self.reader.timers(from, to)
     }
     fn first_timer(&mut self, from: Millis) -> Option<Millis> {
