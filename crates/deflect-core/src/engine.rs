@@ -1563,7 +1563,7 @@ mod tests {
             };
             self.timers_in_flight = Some((timers, frontier));
             self.writes += 1;
-            if self.writes % 2 == 0 {
+            if self.writes.is_multiple_of(2) {
                 self.land_timers();
             }
             for (k, c) in ch.cohorts {
