@@ -307,7 +307,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            max_batch: 20_000,
+            max_batch: 50_000,
             poll_timeout: Duration::from_millis(100),
         }
     }
