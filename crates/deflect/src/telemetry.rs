@@ -324,15 +324,15 @@ impl Exported {
         for (k, v) in closed.iter().flat_map(|c| &c.counters.0) {
             if k.metric == Metric::QueueWaitBucket {
                 let (group, le) = k.labels.split_at(k.labels.len() - 1);
-                match self.buckets.get(group) {
-                    Some(_) if !fresh_groups.is_empty() && fresh_groups.contains(group) => {}
-                    Some(handles) => {
-                        let i = wait_bucket_labels()
-                            .position(|l| l == le[0])
-                            .expect("a bucket's le is one of the buckets");
+                let i = wait_bucket_labels().position(|l| l == le[0]);
+                match (self.buckets.get(group), i) {
+                    (Some(_), _) if !fresh_groups.is_empty() && fresh_groups.contains(group) => {}
+                    (Some(handles), Some(i)) => {
                         handles[i..].iter().for_each(|c| c.increment(*v));
                     }
-                    None => {
+                    // first seen (or an `le` of no bucket, from a store of other buckets: the
+                    // group is set again from the totals)
+                    _ => {
                         self.set_counter(k, engine, ps);
                         fresh_groups.insert(group);
                     }
