@@ -1999,29 +1999,31 @@ mod tests {
             initiation: Initiation::Customer,
         };
         let mut e = PartitionEngine::new(cfg());
-        assert_eq!(e.ingest(0, ev("x", "c1", t0, start()), 0), Ingest::Accepted);
-        assert_eq!(
-            e.ingest(1, ev("x", "c1", t0, start()), 0),
-            Ingest::Duplicate
-        );
-        assert_eq!(
-            e.ingest(2, ev("x", "c2", t0 + 5 * MIN, start()), 0),
-            Ingest::Duplicate
-        );
-        assert_eq!(
-            e.ingest(3, ev("y", "c3", t0 + 180 * MIN, start()), 0),
-            Ingest::Accepted
+        // (offset, event id, contact, minutes after t0, outcome)
+        let deliver = |e: &mut PartitionEngine, records: &[(i64, &str, &str, i64, Ingest)]| {
+            for &(offset, id, contact, min, want) in records {
+                let got = e.ingest(offset, ev(id, contact, t0 + min * MIN, start()), 0);
+                assert_eq!(got, want, "record at offset {offset}");
+            }
+        };
+        deliver(
+            &mut e,
+            &[
+                (0, "x", "c1", 0, Ingest::Accepted),
+                (1, "x", "c1", 0, Ingest::Duplicate),
+                (2, "x", "c2", 5, Ingest::Duplicate),
+                (3, "y", "c3", 180, Ingest::Accepted),
+            ],
         );
         e.advance(0, &mut NoStore);
         assert!(e.frontier().is_some_and(|f| f > t0 && f <= t0 + 180 * MIN));
-        assert_eq!(e.ingest(4, ev("x", "c1", t0, start()), 0), Ingest::Late);
-        assert_eq!(
-            e.ingest(5, ev("x", "c4", t0 + 180 * MIN, start()), 0),
-            Ingest::Accepted
-        );
-        assert_eq!(
-            e.ingest(6, ev("x", "c4", t0 + 181 * MIN, start()), 0),
-            Ingest::Duplicate
+        deliver(
+            &mut e,
+            &[
+                (4, "x", "c1", 0, Ingest::Late),
+                (5, "x", "c4", 180, Ingest::Accepted),
+                (6, "x", "c4", 181, Ingest::Duplicate),
+            ],
         );
         assert_eq!(e.stats().duplicates, 3);
     }
