@@ -144,29 +144,43 @@ impl Store {
             false,
             cache.clone(),
         );
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        // Most journey lookups are for customers with no stored journey (new or expired): a bloom
-        // filter answers those without reading an index and a data block from every level, which
-        // otherwise dominated at millions of customers. Index and filters are partitioned and live
-        // in the block cache (bounded), with the top level and L0's pinned.
-        table.set_bloom_filter(10.0, false);
-        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_top_level_index_and_filter(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let table = |bloom: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            // Most journey lookups are for customers with no stored journey (new or expired): a
+            // bloom filter answers those without reading an index and a data block from every
+            // level, which otherwise dominated at millions of customers. Index and filters are
+            // partitioned and live in the block cache (bounded), with the top level and L0's
+            // pinned.
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+                t.set_partition_filters(true);
+            }
+            t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_top_level_index_and_filter(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            t
+        };
+        let (point_reads, scans_only) = (table(true), table(false));
         // The same for the memtables, where the recent writes are: without a filter, a lookup of
-        // a key it does not hold walks the skip list (7 % of the partition workers' time in `deflect bench`).
-        let cf_opts = || {
+        // a key it does not hold walks the skip list (7 % of the partition workers' time in
+        // `deflect bench`). Whole-key filters serve point reads only: timers and cohorts are
+        // only ever scanned, so their puts (half of all) add to no filter (adding to the
+        // memtable's was 1.7 % of `deflect bench`'s CPU, and flushes built table filters no read
+        // used).
+        let cf_opts = |name: &str| {
+            let point = !matches!(name, CF_TIMERS | CF_COHORTS);
             let mut o = Options::default();
-            o.set_block_based_table_factory(&table);
+            o.set_block_based_table_factory(if point { &point_reads } else { &scans_only });
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o.set_memtable_whole_key_filtering(true);
-            o.set_memtable_prefix_bloom_ratio(0.02);
+            if point {
+                o.set_memtable_whole_key_filtering(true);
+                o.set_memtable_prefix_bloom_ratio(0.02);
+            }
             o
         };
-        let mut db_opts = cf_opts();
+        let mut db_opts = cf_opts(CF_META);
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_write_buffer_manager(&wbm);
@@ -182,7 +196,7 @@ impl Store {
         }
         let cfs = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts(n)));
         let db =
             DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
                 path: shown.clone(),
