@@ -104,14 +104,31 @@ impl GroupContext {
     }
 }
 
+/// Logs a client error librdkafka reports outside a poll. Reaching the end of a partition is
+/// reported through poll as well (`enable.partition.eof`): not an error.
+fn client_error(error: KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+        tracing::debug!(%reason, "end of partition");
+    } else {
+        tracing::warn!(error = %error, %reason, "kafka client error");
+    }
+}
+
+/// The context of [`reader`]: client errors logged as [`GroupConsumer`]'s are (librdkafka's
+/// default context logged every end of partition at error level).
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // reaching the end of a partition is reported through poll as well; not an error
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            tracing::debug!(%reason, "end of partition");
-        } else {
-            tracing::warn!(error = %error, %reason, "kafka client error");
-        }
+        client_error(error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
@@ -276,14 +293,16 @@ pub fn reader(
     settings: &ClientSettings,
     topic: &str,
     partitions: i32,
-) -> Result<BaseConsumer, Error> {
+) -> Result<BaseConsumer<ReaderContext>, Error> {
     let mut c = settings.config();
     c.set("group.id", "deflect-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
     consumer_defaults(&mut c);
     settings.finish(&mut c);
-    let consumer: BaseConsumer = c.create().map_err(Error::Config)?;
+    let consumer: BaseConsumer<ReaderContext> = c
+        .create_with_context(ReaderContext)
+        .map_err(Error::Config)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
