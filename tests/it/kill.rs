@@ -16,18 +16,6 @@ use deflect_kafka::ClientSettings;
 
 use crate::support::*;
 
-fn deflect_bin() -> PathBuf {
-    // target/<profile>/deps/it-… -> target/<profile>/deflect
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("deflect");
-    assert!(
-        bin.exists(),
-        "build the deflect binary first ({})",
-        bin.display()
-    );
-    bin
-}
-
 /// `deflect run --exit-at-eof` in its own process, output discarded.
 fn run_command(cfg: &std::path::Path) -> Command {
     let mut c = Command::new(deflect_bin());
@@ -291,26 +279,8 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
-    let sent = Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(15),
-            "deflect did not exit within 15 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    eprintln!(
-        "sigterm: exited {status} after {} ms",
-        sent.elapsed().as_millis()
-    );
+    let (status, took) = stop(&mut child, "TERM", Duration::from_secs(15));
+    eprintln!("sigterm: exited {status} after {} ms", took.as_millis());
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     let status = run_command(&cfg_path).status().unwrap();

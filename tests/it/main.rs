@@ -6,6 +6,7 @@ mod support;
 mod bank;
 mod dashboards;
 mod dead_letter;
+mod demo;
 mod deploy;
 mod kill;
 mod reports;

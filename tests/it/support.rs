@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use deflect::Config;
 use deflect_kafka::{EmbeddedBroker, Headers, Message};
@@ -162,4 +163,39 @@ pub fn run_to_eof(cfg: Config) -> BTreeMap<String, f64> {
     let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
     svc.shutdown().unwrap();
     m
+}
+
+/// The `deflect` binary of this build (run as its own process).
+pub fn deflect_bin() -> PathBuf {
+    // target/<profile>/deps/it-… -> target/<profile>/deflect
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("deflect");
+    assert!(
+        bin.exists(),
+        "build the deflect binary first ({})",
+        bin.display()
+    );
+    bin
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child` and waits for it to exit, failing the test if it
+/// takes longer than `within`. Returns the exit status and how long it took.
+pub fn stop(child: &mut Child, signal: &str, within: Duration) -> (ExitStatus, Duration) {
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < within,
+            "deflect did not exit within {within:?} of SIG{signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -103,7 +103,7 @@ enum Command {
         speed: u32,
         #[arg(long, default_value_t = 600.0)]
         rate: f64,
-        /// State directory (default: a fresh temporary directory).
+        /// State directory (default: a fresh temporary directory, removed when the demo stops).
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -285,14 +285,12 @@ fn demo(
         (defaults.kafka.output_topic.as_str(), 4),
     ])
     .context("cannot start the embedded broker")?;
-    let tmp;
-    let dir = match state_dir {
-        Some(d) => d,
-        None => {
-            tmp = std::env::temp_dir().join(format!("deflect-demo-{}", std::process::id()));
-            tmp
-        }
-    };
+    // without --state-dir, the state lives as long as the embedded broker it refers to: in a
+    // directory of its own, removed when the demo stops
+    let temporary = state_dir.is_none();
+    let dir = state_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("deflect-demo-{}", std::process::id()))
+    });
     let mut cfg = Config::default();
     cfg.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
     cfg.kafka.input_topic = topic.into();
@@ -351,6 +349,11 @@ fn demo(
     let g = generator
         .join()
         .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    if temporary {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the demo's state");
+        }
+    }
     r.and(g)
 }
 
