@@ -1185,12 +1185,11 @@ fn work(
         }
     }
     let t = Instant::now();
-    let advanced = finish_advance(p, part, reader, closed, input, recorder)?;
+    let (advanced, waited) = finish_advance(p, part, reader, closed, input, recorder)?;
     advancing += t.elapsed();
-    let waited = advanced.1;
     Ok((
         ingested,
-        advanced.0,
+        advanced,
         [ingesting, waited, advancing.saturating_sub(waited)],
     ))
 }
