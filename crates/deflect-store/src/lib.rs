@@ -120,6 +120,28 @@ fn journey_key(p: i32, k: &str) -> Vec<u8> {
     v
 }
 
+/// At least the bytes of a WriteBatch holding the given partitions' changes
+/// ([`Batch::partition_encoded`]).
+fn batch_bytes<'s>(parts: impl IntoIterator<Item = (&'s [u8], &'s StateChanges)>) -> usize {
+    // a record: its tag, column family, key and value lengths (varints), then the bytes
+    const RECORD: usize = 16;
+    let mut bytes = 12;
+    for (snap, ch) in parts {
+        let timers = ch.timers_put.iter().chain(&ch.timers_del);
+        bytes += timers.map(|k| RECORD + 12 + k.1.len()).sum::<usize>();
+        // the range delete of fired timers: two keys
+        bytes += RECORD + 2 * 12;
+        bytes += (ch.journeys.iter())
+            .map(|(k, j)| RECORD + 4 + k.len() + j.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        bytes += (ch.cohorts.iter())
+            .map(|(_, c)| RECORD + 12 + c.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        bytes += RECORD + 4 + snap.len();
+    }
+    bytes
+}
+
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// Everything a partition needs to resume.
@@ -302,6 +324,18 @@ impl Store {
         Batch {
             store: self,
             wb: WriteBatch::default(),
+        }
+    }
+
+    /// A batch with room for the given partitions' changes: a batch grown by doubling copied
+    /// its bytes about twice over, into fresh pages each time (a poll's batch is megabytes).
+    pub fn batch_for<'s>(
+        &self,
+        parts: impl IntoIterator<Item = (&'s [u8], &'s StateChanges)>,
+    ) -> Batch<'_> {
+        Batch {
+            store: self,
+            wb: WriteBatch::with_capacity_bytes(batch_bytes(parts)),
         }
     }
 

@@ -164,3 +164,37 @@ fn a_store_of_format_3_with_its_pending_events_is_refused_with_a_clear_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_batch_made_for_its_changes_has_room_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let long = "c:".to_string() + &"x".repeat(300);
+    let ch = StateChanges {
+        timers_put: vec![(99, "c:u".into()), (7, long.as_str().into())],
+        timers_del: vec![(5, "c:v".into())],
+        timers_fired_before: Some(50),
+        journeys: vec![
+            ("c:u".into(), Some(codec::encode(&stored()))),
+            (long.as_str().into(), Some(vec![7; 1000])),
+            ("c:v".into(), None),
+        ],
+        cohorts: vec![(900_000, Some(vec![1; 2000])), (0, None)],
+    };
+    let none = StateChanges::default();
+    let snaps = [vec![3u8; 5000], Vec::new()];
+    let parts = [(0, &snaps[0], &ch), (1, &snaps[1], &none)];
+    let room = batch_bytes(parts.iter().map(|(_, s, ch)| (s.as_slice(), *ch)));
+    let mut b = store.batch_for(parts.iter().map(|(_, s, ch)| (s.as_slice(), *ch)));
+    for (p, snap, ch) in parts {
+        b.partition_encoded(p, snap, ch);
+    }
+    let used = b.wb.size_in_bytes();
+    assert!(used > 5000 + 2000 + 1000 + 2 * 300, "{used}");
+    // room for every record, and not much more
+    assert!(
+        room >= used && room < used + 300,
+        "room {room} for {used} bytes"
+    );
+    b.commit().unwrap();
+}

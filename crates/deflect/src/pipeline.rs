@@ -1401,7 +1401,8 @@ impl Writer {
                 let _close = CloseOnExit(done.clone());
                 for job in rx {
                     let t = Instant::now();
-                    let mut batch = store.batch();
+                    let mut batch =
+                        store.batch_for(job.parts.iter().map(|(_, s, ch)| (s.as_slice(), ch)));
                     for (p, snap, ch) in &job.parts {
                         batch.partition_encoded(*p, snap, ch);
                     }
