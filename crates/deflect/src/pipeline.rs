@@ -1126,8 +1126,8 @@ impl<'a> Poller<'a> {
 /// before the first advance, their events were out of the core's caches again when they were
 /// processed, and the queue of pending events (in event-time order) was written to cold memory
 /// as it grew to the whole poll. Advancing after every chunk closes what the watermark allows as
-/// the records come, the same intervals and figures (they depend only on which events are
-/// accepted; a record is late by the watermark of the records before it, as per batch).
+/// the records come: an event more than the grace period behind the watermark of the chunks
+/// before its own is late, where a whole poll used to be ingested before anything closed.
 const ADVANCE_EVERY: usize = 512;
 
 /// Decodes, ingests and advances partition `p`'s records of this poll, a chunk at a time
