@@ -8,6 +8,7 @@ mod dashboards;
 mod dead_letter;
 mod demo;
 mod deploy;
+mod generate;
 mod kill;
 mod reports;
 mod restart;

@@ -1,0 +1,73 @@
+//! `deflect generate` as a user runs it, in its own process against a broker (the mock cluster,
+//! over TCP): the topic holds exactly the events of the seeded generator, in order, keyed by
+//! customer (or contact), in protobuf or JSON as asked.
+
+use std::process::{Command, Stdio};
+
+use deflect::generate::{record_key, GenParams, Generator};
+use deflect_kafka::EmbeddedBroker;
+use deflect_proto::Format;
+
+use crate::support::*;
+
+#[test]
+fn generate_writes_the_seeded_traffic_to_the_topic() {
+    let broker = EmbeddedBroker::start(&[("gen-pb", 1), ("gen-json", 1)]).unwrap();
+    let start = "2024-03-04T06:00:00Z";
+    // what the command should write: the same generator, in this process
+    let expected = Generator::new(GenParams {
+        seed: 7,
+        start_ms: start.parse::<jiff::Timestamp>().unwrap().as_millisecond(),
+        customers: 5_000,
+        contacts_per_hour: 400.0,
+        time_zone: "Europe/London".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .until(start.parse::<jiff::Timestamp>().unwrap().as_millisecond() + 3 * 3_600_000);
+    assert!(expected.len() > 3_000, "{} events", expected.len());
+
+    for (topic, format) in [("gen-pb", Format::Protobuf), ("gen-json", Format::Json)] {
+        let status = Command::new(deflect_bin())
+            .args([
+                "generate",
+                "--brokers",
+                broker.bootstrap_servers(),
+                "--topic",
+                topic,
+            ])
+            .args(["--rate", "400", "--duration", "3h", "--start", start])
+            .args([
+                "--customers",
+                "5000",
+                "--seed",
+                "7",
+                "--time-zone",
+                "Europe/London",
+            ])
+            .args([
+                "--format",
+                if format == Format::Json {
+                    "json"
+                } else {
+                    "protobuf"
+                },
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "deflect generate --format {format:?}: {status}"
+        );
+        let records = read_all(&broker, topic);
+        assert_eq!(records.len(), expected.len(), "{topic}");
+        for (i, ((key, payload, _), e)) in records.iter().zip(&expected).enumerate() {
+            assert_eq!(key, record_key(e), "{topic} record {i}");
+            let got = deflect_proto::decode(payload, format).unwrap();
+            assert_eq!(&got, e, "{topic} record {i}");
+        }
+    }
+}
