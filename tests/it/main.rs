@@ -4,6 +4,7 @@
 mod support;
 
 mod bank;
+mod cli;
 mod dashboards;
 mod dead_letter;
 mod demo;
