@@ -606,14 +606,10 @@ impl PartitionEngine {
         self.cohort_adds = adds;
     }
 
-    /// Adds the buffered figures of the cohort of the interval starting at `start`.
-    fn add_cohort_figures_of(&mut self, start: Millis) {
-        let key = self
-            .cohorts
-            .get(&start)
-            .map(|c| Interval { start, end: c.end });
-        if let Some(keys) = key.and_then(|i| self.cohort_adds.remove(&i)) {
-            self.add_to_cohort(key.expect("found"), keys);
+    /// Adds the buffered figures of the cohort of interval `i`.
+    fn add_cohort_figures_of(&mut self, i: Interval) {
+        if let Some(keys) = self.cohort_adds.remove(&i) {
+            self.add_to_cohort(i, keys);
         }
     }
 
@@ -637,7 +633,9 @@ impl PartitionEngine {
                 break;
             }
             self.revisions_due.remove(&(due, start));
-            self.add_cohort_figures_of(start);
+            if let Some(end) = self.cohorts.get(&start).map(|c| c.end) {
+                self.add_cohort_figures_of(Interval { start, end });
+            }
             self.emit_cohort(start);
         }
     }
@@ -1054,9 +1052,7 @@ impl PartitionEngine {
                 heat: a.heat,
             });
         }
-        if let Some(keys) = self.cohort_adds.remove(&a.interval) {
-            self.add_to_cohort(a.interval, keys);
-        }
+        self.add_cohort_figures_of(a.interval);
         self.cohort_state(a.interval);
         self.dirty_cohorts.insert(a.interval.start);
         self.emit_cohort(a.interval.start);

@@ -35,9 +35,10 @@ pub enum HugePages {
 /// [`delay_allocator_purges`]) and asks for huge pages where the kernel allows them: with the
 /// per-batch churn of the pipeline, the kernel kept zeroing fresh 2 MiB pages, 13 % of `deflect
 /// bench`'s samples. Without huge pages the pipeline spent about 15 % less CPU per record and
-/// `bench-state` peaked 20 MiB lower (README, Benchmarks). The setting is checked at every page fault, so calling this first thing
-/// in `main` covers every later allocation, RocksDB's and librdkafka's included, whatever the
-/// machine's `/sys/kernel/mm/transparent_hugepage/enabled` says.
+/// `bench-state` peaked 20 MiB lower (README, Benchmarks). The setting is checked at every page
+/// fault, so calling this first thing in `main` covers every later allocation, RocksDB's and
+/// librdkafka's included, whatever the machine's `/sys/kernel/mm/transparent_hugepage/enabled`
+/// says.
 pub fn disable_transparent_huge_pages() -> HugePages {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return HugePages::LeftToAllocator;
@@ -66,8 +67,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// A poll's batch frees most of what the previous one allocated a few tens of milliseconds
 /// earlier: with mimalloc's 10 ms the memory went back to the kernel in between and came back as
 /// fresh pages, each faulted in and zeroed (a third of the process's page faults in `deflect
-/// bench`: 152 k → 102 k). Five interleaved pairs: pipeline rate +4 %, CPU per record −3 %, better in every pair;
-/// `bench-state` peaks within 1 MiB of before (README, Benchmarks).
+/// bench`: 152 k → 102 k). Five interleaved pairs: pipeline rate +4 %, CPU per record −3 %,
+/// better in every pair; `bench-state` peaks within 1 MiB of before (README, Benchmarks).
 pub fn delay_allocator_purges() -> i64 {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: writes one option slot of mimalloc's (any value is valid for this option)

@@ -226,13 +226,11 @@ pub struct Exported {
     /// Handles of the business series registered so far: updating one is an atomic add, not a
     /// registry lookup with its label strings (the idle timeout cannot orphan them: every update
     /// counts as activity, and the periodic refresh updates every owned series).
-    counters: FxHashMap<CounterKey, Counter>,
+    counters: rustc_hash::FxHashMap<CounterKey, Counter>,
     /// The wait histograms registered so far, by their labels without `le`: the cumulative
     /// buckets' handles in `le` order.
-    buckets: FxHashMap<Vec<String>, Vec<Counter>>,
+    buckets: rustc_hash::FxHashMap<Vec<String>, Vec<Counter>>,
 }
-
-type FxHashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 impl Exported {
     /// The rows that differ from the ones last exported, which they replace.
