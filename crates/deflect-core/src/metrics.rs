@@ -5,6 +5,7 @@
 //! longer owns can disappear. Wait sums are integer milliseconds so that they are exact.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -175,20 +176,79 @@ impl<'a> std::ops::Deref for Labels<'a> {
     }
 }
 
-/// A series looked up by borrowed label values: hashes like the [`CounterKey`] it equals (the
-/// metric, then the values as a length-prefixed sequence of strings), so a hash map of
-/// `CounterKey`s is queried without building one.
-#[derive(Hash)]
+/// A series looked up by borrowed label values: hashes like the [`CounterKey`] it equals, so a
+/// hash map of `CounterKey`s is queried without building one.
 pub struct CounterKeyRef<'a> {
     pub metric: Metric,
     pub labels: &'a [&'a str],
+}
+
+impl Hash for CounterKeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_series(self.metric, self.labels.iter().map(|l| l.as_bytes()), state);
+    }
 }
 
 impl hashbrown::Equivalent<CounterKey> for CounterKeyRef<'_> {
     fn equivalent(&self, key: &CounterKey) -> bool {
         self.metric == key.metric
             && self.labels.len() == key.labels.len()
-            && self.labels.iter().zip(&key.labels).all(|(a, b)| *a == b)
+            && (self.labels.iter().zip(&key.labels)).all(|(a, b)| same(a.as_bytes(), b.as_bytes()))
+    }
+}
+
+/// A label value as one word: its length with its first and last (up to) eight bytes. Label
+/// values are short (tenants, intents, queues, channels, outcomes): counting a figure hashed
+/// each value byte by byte with a terminator (`str`'s `Hash`), about 30 instructions per label
+/// and five labels per count.
+#[inline(always)]
+fn label_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    let head_tail = if n >= 8 {
+        let head = u64::from_le_bytes(b[..8].try_into().expect("eight bytes"));
+        let tail = u64::from_le_bytes(b[n - 8..].try_into().expect("eight bytes"));
+        head ^ tail.rotate_left(29)
+    } else if n >= 4 {
+        let head = u32::from_le_bytes(b[..4].try_into().expect("four bytes"));
+        let tail = u32::from_le_bytes(b[n - 4..].try_into().expect("four bytes"));
+        u64::from(head) << 32 | u64::from(tail)
+    } else if n > 0 {
+        u64::from(b[0]) << 16 | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1])
+    } else {
+        0
+    };
+    head_tail ^ (n as u64).rotate_right(8)
+}
+
+/// Equal label values: short ones compared a word at a time, inline (a call to `memcmp` per
+/// label cost more than the comparison).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n > 16 {
+        return a == b;
+    }
+    if n >= 8 {
+        let w = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("eight"));
+        return w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8);
+    }
+    // under eight bytes the word holds every byte (the head and tail overlap)
+    label_word(a) == label_word(b)
+}
+
+/// The hash of a series, whichever form its key takes.
+#[inline(always)]
+fn hash_series<'l, H: Hasher>(
+    metric: Metric,
+    labels: impl ExactSizeIterator<Item = &'l [u8]>,
+    state: &mut H,
+) {
+    state.write_u64((metric as u64) << 8 | labels.len() as u64);
+    for l in labels {
+        state.write_u64(label_word(l));
     }
 }
 
@@ -202,10 +262,16 @@ impl CounterKeyRef<'_> {
 }
 
 /// One counter series: the metric and its label values in the order of `Metric::labels`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CounterKey {
     pub metric: Metric,
     pub labels: Vec<String>,
+}
+
+impl Hash for CounterKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_series(self.metric, self.labels.iter().map(|l| l.as_bytes()), state);
+    }
 }
 
 /// A set of counter values (an interval's figures, or a partition's running totals).
@@ -218,15 +284,29 @@ impl Counters {
         *self.0.entry(CounterKey { metric, labels }).or_insert(0) += v;
     }
     pub fn merge(&mut self, other: &Counters) {
-        for (k, v) in &other.0 {
-            // most series exist already: clone the key only for a new one
-            match self.0.get_mut(k) {
-                Some(total) => *total += v,
-                None => {
-                    self.0.insert(k.clone(), *v);
+        // most series exist already: clone the key only for a new one
+        let mut new = Vec::new();
+        if other.0.len().saturating_mul(8) < self.0.len() {
+            for (k, v) in &other.0 {
+                match self.0.get_mut(k) {
+                    Some(total) => *total += v,
+                    None => new.push((k.clone(), *v)),
+                }
+            }
+        } else {
+            // both in key order: one walk compares each key about once, where a lookup per key
+            // compared label strings on every level of the tree (an interval's figures merged
+            // into a partition's totals at every closing: 23 k instructions each)
+            let mut mine = self.0.iter_mut().peekable();
+            for (k, v) in &other.0 {
+                while mine.next_if(|(m, _)| *m < k).is_some() {}
+                match mine.next_if(|(m, _)| *m == k) {
+                    Some((_, total)) => *total += v,
+                    None => new.push((k.clone(), *v)),
                 }
             }
         }
+        self.0.extend(new);
     }
     pub fn get(&self, metric: Metric, labels: &[&str]) -> u64 {
         self.0
@@ -385,5 +465,96 @@ mod tests {
         );
         assert_eq!(c.total(Metric::QueueAnswered), 5);
         assert_eq!(c.get(Metric::QueueAnswered, &["a", "chat"]), 3);
+    }
+
+    use proptest::prelude::*;
+
+    /// Label values of every length around the word sizes the hash and comparison read, often
+    /// alike (same length, shared head or tail) so that unequal ones are close.
+    fn label() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "abc",
+            "abd",
+            "xbc",
+            "abcd",
+            "abce",
+            "abcde",
+            "abXde",
+            "voice",
+            "billing",
+            "billinh",
+            "cilling",
+            "abcdefgh",
+            "abcdefgi",
+            "bbcdefgh",
+            "abcdefghi",
+            "abcdXfghi",
+            "sixteen-bytes-xx",
+            "sixteen-bytes-xy",
+            "sixteen-bytes-yx",
+            "seventeen-bytes-x",
+            "seventeen-bytes-y",
+            "twenty-five-bytes-long-aa",
+            "twenty-five-bytes-lXng-aa",
+            "t\u{e9}l\u{e9}phone",
+        ])
+        .prop_map(String::from)
+    }
+
+    fn key() -> impl Strategy<Value = CounterKey> {
+        (
+            prop::sample::select(vec![
+                Metric::PotentialCalls,
+                Metric::ContactOutcomes,
+                Metric::Recontact,
+            ]),
+            prop::collection::vec(label(), 0..4),
+        )
+            .prop_map(|(metric, labels)| CounterKey { metric, labels })
+    }
+
+    fn counters() -> impl Strategy<Value = Counters> {
+        prop::collection::btree_map(key(), 0u64..100, 0..40).prop_map(Counters)
+    }
+
+    fn fx(k: &dyn Fn(&mut rustc_hash::FxHasher)) -> u64 {
+        let mut s = rustc_hash::FxHasher::default();
+        k(&mut s);
+        s.finish()
+    }
+
+    proptest! {
+        /// Borrowed labels find exactly the owned key they equal, and equal keys hash alike.
+        #[test]
+        fn borrowed_keys_are_equal_exactly_when_their_labels_are(a in key(), b in key()) {
+            let labels: Vec<&str> = a.labels.iter().map(String::as_str).collect();
+            let r = CounterKeyRef { metric: a.metric, labels: &labels };
+            prop_assert_eq!(hashbrown::Equivalent::equivalent(&r, &b), a == b);
+            prop_assert_eq!(fx(&|s| r.hash(s)), fx(&|s| a.hash(s)));
+            if a == b {
+                prop_assert_eq!(fx(&|s| a.hash(s)), fx(&|s| b.hash(s)));
+            }
+        }
+
+        /// Merging adds every series of the other set, whichever way the merge walks (a lookup
+        /// per key when the other set is small, one walk of both otherwise).
+        #[test]
+        fn merge_adds_every_series(a in counters(), b in counters()) {
+            let mut expected = a.0.clone();
+            for (k, v) in &b.0 {
+                *expected.entry(k.clone()).or_insert(0) += v;
+            }
+            let mut merged = a.clone();
+            merged.merge(&b);
+            prop_assert_eq!(&merged.0, &expected);
+            let mut other_way = b.clone();
+            other_way.merge(&a);
+            prop_assert_eq!(&other_way.0, &expected);
+        }
     }
 }
