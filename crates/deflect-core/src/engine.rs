@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Millis, Text};
 use crate::journey::{Figures, Journey, JourneyConfig};
-use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric};
+use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric, Totals};
 use crate::pending::PendingQueue;
 use crate::time::{Interval, IntervalMemo, IntervalSpec};
 use crate::watermark::Watermark;
@@ -189,7 +189,7 @@ pub struct PartitionSnapshot {
     /// Every event and timer before this instant has been processed.
     pub frontier: Option<Millis>,
     /// Running totals of every closed interval (what Prometheus sees).
-    pub totals: Counters,
+    pub totals: Totals,
     /// Heat-map sums per local (date, hour, minute) cell over the trailing range.
     pub heat: BTreeMap<HeatKey, HeatCell>,
     /// Local (date, hour, minute) cells the closed frontier has passed through.
@@ -682,7 +682,7 @@ impl PartitionEngine {
     pub fn frontier(&self) -> Option<Millis> {
         self.snap.frontier
     }
-    pub fn totals(&self) -> &Counters {
+    pub fn totals(&self) -> &Totals {
         &self.snap.totals
     }
     pub fn stats(&self) -> Stats {
@@ -1706,7 +1706,7 @@ mod tests {
             record(p, e.take_reports());
             assert_eq!(e.pending_len(), 0);
             assert_eq!(e.timers_len(), 0);
-            totals.merge(e.totals());
+            totals.merge(&e.totals().to_counters());
             for r in e.heatmap() {
                 let c = heat.entry((r.weekday, r.hour)).or_default();
                 c.arrivals += r.cell.arrivals;
