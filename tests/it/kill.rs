@@ -232,7 +232,7 @@ fn assert_state_matches(cfg: deflect::Config, oracle: &Counters) {
             .metric
             .labels()
             .iter()
-            .zip(&k.labels)
+            .zip(k.labels.iter())
             .map(|(l, v)| format!("{l}=\"{v}\""))
             .collect();
         labels.sort();

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Millis, Text};
 use crate::journey::{Figures, Journey, JourneyConfig};
-use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric, Totals};
+use crate::metrics::{CounterKey, CounterKeyRef, Counters, Metric, Series, Totals};
 use crate::pending::PendingQueue;
 use crate::time::{Interval, IntervalMemo, IntervalSpec};
 use crate::watermark::Watermark;
@@ -345,13 +345,10 @@ struct Acc {
     counters: hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher>,
     heat: HeatCell,
     callbacks: Vec<CallbackOp>,
-    /// Cohort figures decided by the item being processed: (origin instant, metric, its labels'
-    /// range in `cohort_labels`), the labels' text back to back in `cohort_text` (no allocation
-    /// per figure once the buffers have grown).
-    cohort: Vec<(Millis, Metric, std::ops::Range<usize>)>,
-    /// Where each label is in `cohort_text`.
-    cohort_labels: Vec<std::ops::Range<usize>>,
-    cohort_text: String,
+    /// Cohort figures decided by the item being processed: origin instant and series.
+    cohort: Vec<(Millis, CounterKey)>,
+    /// The partition's series, lent to the interval being processed.
+    series: Series,
     /// Events not applied because their order made no sense for their contact.
     rejected: Vec<(Event, &'static str)>,
 }
@@ -362,7 +359,7 @@ impl Figures for Acc {
         match self.counters.get_mut(&k) {
             Some(c) => *c += v,
             None => {
-                self.counters.insert(k.to_owned(), v);
+                self.counters.insert(self.series.key(&k), v);
             }
         }
     }
@@ -388,15 +385,9 @@ impl Figures for Acc {
         self.rejected.push((event.clone(), detail));
     }
     fn cohort(&mut self, metric: Metric, labels: &[&str], origin: Millis) {
-        self.count(metric, labels, 1);
-        let from = self.cohort_labels.len();
-        for l in labels {
-            let start = self.cohort_text.len();
-            self.cohort_text.push_str(l);
-            self.cohort_labels.push(start..self.cohort_text.len());
-        }
-        self.cohort
-            .push((origin, metric, from..self.cohort_labels.len()));
+        let key = self.series.key(&CounterKeyRef { metric, labels });
+        *self.counters.entry(key.clone()).or_insert(0) += 1;
+        self.cohort.push((origin, key));
     }
 }
 
@@ -457,6 +448,8 @@ pub struct PartitionEngine {
     /// emitted at a closing or a horizon), everyone's when the state is taken: summed over a
     /// whole batch, not each advance (one per chunk of a poll's records).
     cohort_adds: HashMap<Interval, hashbrown::HashMap<CounterKey, u64, rustc_hash::FxBuildHasher>>,
+    /// Every series counted so far, each key built once (lent to the interval being processed).
+    series: Series,
     /// Events and timers processed so far (since the engine was built; not stored).
     processed: u64,
     dirty_cohorts: BTreeSet<Millis>,
@@ -506,6 +499,7 @@ impl PartitionEngine {
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
             cohort_adds: HashMap::default(),
+            series: Series::default(),
             processed: 0,
             dirty_cohorts: BTreeSet::new(),
             reports: Vec::new(),
@@ -620,7 +614,7 @@ impl PartitionEngine {
     ) {
         let counters = Arc::make_mut(&mut self.cohort_state(i).counters);
         for (key, v) in keys {
-            counters.add(key.metric, key.labels, v);
+            counters.add_key(key, v);
         }
         self.dirty_cohorts.insert(i.start);
     }
@@ -973,8 +967,7 @@ impl PartitionEngine {
                     heat: HeatCell::default(),
                     callbacks: Vec::new(),
                     cohort: Vec::new(),
-                    cohort_labels: Vec::new(),
-                    cohort_text: String::new(),
+                    series: std::mem::take(&mut self.series),
                     rejected: Vec::new(),
                 });
             }
@@ -995,27 +988,15 @@ impl PartitionEngine {
                 }
                 Some((_, key)) => self.with_journey(&key, store, |cfg, j| j.fire(cfg, t, a)),
             }
-            for (origin, metric, range) in a.cohort.drain(..) {
+            for (origin, key) in a.cohort.drain(..) {
                 let i = self.interval_of(origin);
-                // the labels as slices of the text, on the stack
-                let mut labels = crate::metrics::Labels::default();
-                for l in &a.cohort_labels[range] {
-                    labels.push(&a.cohort_text[l.clone()]);
-                }
-                let k = CounterKeyRef {
-                    metric,
-                    labels: &labels,
-                };
-                let adds = self.cohort_adds.entry(i).or_default();
-                match adds.get_mut(&k) {
-                    Some(c) => *c += 1,
-                    None => {
-                        adds.insert(k.to_owned(), 1);
-                    }
-                }
+                *self
+                    .cohort_adds
+                    .entry(i)
+                    .or_default()
+                    .entry(key)
+                    .or_insert(0) += 1;
             }
-            a.cohort_labels.clear();
-            a.cohort_text.clear();
         }
         if let Some(a) = acc.take() {
             closed.push(self.close(a));
@@ -1033,6 +1014,7 @@ impl PartitionEngine {
     }
 
     fn close(&mut self, mut a: Acc) -> ClosedInterval {
+        self.series = std::mem::take(&mut a.series);
         let counters = Arc::new(Counters(
             std::mem::take(&mut a.counters).into_iter().collect(),
         ));

@@ -22,7 +22,7 @@ pub fn to_message(r: &Report, partition: i32, spec: &IntervalSpec) -> pb::Interv
                 .metric
                 .labels()
                 .iter()
-                .zip(&k.labels)
+                .zip(k.labels.iter())
                 .map(|(n, v)| pb::Label {
                     name: n.to_string(),
                     value: v.clone(),

@@ -200,7 +200,7 @@ fn labels(key: &CounterKey, partition: &str) -> Vec<Label> {
     key.metric
         .labels()
         .iter()
-        .zip(&key.labels)
+        .zip(key.labels.iter())
         .map(|(k, v)| Label::new(*k, v.clone()))
         .chain(std::iter::once(Label::new(
             "partition",
@@ -273,21 +273,18 @@ impl Exported {
             }
             return;
         }
-        // one key, its `le` rewritten in place for each bucket
-        let mut key = k.clone();
+        // the group's labels, then each bucket's `le`
+        let group = &k.labels[..k.labels.len() - 1];
         let mut cumulative = 0;
         let mut handles = Vec::new();
         for le in wait_bucket_labels() {
-            let last = key.labels.last_mut().expect("a bucket has an le label");
-            last.clear();
-            last.push_str(le);
+            let key = CounterKey::new(k.metric, group.iter().map(String::as_str).chain([le]));
             cumulative += totals.get(&key).copied().unwrap_or(0);
             let c = counter!(key.metric.name(), labels(&key, ps));
             c.absolute(cumulative);
             handles.push(c);
         }
-        key.labels.pop();
-        self.buckets.insert(key.labels, handles);
+        self.buckets.insert(group.to_vec(), handles);
     }
 
     /// Sets the series of these keys to the engine's totals (each wait-bucket group once,
@@ -539,7 +536,7 @@ mod tests {
             // business series: every total at its value, every absent family sibling at 0
             let totals = &e.totals().0;
             let line_of = |k: &CounterKey, v: u64| {
-                let l: Vec<String> = (k.metric.labels().iter().zip(&k.labels))
+                let l: Vec<String> = (k.metric.labels().iter().zip(k.labels.iter()))
                     .map(|(n, v)| format!("{n}=\"{v}\""))
                     .chain(std::iter::once("partition=\"0\"".to_string()))
                     .collect();
@@ -550,8 +547,8 @@ mod tests {
                     // the whole cumulative histogram of the group
                     let mut cumulative = 0;
                     for le in wait_bucket_labels() {
-                        let mut b = k.clone();
-                        *b.labels.last_mut().unwrap() = le.to_string();
+                        let group = k.labels[..k.labels.len() - 1].iter();
+                        let b = CounterKey::new(k.metric, group.map(String::as_str).chain([le]));
                         cumulative += totals.get(&b).copied().unwrap_or(0);
                         let line = line_of(&b, cumulative);
                         assert!(text.lines().any(|l| l == line), "missing {line:?}");
