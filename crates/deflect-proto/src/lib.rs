@@ -268,6 +268,26 @@ macro_rules! pb_enum_name {
     };
 }
 
+/// [`pb_enum`] of a protobuf enum field, from a table of every value below 64 made by it on
+/// first use: mapping through the names cost 270 instructions per field (one or two per
+/// record), the table a bounds check. The protobuf enums are all smaller: a value of 64 or more
+/// is one they do not have, rejected as before.
+macro_rules! pb_enum {
+    ($field:literal, $pb:ty, $core:ty, $v:expr) => {{
+        static TABLE: std::sync::OnceLock<Vec<Option<$core>>> = std::sync::OnceLock::new();
+        let v: i32 = $v;
+        let table = TABLE.get_or_init(|| {
+            (0..64)
+                .map(|i| pb_enum($field, i, pb_enum_name!($pb, i), <$core>::parse).ok())
+                .collect()
+        });
+        match usize::try_from(v).ok().and_then(|i| table.get(i)) {
+            Some(Some(t)) => Ok(*t),
+            _ => Err(bad($field, v)),
+        }
+    }};
+}
+
 /// A `ContactEvent` record's fields before validation: strings borrowed from the record (read
 /// directly, [`wire`]) or owned (decoded by prost).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -318,17 +338,17 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
     })?;
     let kind = match payload {
         P::ContactStarted(p) => EventKind::ContactStarted {
-            direction: pb_enum(
+            direction: pb_enum!(
                 "contact_started.direction",
-                p.direction,
-                pb_enum_name!(pb::contact_started::Direction, p.direction),
-                Direction::parse,
+                pb::contact_started::Direction,
+                Direction,
+                p.direction
             )?,
-            initiation: pb_enum(
+            initiation: pb_enum!(
                 "contact_started.initiation",
-                p.initiation,
-                pb_enum_name!(pb::contact_started::Initiation, p.initiation),
-                Initiation::parse,
+                pb::contact_started::Initiation,
+                Initiation,
+                p.initiation
             )?,
         },
         P::IntentIdentified(p) => EventKind::IntentIdentified {
@@ -344,11 +364,11 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
         },
         P::IvrExited(p) => EventKind::IvrExited {
             node: p.node.into(),
-            reason: pb_enum(
+            reason: pb_enum!(
                 "ivr_exited.reason",
-                p.reason,
-                pb_enum_name!(pb::ivr_exited::Reason, p.reason),
-                IvrExitReason::parse,
+                pb::ivr_exited::Reason,
+                IvrExitReason,
+                p.reason
             )?,
         },
         P::SelfServiceViewed(p) => EventKind::SelfServiceViewed {
@@ -359,20 +379,20 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
         },
         P::AiAgentStarted(_) => EventKind::AiAgentStarted,
         P::AiAgentEnded(p) => EventKind::AiAgentEnded {
-            outcome: pb_enum(
+            outcome: pb_enum!(
                 "ai_agent_ended.outcome",
-                p.outcome,
-                pb_enum_name!(pb::ai_agent_ended::Outcome, p.outcome),
-                AiOutcome::parse,
+                pb::ai_agent_ended::Outcome,
+                AiOutcome,
+                p.outcome
             )?,
             turns: p.turns,
         },
         P::EscalationRequested(p) => EventKind::EscalationRequested {
-            from: pb_enum(
+            from: pb_enum!(
                 "escalation_requested.from",
-                p.from,
-                pb_enum_name!(pb::escalation_requested::From, p.from),
-                EscalationSource::parse,
+                pb::escalation_requested::From,
+                EscalationSource,
+                p.from
             )?,
             reason: p.reason.into(),
             context_passed: p.context_passed,
@@ -386,11 +406,11 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
             priority: p.priority,
         },
         P::QueueExited(p) => EventKind::QueueExited {
-            reason: pb_enum(
+            reason: pb_enum!(
                 "queue_exited.reason",
-                p.reason,
-                pb_enum_name!(pb::queue_exited::Reason, p.reason),
-                QueueExitReason::parse,
+                pb::queue_exited::Reason,
+                QueueExitReason,
+                p.reason
             )?,
         },
         P::AgentConnected(p) => EventKind::AgentConnected {
@@ -416,11 +436,11 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
         P::ContactEnded(p) => EventKind::ContactEnded {
             party: match p.party {
                 0 => None,
-                v => Some(pb_enum(
+                v => Some(pb_enum!(
                     "contact_ended.party",
-                    v,
-                    pb_enum_name!(pb::contact_ended::Party, v),
-                    DisconnectParty::parse,
+                    pb::contact_ended::Party,
+                    DisconnectParty,
+                    v
                 )?),
             },
             resolved: p.resolved,

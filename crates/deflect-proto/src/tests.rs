@@ -222,3 +222,58 @@ fn rejects_with_reasons() {
     .encode_to_vec();
     assert_eq!(reason(&no_payload), RejectReason::UnknownEventType);
 }
+
+/// Every value of a protobuf enum field, known or not, decodes as its name says: the table the
+/// decoder maps through agrees with the names (`REASON_ABANDONED` ↔ `abandoned`),
+/// and a value the enum lacks (unspecified, negative, past the end, past the table) is a bad
+/// value naming the field.
+#[test]
+fn protobuf_enum_values_map_by_name() {
+    use crate::pb::queue_exited::Reason;
+    for v in [
+        -1,
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        63,
+        64,
+        65,
+        1000,
+        i32::MAX,
+        i32::MIN,
+    ] {
+        let record = pb::ContactEvent {
+            event_id: "e".into(),
+            tenant: "t".into(),
+            contact_id: "c".into(),
+            channel: pb::Channel::Voice as i32,
+            occurred_at: 1,
+            payload: Some(pb::contact_event::Payload::QueueExited(pb::QueueExited {
+                reason: v,
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let by_name = Reason::try_from(v)
+            .ok()
+            .map(|r| r.as_str_name().to_ascii_lowercase())
+            .and_then(|n| {
+                deflect_core::event::QueueExitReason::parse(n.trim_start_matches("reason_"))
+            });
+        match (decode(&record, Format::Protobuf), by_name) {
+            (Ok(e), Some(reason)) => {
+                assert_eq!(e.kind, EventKind::QueueExited { reason }, "value {v}")
+            }
+            (Err(err), None) => {
+                assert_eq!(err.reason, RejectReason::BadValue, "value {v}");
+                assert!(err.detail.contains("queue_exited.reason"), "{err}");
+            }
+            (got, expected) => panic!("value {v}: decoded {got:?}, by name {expected:?}"),
+        }
+    }
+}
