@@ -1313,7 +1313,7 @@ impl PartitionEngine {
                 // contact needs no lookup, and every journey this batch writes stays cached
                 ch.journeys.push((key, None));
             } else {
-                let v = crate::codec::encode(&(c.timer, &c.journey));
+                let v = crate::codec::encode_journey(c.timer, &c.journey);
                 ch.journeys.push((key, Some(v)));
             }
         }
