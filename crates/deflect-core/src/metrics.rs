@@ -409,29 +409,26 @@ impl<'de> Deserialize<'de> for Totals {
     }
 }
 
+/// The `le` label of each bucket of [`WAIT_BUCKETS_SECONDS`], then `+Inf` (a test checks them
+/// against the bounds).
+const WAIT_BUCKET_LABELS: [&str; 11] = [
+    "5", "10", "20", "30", "60", "120", "180", "300", "600", "1800", "+Inf",
+];
+
 /// The `le` label of the smallest bucket holding `wait_ms`. State keeps one count per bucket (not
 /// cumulative); the exporter turns them into the cumulative buckets Prometheus expects.
 pub fn wait_bucket_label(wait_ms: i64) -> &'static str {
-    const LABELS: [&str; 11] = [
-        "5", "10", "20", "30", "60", "120", "180", "300", "600", "1800", "+Inf",
-    ];
     let w = wait_ms.max(0) as u64;
     let i = WAIT_BUCKETS_SECONDS
         .iter()
         .position(|b| w <= *b * 1000)
         .unwrap_or(WAIT_BUCKETS_SECONDS.len());
-    LABELS[i]
+    WAIT_BUCKET_LABELS[i]
 }
 
 /// Every `le` label in increasing order (the last is `+Inf`).
 pub fn wait_bucket_labels() -> impl Iterator<Item = &'static str> {
-    (0..=WAIT_BUCKETS_SECONDS.len()).map(|i| {
-        wait_bucket_label(
-            WAIT_BUCKETS_SECONDS
-                .get(i)
-                .map_or(i64::MAX, |b| (*b * 1000) as i64),
-        )
-    })
+    WAIT_BUCKET_LABELS.into_iter()
 }
 
 #[cfg(test)]
@@ -533,6 +530,12 @@ mod tests {
             wait_bucket_labels().collect::<Vec<_>>(),
             ["5", "10", "20", "30", "60", "120", "180", "300", "600", "1800", "+Inf"]
         );
+        // each label is its bucket's bound, and holds a wait of exactly that bound
+        assert_eq!(WAIT_BUCKET_LABELS.len(), WAIT_BUCKETS_SECONDS.len() + 1);
+        for (b, l) in WAIT_BUCKETS_SECONDS.iter().zip(WAIT_BUCKET_LABELS) {
+            assert_eq!(b.to_string(), l);
+            assert_eq!(wait_bucket_label(*b as i64 * 1000), l);
+        }
     }
 
     #[test]
