@@ -442,6 +442,9 @@ pub struct PartitionEngine {
     cohorts: BTreeMap<Millis, CohortState>,
     /// (instant the next revision is due, interval start) of every cohort past revision 0.
     revisions_due: BTreeSet<(Millis, Millis)>,
+    /// The first instant of `revisions_due` (`Millis::MAX` when empty): checked before every
+    /// item, where reaching the set's first entry cost 200 instructions.
+    next_revision_due: Millis,
     /// Cohort figures decided since they were last added to their cohorts, summed by cohort
     /// interval and series: adding each decision to a cohort's sorted counters compared label
     /// strings at every level of a B-tree. A cohort's are added when it is read (its revision
@@ -498,6 +501,7 @@ impl PartitionEngine {
             changes: StateChanges::default(),
             cohorts: BTreeMap::new(),
             revisions_due: BTreeSet::new(),
+            next_revision_due: Millis::MAX,
             cohort_adds: HashMap::default(),
             series: Series::default(),
             processed: 0,
@@ -523,7 +527,9 @@ impl PartitionEngine {
         if let Some(c) = self.cohorts.get(&start) {
             if c.emitted >= 1 {
                 if let Some((_, ms)) = horizons.get(c.emitted as usize - 1) {
-                    self.revisions_due.insert((c.end + ms, start));
+                    let due = c.end + ms;
+                    self.revisions_due.insert((due, start));
+                    self.next_revision_due = self.next_revision_due.min(due);
                 }
             }
         }
@@ -622,6 +628,9 @@ impl PartitionEngine {
     /// Every item before `t` is processed: emits each cohort revision whose horizon is at or
     /// before `t` (interval end + horizon), in order.
     fn emit_revisions(&mut self, t: Millis) {
+        if self.next_revision_due > t {
+            return;
+        }
         while let Some(&(due, start)) = self.revisions_due.first() {
             if due > t {
                 break;
@@ -632,6 +641,10 @@ impl PartitionEngine {
             }
             self.emit_cohort(start);
         }
+        self.next_revision_due = self
+            .revisions_due
+            .first()
+            .map_or(Millis::MAX, |(due, _)| *due);
     }
 
     /// Events processed since the last call whose order made no sense for their contact (not
