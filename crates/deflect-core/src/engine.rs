@@ -1104,8 +1104,19 @@ impl PartitionEngine {
             let cutoff = today
                 .checked_sub(jiff::Span::new().days(i64::from(self.cfg.heatmap_days) - 1))
                 .unwrap_or(today);
-            self.snap.observed.retain(|(d, _, _)| *d >= cutoff);
-            self.snap.heat.retain(|(d, _, _), _| *d >= cutoff);
+            // both ordered by date first: only the oldest cells go (a `retain` walked all of
+            // them, 5 k instructions at every closing)
+            while self
+                .snap
+                .observed
+                .first()
+                .is_some_and(|(d, _, _)| *d < cutoff)
+            {
+                self.snap.observed.pop_first();
+            }
+            while (self.snap.heat.first_key_value()).is_some_and(|((d, _, _), _)| *d < cutoff) {
+                self.snap.heat.pop_first();
+            }
         }
     }
 
