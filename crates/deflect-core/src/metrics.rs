@@ -317,14 +317,9 @@ impl Counters {
         *self.0.entry(key).or_insert(0) += v;
     }
     pub fn merge(&mut self, other: &Counters) {
+        // a key's copy is a reference count (its labels are shared)
         for (k, v) in &other.0 {
-            // most series exist already: clone the key only for a new one (a shared one)
-            match self.0.get_mut(k) {
-                Some(total) => *total += v,
-                None => {
-                    self.0.insert(k.clone(), *v);
-                }
-            }
+            *self.0.entry(k.clone()).or_insert(0) += v;
         }
     }
     pub fn get(&self, metric: Metric, labels: &[&str]) -> u64 {
@@ -354,12 +349,7 @@ pub struct Totals(pub rustc_hash::FxHashMap<CounterKey, u64>);
 impl Totals {
     pub fn merge(&mut self, other: &Counters) {
         for (k, v) in &other.0 {
-            match self.0.get_mut(k) {
-                Some(total) => *total += v,
-                None => {
-                    self.0.insert(k.clone(), *v);
-                }
-            }
+            *self.0.entry(k.clone()).or_insert(0) += v;
         }
     }
     /// Sum of a metric over all label values.
