@@ -9,9 +9,12 @@ use crate::journey::{ContactState, Ended, Journey, NotificationWatch, Watch};
 
 pub use postcard::Error;
 
+/// Room a value's buffer starts with: most journeys fit, with no regrowing (and copying) from 8
+/// bytes up.
+const VALUE_CAPACITY: usize = 256;
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // most journeys fit: no regrowing (and copying) the buffer from 8 bytes up
-    postcard::serialize_with_flavor(v, Bytes(Vec::with_capacity(256)))
+    postcard::serialize_with_flavor(v, Bytes(Vec::with_capacity(VALUE_CAPACITY)))
         .expect("state types always serialize")
 }
 
@@ -54,7 +57,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 /// Read back with [`decode`]. The destructuring below stops compiling when a field is added:
 /// add it here, in the order of its declaration.
 pub fn encode_journey(timer: Option<Millis>, j: &Journey) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(256));
+    let mut w = Writer(Vec::with_capacity(VALUE_CAPACITY));
     w.option(timer, Writer::i64);
     let Journey {
         known_customer,
