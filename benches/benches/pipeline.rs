@@ -19,6 +19,7 @@ fn main() {
         brokers: None,
         topic: "deflect-bench".into(),
         max_batch: None,
+        runs: 1,
     };
     if let Err(e) = deflect::bench::run(args) {
         eprintln!("bench failed: {e:#}");

@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// default is the configuration's.
     #[arg(long)]
     pub max_batch: Option<usize>,
+    /// Measure the raw consumer and the pipeline this many times, alternately, on the events
+    /// produced once, and print every run and the medians (one run's ratio moves by a tenth
+    /// with the machine's other load).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
 }
 
 pub struct BenchResult {
@@ -51,7 +56,35 @@ pub struct BenchResult {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let r = measure(&args)?;
+    let runs = measure(&args)?;
+    if runs.len() > 1 {
+        for (i, r) in runs.iter().enumerate() {
+            println!(
+                "run {:<3} raw {:>9.0} /s  pipeline {:>9.0} /s  ratio {:.3}  cpu per record \
+                 raw {:.2} us, pipeline {:.2} us",
+                i + 1,
+                r.raw_per_sec,
+                r.pipeline_per_sec,
+                r.ratio(),
+                r.raw_cpu_per_record.as_secs_f64() * 1e6,
+                r.pipeline_cpu_per_record.as_secs_f64() * 1e6,
+            );
+        }
+        let ratios: Vec<f64> = runs.iter().map(BenchResult::ratio).collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "ratio per run     median {:.3}, from {lo:.3} to {hi:.3} over {} runs \
+             (the lines below are medians)",
+            median(&ratios),
+            runs.len()
+        );
+    }
+    print_result(&BenchResult::median(&runs));
+    Ok(())
+}
+
+fn print_result(r: &BenchResult) {
     println!("events            {}", r.events);
     println!("raw consumer      {:>12.0} events/s", r.raw_per_sec);
     println!(
@@ -76,10 +109,47 @@ pub fn run(args: BenchArgs) -> Result<()> {
         us(r.pipeline_cpu_per_record),
         us(r.pipeline_cpu_per_record) / us(r.raw_cpu_per_record)
     );
-    Ok(())
 }
 
-pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
+/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl BenchResult {
+    pub fn ratio(&self) -> f64 {
+        self.pipeline_per_sec / self.raw_per_sec
+    }
+
+    /// Each figure's median over `runs` (so the ratio printed from it is the ratio of the
+    /// median rates; the median of the runs' own ratios is printed apart).
+    fn median(runs: &[BenchResult]) -> BenchResult {
+        let m = |f: fn(&BenchResult) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let d = |f: fn(&BenchResult) -> Duration| {
+            Duration::from_secs_f64(median(
+                &runs.iter().map(|r| f(r).as_secs_f64()).collect::<Vec<_>>(),
+            ))
+        };
+        BenchResult {
+            events: runs.first().map_or(0, |r| r.events),
+            raw_per_sec: m(|r| r.raw_per_sec),
+            pipeline_per_sec: m(|r| r.pipeline_per_sec),
+            pipeline_to_end_per_sec: m(|r| r.pipeline_to_end_per_sec),
+            raw_cpu_per_record: d(|r| r.raw_cpu_per_record),
+            pipeline_cpu_per_record: d(|r| r.pipeline_cpu_per_record),
+        }
+    }
+}
+
+/// Produces the events once, then measures the raw consumer and the pipeline `args.runs` times,
+/// alternately.
+pub fn measure(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let broker;
     let settings = match &args.brokers {
         Some(b) => ClientSettings::new(b.clone()),
@@ -108,9 +178,21 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     }
     p.flush()?;
     let n = p.sent;
+    (0..args.runs)
+        .map(|run| measure_once(args, &settings, partitions, n, run))
+        .collect()
+}
 
+/// One raw consumer run and one pipeline run over the `n` records of the topic.
+fn measure_once(
+    args: &BenchArgs,
+    settings: &ClientSettings,
+    partitions: i32,
+    n: u64,
+    run: u32,
+) -> Result<BenchResult> {
     // (a) raw consumer: every record fetched and its payload touched
-    let reader = deflect_kafka::reader(&settings, &args.topic, partitions)?;
+    let reader = deflect_kafka::reader(settings, &args.topic, partitions)?;
     let mut started = Stamp::now();
     let (mut seen, mut bytes, mut eof) = (0u64, 0u64, 0i32);
     while seen < n && eof < partitions {
@@ -139,7 +221,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchResult> {
     let mut cfg = Config::default();
     cfg.kafka.bootstrap_servers = settings.bootstrap_servers.clone();
     cfg.kafka.input_topic = args.topic.clone();
-    cfg.kafka.group_id = format!("deflect-bench-{}", std::process::id());
+    cfg.kafka.group_id = format!("deflect-bench-{}-{run}", std::process::id());
     cfg.kafka.dead_letter_topic = String::new();
     cfg.kafka.late_topic = String::new();
     cfg.kafka.output_topic = String::new();
@@ -178,4 +260,45 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(raw: f64, pipeline: f64, cpu_us: u64) -> BenchResult {
+        BenchResult {
+            events: 10,
+            raw_per_sec: raw,
+            pipeline_per_sec: pipeline,
+            pipeline_to_end_per_sec: pipeline / 4.0,
+            raw_cpu_per_record: Duration::from_micros(1),
+            pipeline_cpu_per_record: Duration::from_micros(cpu_us),
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0]), 3.0);
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn medians_are_taken_figure_by_figure() {
+        let runs = [
+            result(100.0, 60.0, 3),
+            result(200.0, 50.0, 2),
+            result(150.0, 40.0, 4),
+        ];
+        let m = BenchResult::median(&runs);
+        assert_eq!((m.raw_per_sec, m.pipeline_per_sec), (150.0, 50.0));
+        assert_eq!(m.pipeline_to_end_per_sec, 12.5);
+        assert_eq!(m.pipeline_cpu_per_record, Duration::from_micros(3));
+        // the runs' own ratios: 0.6, 0.25 and 0.2667; their median is not the medians' ratio
+        let ratios: Vec<f64> = runs.iter().map(BenchResult::ratio).collect();
+        assert!((median(&ratios) - 40.0 / 150.0).abs() < 1e-12);
+        assert!((m.ratio() - 50.0 / 150.0).abs() < 1e-12);
+    }
 }
