@@ -6,15 +6,11 @@
 
 use std::borrow::Cow;
 
-use deflect_core::event::{
-    AiOutcome, Channel, Direction, DisconnectParty, EscalationSource, Event, EventKind, Initiation,
-    IvrExitReason, QueueExitReason, Text,
-};
+use deflect_core::event::{Channel, Event, EventKind, Text};
 use prost::Message;
 
 mod json;
 pub mod report;
-mod wire;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -278,201 +274,36 @@ macro_rules! pb_enum {
         let v: i32 = $v;
         let table = TABLE.get_or_init(|| {
             (0..64)
-                .map(|i| pb_enum($field, i, pb_enum_name!($pb, i), <$core>::parse).ok())
+                .map(|i| $crate::pb_enum($field, i, pb_enum_name!($pb, i), <$core>::parse).ok())
                 .collect()
         });
         match usize::try_from(v).ok().and_then(|i| table.get(i)) {
             Some(Some(t)) => Ok(*t),
-            _ => Err(bad($field, v)),
+            _ => Err($crate::bad($field, v)),
         }
     }};
 }
 
-/// A `ContactEvent` record's fields before validation: strings borrowed from the record (read
-/// directly, [`wire`]) or owned (decoded by prost).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct PbRecord<'a> {
-    pub event_id: Cow<'a, str>,
-    pub tenant: Cow<'a, str>,
-    pub contact_id: Cow<'a, str>,
-    pub parent_contact_id: Cow<'a, str>,
-    pub customer_id: Cow<'a, str>,
-    pub channel: i32,
-    pub occurred_at: i64,
-    pub intent: Cow<'a, str>,
-    pub queue: Cow<'a, str>,
-    pub payload: Option<pb::contact_event::Payload>,
-}
+mod wire;
 
-impl From<pb::ContactEvent> for PbRecord<'_> {
-    fn from(m: pb::ContactEvent) -> Self {
-        // `attributes` are dropped: no metric may use them
-        PbRecord {
-            event_id: Cow::Owned(m.event_id),
-            tenant: Cow::Owned(m.tenant),
-            contact_id: Cow::Owned(m.contact_id),
-            parent_contact_id: Cow::Owned(m.parent_contact_id),
-            customer_id: Cow::Owned(m.customer_id),
-            channel: m.channel,
-            occurred_at: m.occurred_at,
-            intent: Cow::Owned(m.intent),
-            queue: Cow::Owned(m.queue),
-            payload: m.payload,
-        }
-    }
-}
-
+/// Decodes a protobuf `ContactEvent` record. Records of the common shape are read directly
+/// ([`wire`]); any other (unknown fields, `attributes`, a repeated payload…) is decoded by prost,
+/// with its semantics and errors, and its re-encoding, which has the common shape, is read the
+/// same way: one mapping from fields to events, and its validation, for both.
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, DecodeError> {
-    use pb::contact_event::Payload as P;
-    let mut m = match wire::contact_event(bytes) {
-        Some(m) => m,
-        None => pb::ContactEvent::decode(bytes)
-            .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?
-            .into(),
-    };
-    let payload = m.payload.take().ok_or_else(|| {
-        DecodeError::new(
-            RejectReason::UnknownEventType,
-            "no known event payload (unknown event type or none set)",
-        )
-    })?;
-    let kind = match payload {
-        P::ContactStarted(p) => EventKind::ContactStarted {
-            direction: pb_enum!(
-                "contact_started.direction",
-                pb::contact_started::Direction,
-                Direction,
-                p.direction
-            )?,
-            initiation: pb_enum!(
-                "contact_started.initiation",
-                pb::contact_started::Initiation,
-                Initiation,
-                p.initiation
-            )?,
-        },
-        P::IntentIdentified(p) => EventKind::IntentIdentified {
-            intent: p.intent.into(),
-            confidence: finite32("intent_identified.confidence", p.confidence)?,
-        },
-        P::IvrEntered(p) => EventKind::IvrEntered {
-            node: p.node.into(),
-        },
-        P::IvrMenuSelected(p) => EventKind::IvrMenuSelected {
-            node: p.node.into(),
-            option: p.option.into(),
-        },
-        P::IvrExited(p) => EventKind::IvrExited {
-            node: p.node.into(),
-            reason: pb_enum!(
-                "ivr_exited.reason",
-                pb::ivr_exited::Reason,
-                IvrExitReason,
-                p.reason
-            )?,
-        },
-        P::SelfServiceViewed(p) => EventKind::SelfServiceViewed {
-            item: p.item.into(),
-        },
-        P::SelfServiceResolved(p) => EventKind::SelfServiceResolved {
-            confirmed: p.confirmed,
-        },
-        P::AiAgentStarted(_) => EventKind::AiAgentStarted,
-        P::AiAgentEnded(p) => EventKind::AiAgentEnded {
-            outcome: pb_enum!(
-                "ai_agent_ended.outcome",
-                pb::ai_agent_ended::Outcome,
-                AiOutcome,
-                p.outcome
-            )?,
-            turns: p.turns,
-        },
-        P::EscalationRequested(p) => EventKind::EscalationRequested {
-            from: pb_enum!(
-                "escalation_requested.from",
-                pb::escalation_requested::From,
-                EscalationSource,
-                p.from
-            )?,
-            reason: p.reason.into(),
-            context_passed: p.context_passed,
-        },
-        P::QueueEntered(p) => EventKind::QueueEntered {
-            queue: if p.queue.is_empty() {
-                Text::from(&*m.queue)
-            } else {
-                p.queue.into()
-            },
-            priority: p.priority,
-        },
-        P::QueueExited(p) => EventKind::QueueExited {
-            reason: pb_enum!(
-                "queue_exited.reason",
-                pb::queue_exited::Reason,
-                QueueExitReason,
-                p.reason
-            )?,
-        },
-        P::AgentConnected(p) => EventKind::AgentConnected {
-            context_received: p.context_received,
-        },
-        P::AgentDisconnected(p) => EventKind::AgentDisconnected {
-            talk_ms: p.talk_ms,
-            hold_ms: p.hold_ms,
-        },
-        P::AfterContactWorkEnded(p) => EventKind::AfterContactWorkEnded { acw_ms: p.acw_ms },
-        P::CallbackRequested(p) => EventKind::CallbackRequested {
-            callback_id: p.callback_id.into(),
-        },
-        P::CallbackCompleted(p) => EventKind::CallbackCompleted {
-            callback_id: p.callback_id.into(),
-        },
-        P::CallbackCanceled(p) => EventKind::CallbackCanceled {
-            callback_id: p.callback_id.into(),
-        },
-        P::CallbackExpired(p) => EventKind::CallbackExpired {
-            callback_id: p.callback_id.into(),
-        },
-        P::ContactEnded(p) => EventKind::ContactEnded {
-            party: match p.party {
-                0 => None,
-                v => Some(pb_enum!(
-                    "contact_ended.party",
-                    pb::contact_ended::Party,
-                    DisconnectParty,
-                    v
-                )?),
-            },
-            resolved: p.resolved,
-        },
-        P::SurveyResponse(p) => survey(p.score, p.scale_min, p.scale_max)?,
-        P::NotificationSent(p) => EventKind::NotificationSent {
-            campaign: p.campaign.into(),
-            topic: p.topic.into(),
-        },
-    };
-    if let EventKind::QueueEntered { queue, .. } = &kind {
-        if queue.is_empty() {
-            return Err(DecodeError::missing("queue_entered.queue"));
-        }
+    if let Some(r) = wire::event(bytes) {
+        return r;
     }
-    envelope(
-        Envelope {
-            event_id: m.event_id,
-            tenant: m.tenant,
-            contact_id: m.contact_id,
-            parent_contact_id: m.parent_contact_id,
-            customer_id: m.customer_id,
-            channel: match m.channel {
-                0 => None,
-                v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
-            },
-            occurred_at: Some(m.occurred_at),
-            intent: m.intent,
-            queue: m.queue,
-        },
-        kind,
-    )
+    let mut m = pb::ContactEvent::decode(bytes)
+        .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?;
+    // `attributes` are dropped: no metric may use them
+    m.attributes.clear();
+    wire::event(&m.encode_to_vec()).unwrap_or_else(|| {
+        Err(DecodeError::new(
+            RejectReason::InvalidProtobuf,
+            "record not readable after normalization",
+        ))
+    })
 }
 
 fn finite32(field: &str, v: f32) -> Result<f32, DecodeError> {

@@ -1,4 +1,8 @@
 use super::*;
+use deflect_core::event::{
+    AiOutcome, Direction, DisconnectParty, EscalationSource, Initiation, IvrExitReason,
+    QueueExitReason,
+};
 use proptest::prelude::*;
 
 fn arb_kind() -> impl Strategy<Value = EventKind> {

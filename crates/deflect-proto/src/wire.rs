@@ -1,14 +1,21 @@
-//! A direct reader of the common shape of a `ContactEvent` record: every field known and of its
-//! declared wire type, one payload, no `attributes`. It reads the same fields as prost's generated
-//! decoder (the envelope's strings borrowed from the record, the payload's allocated once at their
-//! size; a repeated scalar or string field replaces the earlier value, as there), and gives up
-//! (`None`) on anything else (unknown fields, a second payload, wrong wire types, truncation, bad
-//! UTF-8, groups, over-long varints), which prost then decodes, skips or rejects with its own
-//! semantics and messages. On the benchmark's events it cut decoding from 0.85 G to 0.69 G
-//! instructions (`decode_once`), skipping prost's generic merge paths (string buffers cleared,
-//! reserved and copied, a message built and merged per field).
+//! A direct reader of a `ContactEvent` record into an [`Event`]: every field known and of its
+//! declared wire type, one payload, no `attributes`. It reads the fields as prost's generated
+//! decoder would (a repeated scalar or string field replaces the earlier value), validates them
+//! as [`crate::decode_protobuf`] defines, and builds the event with no intermediate message: the
+//! envelope's and the payload's strings go from the record straight into the event. Anything else
+//! (unknown fields, a second payload, wrong wire types, truncation, bad UTF-8, groups, over-long
+//! varints) gives `None`: prost then decodes the record with its own semantics and errors, and
+//! its re-encoding, which has the common shape, is read here. One mapping from fields to events
+//! serves both.
 
-use crate::{pb, PbRecord};
+use deflect_core::event::{
+    AiOutcome, Direction, DisconnectParty, EscalationSource, Event, EventKind, Initiation,
+    IvrExitReason, QueueExitReason,
+};
+
+use crate::{
+    bad, channel_from_pb, envelope, finite32, pb, survey, DecodeError, Envelope, RejectReason,
+};
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -20,14 +27,20 @@ const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
 impl<'a> Reader<'a> {
+    /// Most varints are keys, lengths and small numbers: one byte, read inline.
+    #[inline(always)]
     fn varint(&mut self) -> Option<u64> {
-        // most are keys, lengths and small numbers: one byte
-        if let Some((&b, rest)) = self.buf.split_first() {
-            if b < 0x80 {
+        match self.buf.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
                 self.buf = rest;
-                return Some(u64::from(b));
+                Some(u64::from(b))
             }
+            _ => self.varint_long(),
         }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for (i, &b) in self.buf.iter().enumerate().take(10) {
             // the tenth byte may only carry the 64th bit
@@ -71,10 +84,6 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).ok()
     }
 
-    fn string(&mut self) -> Option<String> {
-        self.str().map(String::from)
-    }
-
     fn fixed<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (b, rest) = self.buf.split_first_chunk::<N>()?;
         self.buf = rest;
@@ -96,157 +105,490 @@ fn fields<'a>(
     Some(())
 }
 
-/// A `ContactEvent` record of the common shape, its envelope's strings borrowed from `buf`, or
-/// `None` (decode with prost).
-pub(crate) fn contact_event(buf: &[u8]) -> Option<PbRecord<'_>> {
-    let mut m = PbRecord::default();
+/// The envelope's fields as read (strings borrowed from the record).
+#[derive(Default)]
+struct Fields<'a> {
+    event_id: &'a str,
+    tenant: &'a str,
+    contact_id: &'a str,
+    parent_contact_id: &'a str,
+    customer_id: &'a str,
+    channel: i32,
+    occurred_at: i64,
+    intent: &'a str,
+    queue: &'a str,
+    /// The payload's field number and bytes.
+    payload: Option<(u32, &'a [u8])>,
+}
+
+/// A `ContactEvent` record of the common shape, decoded and validated, or `None` (another shape:
+/// decode with prost).
+pub(crate) fn event(buf: &[u8]) -> Option<Result<Event, DecodeError>> {
+    let mut m = Fields::default();
     fields(buf, |n, wire, r| {
         match (n, wire) {
-            (1, LEN) => m.event_id = r.str()?.into(),
-            (2, LEN) => m.tenant = r.str()?.into(),
-            (3, LEN) => m.contact_id = r.str()?.into(),
-            (4, LEN) => m.parent_contact_id = r.str()?.into(),
-            (5, LEN) => m.customer_id = r.str()?.into(),
+            (1, LEN) => m.event_id = r.str()?,
+            (2, LEN) => m.tenant = r.str()?,
+            (3, LEN) => m.contact_id = r.str()?,
+            (4, LEN) => m.parent_contact_id = r.str()?,
+            (5, LEN) => m.customer_id = r.str()?,
             (6, VARINT) => m.channel = r.varint()? as i32,
             (7, VARINT) => m.occurred_at = r.varint()? as i64,
-            (8, LEN) => m.intent = r.str()?.into(),
-            (9, LEN) => m.queue = r.str()?.into(),
+            (8, LEN) => m.intent = r.str()?,
+            (9, LEN) => m.queue = r.str()?,
             (20..=41, LEN) => {
                 // one payload: a second one is prost's to merge or replace
                 if m.payload.is_some() {
                     return None;
                 }
-                m.payload = Some(payload(n, r.bytes()?)?);
+                m.payload = Some((n, r.bytes()?));
             }
             _ => return None,
         }
         Some(())
     })?;
-    Some(m)
+    let kind = match m.payload {
+        Some((n, b)) => kind(n, b, m.queue)?,
+        None => Err(DecodeError::new(
+            RejectReason::UnknownEventType,
+            "no known event payload (unknown event type or none set)",
+        )),
+    };
+    Some(kind.and_then(|kind| {
+        let channel = match m.channel {
+            0 => None,
+            v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
+        };
+        envelope(
+            Envelope {
+                event_id: m.event_id.into(),
+                tenant: m.tenant.into(),
+                contact_id: m.contact_id.into(),
+                parent_contact_id: m.parent_contact_id.into(),
+                customer_id: m.customer_id.into(),
+                channel,
+                occurred_at: Some(m.occurred_at),
+                intent: m.intent.into(),
+                queue: m.queue.into(),
+            },
+            kind,
+        )
+    }))
 }
 
-fn payload(n: u32, b: &[u8]) -> Option<pb::contact_event::Payload> {
-    use pb::contact_event::Payload as P;
-    // each payload message: its default, then its fields read over it
-    macro_rules! message {
-        ($variant:ident, $ty:ident, |$p:ident, $r:ident| { $($arm:pat => $set:expr),* $(,)? }) => {{
-            #[allow(unused_mut)]
-            let mut $p = pb::$ty::default();
-            #[allow(unreachable_code, unused_variables)]
-            fields(b, |n, wire, $r| {
-                match (n, wire) {
-                    $($arm => $set,)*
-                    _ => return None,
-                }
-                Some(())
-            })?;
-            P::$variant($p)
-        }};
-    }
+/// Reads the fields of a payload message into the named variables (declared with their
+/// defaults by the caller), or gives up (`None`) on any other field.
+macro_rules! read {
+    ($b:expr, { $( ($num:literal, $wire:ident) => $var:ident = $read:expr ),* $(,)? }) => {
+        #[allow(unreachable_code, unused_variables)]
+        fields($b, |n, wire, r| {
+            match (n, wire) {
+                $( ($num, $wire) => $var = $read(r)?, )*
+                _ => return None,
+            }
+            Some(())
+        })?
+    };
+}
+
+fn i32_(r: &mut Reader<'_>) -> Option<i32> {
+    r.varint().map(|v| v as i32)
+}
+fn u32_(r: &mut Reader<'_>) -> Option<u32> {
+    r.varint().map(|v| v as u32)
+}
+fn bool_(r: &mut Reader<'_>) -> Option<bool> {
+    r.varint().map(|v| v != 0)
+}
+fn some_u64(r: &mut Reader<'_>) -> Option<Option<u64>> {
+    r.varint().map(Some)
+}
+fn f32_(r: &mut Reader<'_>) -> Option<f32> {
+    r.fixed().map(f32::from_le_bytes)
+}
+fn f64_(r: &mut Reader<'_>) -> Option<f64> {
+    r.fixed().map(f64::from_le_bytes)
+}
+fn str_<'a>(r: &mut Reader<'a>) -> Option<&'a str> {
+    r.str()
+}
+
+/// The event of payload field `n` (bytes `b`), validated as [`crate::decode_protobuf`] defines;
+/// `queue` is the envelope's (a queue entry without its own takes it).
+fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>> {
+    use EventKind as K;
     Some(match n {
-        20 => message!(ContactStarted, ContactStarted, |p, r| {
-            (1, VARINT) => p.direction = r.varint()? as i32,
-            (2, VARINT) => p.initiation = r.varint()? as i32,
-        }),
-        21 => message!(IntentIdentified, IntentIdentified, |p, r| {
-            (1, LEN) => p.intent = r.string()?,
-            (2, FIXED32) => p.confidence = f32::from_le_bytes(r.fixed()?),
-        }),
-        22 => message!(IvrEntered, IvrEntered, |p, r| {
-            (1, LEN) => p.node = r.string()?,
-        }),
-        23 => message!(IvrMenuSelected, IvrMenuSelected, |p, r| {
-            (1, LEN) => p.node = r.string()?,
-            (2, LEN) => p.option = r.string()?,
-        }),
-        24 => message!(IvrExited, IvrExited, |p, r| {
-            (1, LEN) => p.node = r.string()?,
-            (2, VARINT) => p.reason = r.varint()? as i32,
-        }),
-        25 => message!(SelfServiceViewed, SelfServiceViewed, |p, r| {
-            (1, LEN) => p.item = r.string()?,
-        }),
-        26 => message!(SelfServiceResolved, SelfServiceResolved, |p, r| {
-            (1, VARINT) => p.confirmed = r.varint()? != 0,
-        }),
-        27 => message!(AiAgentStarted, AiAgentStarted, |p, r| {}),
-        28 => message!(AiAgentEnded, AiAgentEnded, |p, r| {
-            (1, VARINT) => p.outcome = r.varint()? as i32,
-            (2, VARINT) => p.turns = r.varint()? as u32,
-        }),
-        29 => message!(EscalationRequested, EscalationRequested, |p, r| {
-            (1, VARINT) => p.from = r.varint()? as i32,
-            (2, LEN) => p.reason = r.string()?,
-            (3, VARINT) => p.context_passed = r.varint()? != 0,
-        }),
-        30 => message!(QueueEntered, QueueEntered, |p, r| {
-            (1, LEN) => p.queue = r.string()?,
-            (2, VARINT) => p.priority = r.varint()? as i32,
-        }),
-        31 => message!(QueueExited, QueueExited, |p, r| {
-            (1, VARINT) => p.reason = r.varint()? as i32,
-        }),
-        32 => message!(AgentConnected, AgentConnected, |p, r| {
-            (1, LEN) => p.agent = r.string()?,
-            (2, VARINT) => p.context_received = r.varint()? != 0,
-        }),
-        33 => message!(AgentDisconnected, AgentDisconnected, |p, r| {
-            (1, VARINT) => p.talk_ms = Some(r.varint()?),
-            (2, VARINT) => p.hold_ms = Some(r.varint()?),
-        }),
-        34 => message!(AfterContactWorkEnded, AfterContactWorkEnded, |p, r| {
-            (1, VARINT) => p.acw_ms = Some(r.varint()?),
-        }),
-        35 => message!(CallbackRequested, CallbackRequested, |p, r| {
-            (1, LEN) => p.callback_id = r.string()?,
-        }),
-        36 => message!(CallbackCompleted, CallbackCompleted, |p, r| {
-            (1, LEN) => p.callback_id = r.string()?,
-        }),
-        37 => message!(CallbackCanceled, CallbackCanceled, |p, r| {
-            (1, LEN) => p.callback_id = r.string()?,
-        }),
-        38 => message!(CallbackExpired, CallbackExpired, |p, r| {
-            (1, LEN) => p.callback_id = r.string()?,
-        }),
-        39 => message!(ContactEnded, ContactEnded, |p, r| {
-            (1, VARINT) => p.party = r.varint()? as i32,
-            (2, VARINT) => p.resolved = r.varint()? != 0,
-        }),
-        40 => message!(SurveyResponse, SurveyResponse, |p, r| {
-            (1, FIXED64) => p.score = f64::from_le_bytes(r.fixed()?),
-            (2, FIXED64) => p.scale_min = f64::from_le_bytes(r.fixed()?),
-            (3, FIXED64) => p.scale_max = f64::from_le_bytes(r.fixed()?),
-        }),
-        41 => message!(NotificationSent, NotificationSent, |p, r| {
-            (1, LEN) => p.campaign = r.string()?,
-            (2, LEN) => p.topic = r.string()?,
-        }),
+        20 => {
+            let (mut direction, mut initiation) = (0, 0);
+            read!(b, { (1, VARINT) => direction = i32_, (2, VARINT) => initiation = i32_ });
+            (|| {
+                Ok(K::ContactStarted {
+                    direction: pb_enum!(
+                        "contact_started.direction",
+                        pb::contact_started::Direction,
+                        Direction,
+                        direction
+                    )?,
+                    initiation: pb_enum!(
+                        "contact_started.initiation",
+                        pb::contact_started::Initiation,
+                        Initiation,
+                        initiation
+                    )?,
+                })
+            })()
+        }
+        21 => {
+            let (mut intent, mut confidence) = ("", 0.0);
+            read!(b, { (1, LEN) => intent = str_, (2, FIXED32) => confidence = f32_ });
+            finite32("intent_identified.confidence", confidence).map(|confidence| {
+                K::IntentIdentified {
+                    intent: intent.into(),
+                    confidence,
+                }
+            })
+        }
+        22 => {
+            let mut node = "";
+            read!(b, { (1, LEN) => node = str_ });
+            Ok(K::IvrEntered { node: node.into() })
+        }
+        23 => {
+            let (mut node, mut option) = ("", "");
+            read!(b, { (1, LEN) => node = str_, (2, LEN) => option = str_ });
+            Ok(K::IvrMenuSelected {
+                node: node.into(),
+                option: option.into(),
+            })
+        }
+        24 => {
+            let (mut node, mut reason) = ("", 0);
+            read!(b, { (1, LEN) => node = str_, (2, VARINT) => reason = i32_ });
+            pb_enum!(
+                "ivr_exited.reason",
+                pb::ivr_exited::Reason,
+                IvrExitReason,
+                reason
+            )
+            .map(|reason| K::IvrExited {
+                node: node.into(),
+                reason,
+            })
+        }
+        25 => {
+            let mut item = "";
+            read!(b, { (1, LEN) => item = str_ });
+            Ok(K::SelfServiceViewed { item: item.into() })
+        }
+        26 => {
+            let mut confirmed = false;
+            read!(b, { (1, VARINT) => confirmed = bool_ });
+            Ok(K::SelfServiceResolved { confirmed })
+        }
+        27 => {
+            read!(b, {});
+            Ok(K::AiAgentStarted)
+        }
+        28 => {
+            let (mut outcome, mut turns) = (0, 0);
+            read!(b, { (1, VARINT) => outcome = i32_, (2, VARINT) => turns = u32_ });
+            pb_enum!(
+                "ai_agent_ended.outcome",
+                pb::ai_agent_ended::Outcome,
+                AiOutcome,
+                outcome
+            )
+            .map(|outcome| K::AiAgentEnded { outcome, turns })
+        }
+        29 => {
+            let (mut from, mut reason, mut context_passed) = (0, "", false);
+            read!(b, {
+                (1, VARINT) => from = i32_,
+                (2, LEN) => reason = str_,
+                (3, VARINT) => context_passed = bool_,
+            });
+            pb_enum!(
+                "escalation_requested.from",
+                pb::escalation_requested::From,
+                EscalationSource,
+                from
+            )
+            .map(|from| K::EscalationRequested {
+                from,
+                reason: reason.into(),
+                context_passed,
+            })
+        }
+        30 => {
+            let (mut own, mut priority) = ("", 0);
+            read!(b, { (1, LEN) => own = str_, (2, VARINT) => priority = i32_ });
+            // a queue entry without a queue of its own or in the envelope is incomplete
+            match if own.is_empty() { queue } else { own } {
+                "" => Err(DecodeError::missing("queue_entered.queue")),
+                q => Ok(K::QueueEntered {
+                    queue: q.into(),
+                    priority,
+                }),
+            }
+        }
+        31 => {
+            let mut reason = 0;
+            read!(b, { (1, VARINT) => reason = i32_ });
+            pb_enum!(
+                "queue_exited.reason",
+                pb::queue_exited::Reason,
+                QueueExitReason,
+                reason
+            )
+            .map(|reason| K::QueueExited { reason })
+        }
+        32 => {
+            // the agent's id is read (and must be UTF-8) but not kept: no metric may use it
+            let (mut _agent, mut context_received) = ("", false);
+            read!(b, { (1, LEN) => _agent = str_, (2, VARINT) => context_received = bool_ });
+            Ok(K::AgentConnected { context_received })
+        }
+        33 => {
+            let (mut talk_ms, mut hold_ms) = (None, None);
+            read!(b, { (1, VARINT) => talk_ms = some_u64, (2, VARINT) => hold_ms = some_u64 });
+            Ok(K::AgentDisconnected { talk_ms, hold_ms })
+        }
+        34 => {
+            let mut acw_ms = None;
+            read!(b, { (1, VARINT) => acw_ms = some_u64 });
+            Ok(K::AfterContactWorkEnded { acw_ms })
+        }
+        35..=38 => {
+            let mut id = "";
+            read!(b, { (1, LEN) => id = str_ });
+            let callback_id = id.into();
+            Ok(match n {
+                35 => K::CallbackRequested { callback_id },
+                36 => K::CallbackCompleted { callback_id },
+                37 => K::CallbackCanceled { callback_id },
+                _ => K::CallbackExpired { callback_id },
+            })
+        }
+        39 => {
+            let (mut party, mut resolved) = (0, false);
+            read!(b, { (1, VARINT) => party = i32_, (2, VARINT) => resolved = bool_ });
+            match party {
+                0 => Ok(None),
+                v => pb_enum!(
+                    "contact_ended.party",
+                    pb::contact_ended::Party,
+                    DisconnectParty,
+                    v
+                )
+                .map(Some),
+            }
+            .map(|party| K::ContactEnded { party, resolved })
+        }
+        40 => {
+            let (mut score, mut min, mut max) = (0.0, 0.0, 0.0);
+            read!(b, {
+                (1, FIXED64) => score = f64_,
+                (2, FIXED64) => min = f64_,
+                (3, FIXED64) => max = f64_,
+            });
+            survey(score, min, max)
+        }
+        41 => {
+            let (mut campaign, mut topic) = ("", "");
+            read!(b, { (1, LEN) => campaign = str_, (2, LEN) => topic = str_ });
+            Ok(K::NotificationSent {
+                campaign: campaign.into(),
+                topic: topic.into(),
+            })
+        }
         _ => return None,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
+    use crate::{decode_protobuf, Text};
+    use deflect_core::event::Channel;
     use pb::contact_event::Payload as P;
     use proptest::prelude::*;
     use prost::Message;
 
+    /// What a record means, computed apart from the direct reader: prost's decoding, mapped field
+    /// by field as `decode_protobuf` did before it read records directly (the same validation
+    /// helpers; envelope strings owned).
+    fn oracle(bytes: &[u8]) -> Result<Event, DecodeError> {
+        use pb::contact_event::Payload as P;
+        let mut m = pb::ContactEvent::decode(bytes)
+            .map_err(|e| DecodeError::new(RejectReason::InvalidProtobuf, e.to_string()))?;
+        let payload = m.payload.take().ok_or_else(|| {
+            DecodeError::new(
+                RejectReason::UnknownEventType,
+                "no known event payload (unknown event type or none set)",
+            )
+        })?;
+        let kind = match payload {
+            P::ContactStarted(p) => EventKind::ContactStarted {
+                direction: pb_enum!(
+                    "contact_started.direction",
+                    pb::contact_started::Direction,
+                    Direction,
+                    p.direction
+                )?,
+                initiation: pb_enum!(
+                    "contact_started.initiation",
+                    pb::contact_started::Initiation,
+                    Initiation,
+                    p.initiation
+                )?,
+            },
+            P::IntentIdentified(p) => EventKind::IntentIdentified {
+                intent: p.intent.into(),
+                confidence: finite32("intent_identified.confidence", p.confidence)?,
+            },
+            P::IvrEntered(p) => EventKind::IvrEntered {
+                node: p.node.into(),
+            },
+            P::IvrMenuSelected(p) => EventKind::IvrMenuSelected {
+                node: p.node.into(),
+                option: p.option.into(),
+            },
+            P::IvrExited(p) => EventKind::IvrExited {
+                node: p.node.into(),
+                reason: pb_enum!(
+                    "ivr_exited.reason",
+                    pb::ivr_exited::Reason,
+                    IvrExitReason,
+                    p.reason
+                )?,
+            },
+            P::SelfServiceViewed(p) => EventKind::SelfServiceViewed {
+                item: p.item.into(),
+            },
+            P::SelfServiceResolved(p) => EventKind::SelfServiceResolved {
+                confirmed: p.confirmed,
+            },
+            P::AiAgentStarted(_) => EventKind::AiAgentStarted,
+            P::AiAgentEnded(p) => EventKind::AiAgentEnded {
+                outcome: pb_enum!(
+                    "ai_agent_ended.outcome",
+                    pb::ai_agent_ended::Outcome,
+                    AiOutcome,
+                    p.outcome
+                )?,
+                turns: p.turns,
+            },
+            P::EscalationRequested(p) => EventKind::EscalationRequested {
+                from: pb_enum!(
+                    "escalation_requested.from",
+                    pb::escalation_requested::From,
+                    EscalationSource,
+                    p.from
+                )?,
+                reason: p.reason.into(),
+                context_passed: p.context_passed,
+            },
+            P::QueueEntered(p) => EventKind::QueueEntered {
+                queue: if p.queue.is_empty() {
+                    Text::from(&*m.queue)
+                } else {
+                    p.queue.into()
+                },
+                priority: p.priority,
+            },
+            P::QueueExited(p) => EventKind::QueueExited {
+                reason: pb_enum!(
+                    "queue_exited.reason",
+                    pb::queue_exited::Reason,
+                    QueueExitReason,
+                    p.reason
+                )?,
+            },
+            P::AgentConnected(p) => EventKind::AgentConnected {
+                context_received: p.context_received,
+            },
+            P::AgentDisconnected(p) => EventKind::AgentDisconnected {
+                talk_ms: p.talk_ms,
+                hold_ms: p.hold_ms,
+            },
+            P::AfterContactWorkEnded(p) => EventKind::AfterContactWorkEnded { acw_ms: p.acw_ms },
+            P::CallbackRequested(p) => EventKind::CallbackRequested {
+                callback_id: p.callback_id.into(),
+            },
+            P::CallbackCompleted(p) => EventKind::CallbackCompleted {
+                callback_id: p.callback_id.into(),
+            },
+            P::CallbackCanceled(p) => EventKind::CallbackCanceled {
+                callback_id: p.callback_id.into(),
+            },
+            P::CallbackExpired(p) => EventKind::CallbackExpired {
+                callback_id: p.callback_id.into(),
+            },
+            P::ContactEnded(p) => EventKind::ContactEnded {
+                party: match p.party {
+                    0 => None,
+                    v => Some(pb_enum!(
+                        "contact_ended.party",
+                        pb::contact_ended::Party,
+                        DisconnectParty,
+                        v
+                    )?),
+                },
+                resolved: p.resolved,
+            },
+            P::SurveyResponse(p) => survey(p.score, p.scale_min, p.scale_max)?,
+            P::NotificationSent(p) => EventKind::NotificationSent {
+                campaign: p.campaign.into(),
+                topic: p.topic.into(),
+            },
+        };
+        if let EventKind::QueueEntered { queue, .. } = &kind {
+            if queue.is_empty() {
+                return Err(DecodeError::missing("queue_entered.queue"));
+            }
+        }
+        envelope(
+            Envelope {
+                event_id: Cow::Owned(m.event_id),
+                tenant: Cow::Owned(m.tenant),
+                contact_id: Cow::Owned(m.contact_id),
+                parent_contact_id: Cow::Owned(m.parent_contact_id),
+                customer_id: Cow::Owned(m.customer_id),
+                channel: match m.channel {
+                    0 => None,
+                    v => Some(channel_from_pb(v).ok_or_else(|| bad("channel", v))?),
+                },
+                occurred_at: Some(m.occurred_at),
+                intent: Cow::Owned(m.intent),
+                queue: Cow::Owned(m.queue),
+            },
+            kind,
+        )
+    }
+
+    /// Compares two outcomes (events by their debug text: NaN floats compare as text).
+    fn same(a: &Result<Event, DecodeError>, b: &Result<Event, DecodeError>) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+
     fn text() -> impl Strategy<Value = String> {
-        prop_oneof![Just(String::new()), "[a-z0-9-]{1,40}", "\\PC{0,12}"]
+        // mostly values the envelope accepts, so that events, not only errors, are compared
+        prop_oneof![1 => Just(String::new()), 4 => "[a-z0-9-]{1,40}", 1 => "\\PC{0,12}"]
     }
 
     fn payload() -> impl Strategy<Value = P> {
-        let i = any::<i32>();
+        // small enum values, mostly known ones, and any value
+        let i = prop_oneof![6 => 0i32..8, 1 => any::<i32>()];
         let u = any::<u64>();
         prop_oneof![
-            (i, i).prop_map(
-                |(direction, initiation)| P::ContactStarted(pb::ContactStarted {
+            (i.clone(), i.clone()).prop_map(|(direction, initiation)| P::ContactStarted(
+                pb::ContactStarted {
                     direction,
                     initiation
-                })
-            ),
+                }
+            )),
             (text(), any::<f32>()).prop_map(|(intent, confidence)| P::IntentIdentified(
                 pb::IntentIdentified { intent, confidence }
             )),
@@ -255,26 +597,27 @@ mod tests {
                 node,
                 option
             })),
-            (text(), i).prop_map(|(node, reason)| P::IvrExited(pb::IvrExited { node, reason })),
+            (text(), i.clone())
+                .prop_map(|(node, reason)| P::IvrExited(pb::IvrExited { node, reason })),
             text().prop_map(|item| P::SelfServiceViewed(pb::SelfServiceViewed { item })),
             any::<bool>().prop_map(|confirmed| P::SelfServiceResolved(pb::SelfServiceResolved {
                 confirmed
             })),
             Just(P::AiAgentStarted(pb::AiAgentStarted {})),
-            (i, any::<u32>())
+            (i.clone(), any::<u32>())
                 .prop_map(|(outcome, turns)| P::AiAgentEnded(pb::AiAgentEnded { outcome, turns })),
-            (i, text(), any::<bool>()).prop_map(|(from, reason, context_passed)| {
+            (i.clone(), text(), any::<bool>()).prop_map(|(from, reason, context_passed)| {
                 P::EscalationRequested(pb::EscalationRequested {
                     from,
                     reason,
                     context_passed,
                 })
             }),
-            (text(), i).prop_map(|(queue, priority)| P::QueueEntered(pb::QueueEntered {
-                queue,
-                priority
-            })),
-            i.prop_map(|reason| P::QueueExited(pb::QueueExited { reason })),
+            (text(), any::<i32>()).prop_map(|(queue, priority)| P::QueueEntered(
+                pb::QueueEntered { queue, priority }
+            )),
+            i.clone()
+                .prop_map(|reason| P::QueueExited(pb::QueueExited { reason })),
             (text(), any::<bool>()).prop_map(|(agent, context_received)| P::AgentConnected(
                 pb::AgentConnected {
                     agent,
@@ -295,27 +638,36 @@ mod tests {
             text()
                 .prop_map(|callback_id| P::CallbackCanceled(pb::CallbackCanceled { callback_id })),
             text().prop_map(|callback_id| P::CallbackExpired(pb::CallbackExpired { callback_id })),
-            (i, any::<bool>()).prop_map(|(party, resolved)| P::ContactEnded(pb::ContactEnded {
-                party,
-                resolved
-            })),
-            (any::<f64>(), any::<f64>(), any::<f64>()).prop_map(|(score, scale_min, scale_max)| {
-                P::SurveyResponse(pb::SurveyResponse {
-                    score,
-                    scale_min,
-                    scale_max,
-                })
-            }),
+            (i.clone(), any::<bool>()).prop_map(|(party, resolved)| P::ContactEnded(
+                pb::ContactEnded { party, resolved }
+            )),
+            (
+                prop_oneof![any::<f64>(), 0.0..10.0],
+                prop_oneof![any::<f64>(), Just(1.0)],
+                prop_oneof![any::<f64>(), Just(5.0)]
+            )
+                .prop_map(|(score, scale_min, scale_max)| {
+                    P::SurveyResponse(pb::SurveyResponse {
+                        score,
+                        scale_min,
+                        scale_max,
+                    })
+                }),
             (text(), text()).prop_map(|(campaign, topic)| P::NotificationSent(
                 pb::NotificationSent { campaign, topic }
             )),
         ]
     }
 
-    fn event() -> impl Strategy<Value = pb::ContactEvent> {
+    fn message() -> impl Strategy<Value = pb::ContactEvent> {
         (
             (text(), text(), text(), text(), text()),
-            (any::<i32>(), any::<i64>(), text(), text()),
+            (
+                prop_oneof![6 => 1i32..7, 1 => any::<i32>()],
+                prop_oneof![6 => 1i64..i64::MAX, 1 => any::<i64>()],
+                text(),
+                text(),
+            ),
             prop::option::of(payload()),
             prop::collection::hash_map("[a-z]{1,5}", "[a-z]{0,5}", 0..2),
         )
@@ -341,15 +693,8 @@ mod tests {
             )
     }
 
-    /// Compares with what prost decoded (NaN floats compare by their text).
-    fn same(a: &PbRecord<'_>, b: &pb::ContactEvent) -> bool {
-        format!("{a:?}") == format!("{:?}", PbRecord::from(b.clone()))
-    }
-
-    /// A record of the usual shape as the generator and the README's examples produce it.
-    #[test]
-    fn reads_the_common_shape_without_prost() {
-        let m = pb::ContactEvent {
+    fn valid() -> pb::ContactEvent {
+        pb::ContactEvent {
             event_id: "c1-0".into(),
             tenant: "acme".into(),
             contact_id: "c1".into(),
@@ -358,12 +703,36 @@ mod tests {
             occurred_at: 1_700_000_000_000,
             queue: "billing".into(),
             payload: Some(P::QueueEntered(pb::QueueEntered {
-                queue: "billing".into(),
+                queue: String::new(),
                 priority: -1,
             })),
             ..Default::default()
+        }
+    }
+
+    /// A record of the usual shape as the generator and the README's examples produce it.
+    #[test]
+    fn reads_the_common_shape_without_prost() {
+        let e = event(&valid().encode_to_vec())
+            .expect("common shape")
+            .expect("valid");
+        let expected = Event {
+            event_id: "c1-0".into(),
+            tenant: "acme".into(),
+            contact_id: "c1".into(),
+            parent_contact_id: None,
+            customer_id: Some("u7".into()),
+            channel: Channel::Voice,
+            occurred_at: 1_700_000_000_000,
+            intent: None,
+            queue: Some("billing".into()),
+            // the envelope's queue, the entry having none of its own
+            kind: EventKind::QueueEntered {
+                queue: Text::from("billing"),
+                priority: -1,
+            },
         };
-        assert_eq!(contact_event(&m.encode_to_vec()), Some(m.into()));
+        assert_eq!(e, expected);
     }
 
     #[test]
@@ -371,61 +740,66 @@ mod tests {
         let first = pb::ContactEvent {
             event_id: "first".into(),
             occurred_at: 5,
-            ..Default::default()
+            payload: None,
+            ..valid()
         };
         let last = pb::ContactEvent {
             event_id: "last".into(),
             occurred_at: 7,
-            ..Default::default()
+            ..valid()
         };
         let b = [first.encode_to_vec(), last.encode_to_vec()].concat();
-        assert_eq!(contact_event(&b), Some(last.clone().into()));
-        assert_eq!(pb::ContactEvent::decode(&b[..]), Ok(last));
+        let e = event(&b).expect("common shape").expect("valid");
+        assert_eq!((e.event_id.as_str(), e.occurred_at), ("last", 7));
+        assert!(same(&Ok(e), &oracle(&b)));
     }
 
     #[test]
     fn leaves_other_shapes_to_prost() {
-        let m = pb::ContactEvent {
-            event_id: "e".into(),
-            payload: Some(P::AiAgentStarted(pb::AiAgentStarted {})),
-            ..Default::default()
-        };
-        let b = m.encode_to_vec();
-        // a second payload (prost merges it), an unknown field, a truncated record, a string
-        // that is not UTF-8, a varint of eleven bytes
+        let b = valid().encode_to_vec();
+        let plain = decode_protobuf(&b);
+        assert!(plain.is_ok());
+        // a second payload (prost merges it), an unknown field, `attributes`: prost reads them,
+        // and the re-encoding means the same as the plain record
         let twice = [b.clone(), b.clone()].concat();
-        assert_eq!(contact_event(&twice), None);
-        assert_eq!(
-            pb::ContactEvent::decode(&twice[..]).map(|d| d.event_id),
-            Ok("e".to_string())
-        );
-        assert_eq!(
-            contact_event(&[b.clone(), vec![0x98, 0x06, 1]].concat()),
-            None
-        );
-        assert_eq!(contact_event(&b[..b.len() - 1]), None);
-        assert_eq!(contact_event(&[0x0a, 2, 0xff, 0xfe]), None);
-        assert_eq!(
-            contact_event(&[[0x38].as_slice(), &[0xff; 10], &[0]].concat()),
-            None
-        );
+        let unknown = [b.clone(), vec![0x98, 0x06, 1]].concat();
+        let attributes = pb::ContactEvent {
+            attributes: [("k".to_string(), "v".to_string())].into(),
+            ..valid()
+        }
+        .encode_to_vec();
+        for other in [&twice, &unknown, &attributes] {
+            assert!(event(other).is_none());
+            assert!(same(&decode_protobuf(other), &plain));
+        }
+        // a truncated record, a string that is not UTF-8, a varint of eleven bytes: prost's
+        // errors
+        let bad = [
+            b[..b.len() - 1].to_vec(),
+            vec![0x0a, 2, 0xff, 0xfe],
+            [[0x38].as_slice(), &[0xff; 10], &[0]].concat(),
+        ];
+        for other in &bad {
+            assert!(event(other).is_none());
+            let e = decode_protobuf(other).expect_err("not a record");
+            assert_eq!(e.reason, RejectReason::InvalidProtobuf, "{e:?}");
+        }
     }
 
     proptest! {
-        /// Every message prost writes reads back the same, here or (attributes) through prost.
+        /// Every message prost writes means what the field-by-field mapping of prost's decoding
+        /// says, events and errors alike; those without `attributes` are read directly.
         #[test]
-        fn same_as_prost_on_encoded_messages(m in event()) {
+        fn same_as_prost_on_encoded_messages(m in message()) {
             let b = m.encode_to_vec();
-            let prost = pb::ContactEvent::decode(&b[..]).expect("prost reads what it wrote");
-            match contact_event(&b) {
-                Some(d) => prop_assert!(same(&d, &prost), "{d:?} != {prost:?}"),
-                None => prop_assert!(!m.attributes.is_empty(), "gave up on {m:?}"),
-            }
+            prop_assert_eq!(event(&b).is_some(), m.attributes.is_empty());
+            let (got, want) = (decode_protobuf(&b), oracle(&b));
+            prop_assert!(same(&got, &want), "{:?} != {:?}", got, want);
         }
 
-        /// Damaged records: whatever is read here, prost reads the same.
+        /// Damaged records: whatever the direct reader makes of them, prost does too.
         #[test]
-        fn never_disagrees_with_prost(m in event(), edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4)) {
+        fn never_disagrees_with_prost(m in message(), edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4)) {
             let mut b = m.encode_to_vec();
             for (at, byte, op) in edits {
                 if b.is_empty() {
@@ -439,10 +813,8 @@ mod tests {
                     _ => b.truncate(i),
                 }
             }
-            if let Some(d) = contact_event(&b) {
-                let prost = pb::ContactEvent::decode(&b[..]);
-                prop_assert!(prost.as_ref().is_ok_and(|p| same(&d, p)), "{d:?} vs {prost:?}");
-            }
+            let (got, want) = (decode_protobuf(&b), oracle(&b));
+            prop_assert!(same(&got, &want), "{:?} != {:?}", got, want);
         }
     }
 }
