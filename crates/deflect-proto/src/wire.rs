@@ -209,9 +209,6 @@ fn f32_(r: &mut Reader<'_>) -> Option<f32> {
 fn f64_(r: &mut Reader<'_>) -> Option<f64> {
     r.fixed().map(f64::from_le_bytes)
 }
-fn str_<'a>(r: &mut Reader<'a>) -> Option<&'a str> {
-    r.str()
-}
 
 /// The event of payload field `n` (bytes `b`), validated as [`crate::decode_protobuf`] defines;
 /// `queue` is the envelope's (a queue entry without its own takes it).
@@ -221,26 +218,28 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         20 => {
             let (mut direction, mut initiation) = (0, 0);
             read!(b, { (1, VARINT) => direction = i32_, (2, VARINT) => initiation = i32_ });
-            (|| {
-                Ok(K::ContactStarted {
-                    direction: pb_enum!(
-                        "contact_started.direction",
-                        pb::contact_started::Direction,
-                        Direction,
-                        direction
-                    )?,
-                    initiation: pb_enum!(
-                        "contact_started.initiation",
-                        pb::contact_started::Initiation,
-                        Initiation,
-                        initiation
-                    )?,
+            let direction = pb_enum!(
+                "contact_started.direction",
+                pb::contact_started::Direction,
+                Direction,
+                direction
+            );
+            let initiation = pb_enum!(
+                "contact_started.initiation",
+                pb::contact_started::Initiation,
+                Initiation,
+                initiation
+            );
+            direction.and_then(|direction| {
+                initiation.map(|initiation| K::ContactStarted {
+                    direction,
+                    initiation,
                 })
-            })()
+            })
         }
         21 => {
             let (mut intent, mut confidence) = ("", 0.0);
-            read!(b, { (1, LEN) => intent = str_, (2, FIXED32) => confidence = f32_ });
+            read!(b, { (1, LEN) => intent = Reader::str, (2, FIXED32) => confidence = f32_ });
             finite32("intent_identified.confidence", confidence).map(|confidence| {
                 K::IntentIdentified {
                     intent: intent.into(),
@@ -250,12 +249,12 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         22 => {
             let mut node = "";
-            read!(b, { (1, LEN) => node = str_ });
+            read!(b, { (1, LEN) => node = Reader::str });
             Ok(K::IvrEntered { node: node.into() })
         }
         23 => {
             let (mut node, mut option) = ("", "");
-            read!(b, { (1, LEN) => node = str_, (2, LEN) => option = str_ });
+            read!(b, { (1, LEN) => node = Reader::str, (2, LEN) => option = Reader::str });
             Ok(K::IvrMenuSelected {
                 node: node.into(),
                 option: option.into(),
@@ -263,7 +262,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         24 => {
             let (mut node, mut reason) = ("", 0);
-            read!(b, { (1, LEN) => node = str_, (2, VARINT) => reason = i32_ });
+            read!(b, { (1, LEN) => node = Reader::str, (2, VARINT) => reason = i32_ });
             pb_enum!(
                 "ivr_exited.reason",
                 pb::ivr_exited::Reason,
@@ -277,7 +276,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         25 => {
             let mut item = "";
-            read!(b, { (1, LEN) => item = str_ });
+            read!(b, { (1, LEN) => item = Reader::str });
             Ok(K::SelfServiceViewed { item: item.into() })
         }
         26 => {
@@ -304,7 +303,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
             let (mut from, mut reason, mut context_passed) = (0, "", false);
             read!(b, {
                 (1, VARINT) => from = i32_,
-                (2, LEN) => reason = str_,
+                (2, LEN) => reason = Reader::str,
                 (3, VARINT) => context_passed = bool_,
             });
             pb_enum!(
@@ -321,7 +320,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         30 => {
             let (mut own, mut priority) = ("", 0);
-            read!(b, { (1, LEN) => own = str_, (2, VARINT) => priority = i32_ });
+            read!(b, { (1, LEN) => own = Reader::str, (2, VARINT) => priority = i32_ });
             // a queue entry without a queue of its own or in the envelope is incomplete
             match if own.is_empty() { queue } else { own } {
                 "" => Err(DecodeError::missing("queue_entered.queue")),
@@ -345,7 +344,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         32 => {
             // the agent's id is read (and must be UTF-8) but not kept: no metric may use it
             let (mut _agent, mut context_received) = ("", false);
-            read!(b, { (1, LEN) => _agent = str_, (2, VARINT) => context_received = bool_ });
+            read!(b, { (1, LEN) => _agent = Reader::str, (2, VARINT) => context_received = bool_ });
             Ok(K::AgentConnected { context_received })
         }
         33 => {
@@ -360,7 +359,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         35..=38 => {
             let mut id = "";
-            read!(b, { (1, LEN) => id = str_ });
+            read!(b, { (1, LEN) => id = Reader::str });
             let callback_id = id.into();
             Ok(match n {
                 35 => K::CallbackRequested { callback_id },
@@ -395,7 +394,7 @@ fn kind(n: u32, b: &[u8], queue: &str) -> Option<Result<EventKind, DecodeError>>
         }
         41 => {
             let (mut campaign, mut topic) = ("", "");
-            read!(b, { (1, LEN) => campaign = str_, (2, LEN) => topic = str_ });
+            read!(b, { (1, LEN) => campaign = Reader::str, (2, LEN) => topic = Reader::str });
             Ok(K::NotificationSent {
                 campaign: campaign.into(),
                 topic: topic.into(),
