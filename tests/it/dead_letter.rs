@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use deflect::produce::{EventProducer, WireFormat};
 use deflect::RunOptions;
-use deflect_kafka::{EmbeddedBroker, Headers, Message};
+use deflect_kafka::{EmbeddedBroker, Header, Headers, Message, OwnedHeaders};
 use rdkafka::error::KafkaError;
 
 use crate::support::*;
@@ -88,11 +88,24 @@ fn every_bad_record_is_dead_lettered_with_its_reason() {
             None,
         ),
     ];
-    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Json).unwrap();
-    for (key, payload, _) in &cases {
-        p.send_record(*key, payload).unwrap();
+    // the producer's own headers (one with a null value) go with a dead letter
+    let theirs = || {
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "trace-id",
+                value: Some("t-42"),
+            })
+            .insert(Header::<&str> {
+                key: "no-value",
+                value: None,
+            })
+    };
+    let mut p = deflect_kafka::OutputProducer::new(&broker.settings()).unwrap();
+    for (i, (key, payload, _)) in cases.iter().enumerate() {
+        let headers = (i % 2 == 1).then(theirs);
+        p.send(topic, *key, payload, headers, None).unwrap();
     }
-    p.flush().unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "dl");
@@ -168,6 +181,13 @@ fn every_bad_record_is_dead_lettered_with_its_reason() {
         assert_eq!(headers["deflect.source.partition"], "0");
         assert_eq!(headers["deflect.source.offset"], offset.to_string());
         assert!(!headers["deflect.detail"].is_empty());
+        if offset % 2 == 1 {
+            assert_eq!(headers["trace-id"], "t-42");
+            assert_eq!(headers["no-value"], "");
+            assert_eq!(headers.len(), 7, "{headers:?}");
+        } else {
+            assert_eq!(headers.len(), 5, "{headers:?}");
+        }
     }
 }
 

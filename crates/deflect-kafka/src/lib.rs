@@ -9,7 +9,8 @@
 //! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
 //!   so other processes can connect (the demo and the tests).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
@@ -26,6 +26,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 pub use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 pub use rdkafka::producer::BaseRecord;
+pub use read::{Record, Seen};
+
+mod read;
+use read::Queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,17 +86,52 @@ pub enum Assignment {
 pub struct GroupContext {
     topic: String,
     events: Mutex<Vec<Assignment>>,
-    /// Whether `events` is non-empty: read after every polled record, without the lock.
-    has_events: std::sync::atomic::AtomicBool,
+    /// Whether `events` is non-empty: read after every read, without the lock.
+    has_events: AtomicBool,
     end_offsets: Mutex<HashMap<i32, i64>>,
+    /// The queue of each assigned partition, split off the consumer's queue before the partition
+    /// is assigned, so that its records are read in batches ([`GroupConsumer::read`]).
+    queues: Mutex<BTreeMap<i32, Queue>>,
 }
 
 impl GroupContext {
     fn push(&self, a: Assignment) {
         let mut events = self.events.lock().expect("events lock");
         events.push(a);
-        self.has_events
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.has_events.store(true, Ordering::Release);
+    }
+
+    /// Splits the partitions' queues off the consumer's queue: their records stay in the
+    /// partition's own queue, which librdkafka no longer forwards (not even when it starts
+    /// fetching the partition again after a revocation).
+    fn split(&self, c: &BaseConsumer<Self>, ps: &[i32]) {
+        let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else {
+            return;
+        };
+        let rk = c.client().native_ptr();
+        let mut queues = self.queues.lock().expect("queues lock");
+        for &p in ps {
+            // SAFETY: the client is alive; the handle returned is ours, and dropped (with the
+            // map) before the client is (`GroupConsumer`'s drop)
+            let q = unsafe {
+                Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_partition(
+                    rk,
+                    topic.as_ptr(),
+                    p,
+                ))
+            };
+            match q {
+                Some(q) => {
+                    // SAFETY: a live handle; a null destination stops the forwarding
+                    unsafe {
+                        rdkafka::bindings::rd_kafka_queue_forward(q.ptr(), std::ptr::null_mut())
+                    };
+                    queues.insert(p, q);
+                }
+                // its records then come through the consumer's poll, as records too
+                None => tracing::warn!(partition = p, "cannot split the partition's queue"),
+            }
+        }
     }
 
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
@@ -151,11 +190,16 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let ps = self.partitions(tpl);
-            tracing::info!(partitions = ?ps, "partitions revoked");
-            self.push(Assignment::Revoked(ps));
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Revoke(tpl) => {
+                let ps = self.partitions(tpl);
+                tracing::info!(partitions = ?ps, "partitions revoked");
+                self.push(Assignment::Revoked(ps));
+            }
+            // before librdkafka starts fetching them
+            Rebalance::Assign(tpl) => self.split(c, &self.partitions(tpl)),
+            Rebalance::Error(_) => {}
         }
     }
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -166,16 +210,46 @@ impl ConsumerContext for GroupContext {
                 self.push(Assignment::Assigned(ps));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
+            Rebalance::Revoke(tpl) => {
+                // what is left in them is outdated (librdkafka drops it when it is read)
+                let mut queues = self.queues.lock().expect("queues lock");
+                for p in self.partitions(tpl) {
+                    queues.remove(&p);
+                }
+            }
         }
     }
 }
 
-/// A group member consuming one topic, polled from one thread.
+/// A group member consuming one topic, read from one thread.
 pub struct GroupConsumer {
+    /// The consumer's own queue (rebalances, commits, statistics, errors): only its length is
+    /// read here. Dropped before the consumer (fields drop in order).
+    events: Queue,
+    /// Where the next read starts among the partitions' queues.
+    next: std::sync::atomic::AtomicUsize,
     consumer: BaseConsumer<GroupContext>,
     topic: String,
 }
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        // queue handles go before the client they belong to
+        self.consumer
+            .context()
+            .queues
+            .lock()
+            .expect("queues lock")
+            .clear();
+    }
+}
+
+/// Records taken from one partition's queue before the next partition's turn.
+const ROUND: usize = 1024;
+
+/// How long a waiting read sleeps on the consumer's queue before it looks at the partitions'
+/// queues again (a partition's queue cannot wake it).
+const WAIT_SLICE: Duration = Duration::from_millis(1);
 
 impl GroupConsumer {
     /// Offsets are owned by the application: auto commit is off and offsets are committed with
@@ -205,7 +279,16 @@ impl GroupConsumer {
                 topic: topic.to_string(),
                 source,
             })?;
+        // SAFETY: the client is alive; the handle is dropped before it (field order)
+        let events = unsafe {
+            Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_consumer(
+                consumer.client().native_ptr(),
+            ))
+        }
+        .ok_or_else(|| Error::Config(KafkaError::ClientCreation("no consumer queue".into())))?;
         Ok(GroupConsumer {
+            events,
+            next: Default::default(),
             consumer,
             topic: topic.to_string(),
         })
@@ -215,23 +298,117 @@ impl GroupConsumer {
         &self.topic
     }
 
-    /// Polls one message (or an end-of-partition notice, as `Err(PartitionEOF)`).
-    pub fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
-        self.consumer.poll(timeout)
+    /// Reads up to `max` records of the assigned partitions into `out`, waiting up to `wait`
+    /// for a first one when none is ready. Serves the consumer's events first (a rebalance is
+    /// then reported by [`GroupConsumer::has_assignments`] and the read stops there). Each
+    /// partition's records come in order; partitions take turns, [`ROUND`] records at a time.
+    /// Records and ends of partitions are reported to `seen` as they are read.
+    pub fn read<'c>(
+        &'c self,
+        out: &mut Vec<Record<'c>>,
+        max: usize,
+        wait: Duration,
+        seen: &mut dyn FnMut(Seen),
+    ) -> usize {
+        let deadline = std::time::Instant::now() + wait;
+        // records of a partition whose queue was not split come through here, before its
+        // queue's (splitting is for good)
+        let mut n = self.serve(out, Duration::ZERO, seen);
+        loop {
+            if self.has_assignments() {
+                return n;
+            }
+            n += self.read_partitions(out, max.saturating_sub(n), seen);
+            if n > 0 || wait.is_zero() {
+                return n;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return n;
+            }
+            // whole milliseconds: rust-rdkafka's poll spins through a sub-millisecond rest
+            n += self.serve(out, WAIT_SLICE, seen);
+        }
+    }
+
+    /// Serves what waits in the consumer's own queue (rebalances, commit results, statistics,
+    /// errors, and records of partitions whose queue was not split), waiting up to `wait` for
+    /// something to come. Returns the records it added to `out`.
+    fn serve<'c>(
+        &'c self,
+        out: &mut Vec<Record<'c>>,
+        mut wait: Duration,
+        seen: &mut dyn FnMut(Seen),
+    ) -> usize {
+        let mut n = 0;
+        // bounded: what comes meanwhile waits for the next read
+        for _ in 0..64 {
+            if wait.is_zero() && self.events.len() == 0 {
+                break;
+            }
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    seen(Seen::Records(m.partition()));
+                    out.push(Record::polled(m));
+                    n += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => seen(Seen::End(p)),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            wait = Duration::ZERO;
+        }
+        n
+    }
+
+    /// Reads the partitions' queues in turns until `max` records or none is ready.
+    fn read_partitions<'c>(
+        &'c self,
+        out: &mut Vec<Record<'c>>,
+        max: usize,
+        seen: &mut dyn FnMut(Seen),
+    ) -> usize {
+        let queues = self.consumer.context().queues.lock().expect("queues lock");
+        if queues.is_empty() {
+            return 0;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % queues.len();
+        let mut n = 0;
+        loop {
+            let mut any = false;
+            for q in queues
+                .values()
+                .skip(start)
+                .chain(queues.values().take(start))
+            {
+                if n >= max {
+                    return n;
+                }
+                // an empty queue is skipped without the batch call's three clock reads
+                if q.len() == 0 {
+                    continue;
+                }
+                let k = q.read(out, (max - n).min(ROUND), Duration::ZERO, seen);
+                n += k;
+                any |= k > 0;
+            }
+            if !any {
+                return n;
+            }
+        }
     }
 
     /// Assignment changes since the last call.
     pub fn take_assignments(&self) -> Vec<Assignment> {
         let ctx = self.consumer.context();
         let mut events = ctx.events.lock().expect("events lock");
-        ctx.has_events
-            .store(false, std::sync::atomic::Ordering::Release);
+        ctx.has_events.store(false, Ordering::Release);
         std::mem::take(&mut *events)
     }
 
     /// Whether a rebalance happened since the last `take_assignments`.
     pub fn has_assignments(&self) -> bool {
-        (self.consumer.context().has_events).load(std::sync::atomic::Ordering::Acquire)
+        (self.consumer.context().has_events).load(Ordering::Acquire)
     }
 
     /// Each partition's end offset from the last statistics report (every 5 s). librdkafka's
@@ -309,6 +486,43 @@ pub fn reader(
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
+}
+
+/// A plain consumer that reads a topic from the beginning without a group, in batches like
+/// [`GroupConsumer::read`] (the benchmark's raw consumer).
+pub struct BatchReader {
+    /// Dropped before the consumer (fields drop in order).
+    queue: Queue,
+    _consumer: BaseConsumer<ReaderContext>,
+}
+
+impl BatchReader {
+    pub fn new(settings: &ClientSettings, topic: &str, partitions: i32) -> Result<Self, Error> {
+        let consumer = reader(settings, topic, partitions)?;
+        // SAFETY: the client is alive; the handle is dropped before it (field order)
+        let queue = unsafe {
+            Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_consumer(
+                consumer.client().native_ptr(),
+            ))
+        }
+        .ok_or_else(|| Error::Config(KafkaError::ClientCreation("no consumer queue".into())))?;
+        Ok(BatchReader {
+            queue,
+            _consumer: consumer,
+        })
+    }
+
+    /// Reads up to `max` records into `out`, waiting up to `wait` for a first one; ends of
+    /// partitions are reported to `seen`.
+    pub fn read<'c>(
+        &'c self,
+        out: &mut Vec<Record<'c>>,
+        max: usize,
+        wait: Duration,
+        seen: &mut dyn FnMut(Seen),
+    ) -> usize {
+        self.queue.read(out, max, wait, seen)
+    }
 }
 
 /// Counts failed deliveries, so a writer can refuse to commit offsets past records that never

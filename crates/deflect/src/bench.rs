@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use deflect_kafka::{ClientSettings, EmbeddedBroker};
+use deflect_kafka::{ClientSettings, EmbeddedBroker, Seen};
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 
@@ -42,7 +42,11 @@ pub struct BenchArgs {
 
 pub struct BenchResult {
     pub events: u64,
+    /// The raw consumer reading in batches, as the pipeline reads (the ratio's denominator).
     pub raw_per_sec: f64,
+    /// rust-rdkafka's poll loop, one record per call (the raw consumer before the eighth
+    /// session), for comparison with earlier figures.
+    pub raw_poll_per_sec: f64,
     /// Records over the time from the first record to the last one durable (state and offsets
     /// written, intervals closed as the watermark allows).
     pub pipeline_per_sec: f64,
@@ -52,6 +56,7 @@ pub struct BenchResult {
     /// CPU time of the process per record (every thread, the embedded broker's included), over
     /// the same spans as the rates: steadier than rates on a shared machine.
     pub raw_cpu_per_record: Duration,
+    pub raw_poll_cpu_per_record: Duration,
     pub pipeline_cpu_per_record: Duration,
 }
 
@@ -60,25 +65,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if runs.len() > 1 {
         for (i, r) in runs.iter().enumerate() {
             println!(
-                "run {:<3} raw {:>9.0} /s  pipeline {:>9.0} /s  ratio {:.3}  cpu per record \
-                 raw {:.2} us, pipeline {:.2} us",
+                "run {:<3} raw {:>9.0} /s  raw poll loop {:>9.0} /s  pipeline {:>9.0} /s  \
+                 ratio {:.3} (poll loop {:.3})  cpu per record raw {:.2} us, poll loop {:.2} us, \
+                 pipeline {:.2} us",
                 i + 1,
                 r.raw_per_sec,
+                r.raw_poll_per_sec,
                 r.pipeline_per_sec,
                 r.ratio(),
+                r.ratio_poll(),
                 r.raw_cpu_per_record.as_secs_f64() * 1e6,
+                r.raw_poll_cpu_per_record.as_secs_f64() * 1e6,
                 r.pipeline_cpu_per_record.as_secs_f64() * 1e6,
             );
         }
-        let ratios: Vec<f64> = runs.iter().map(BenchResult::ratio).collect();
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(0.0, f64::max);
-        println!(
-            "ratio per run     median {:.3}, from {lo:.3} to {hi:.3} over {} runs \
-             (the lines below are medians)",
-            median(&ratios),
-            runs.len()
-        );
+        for (label, f) in [
+            (
+                "ratio per run    ",
+                BenchResult::ratio as fn(&BenchResult) -> f64,
+            ),
+            ("  with poll loop ", BenchResult::ratio_poll),
+        ] {
+            let ratios: Vec<f64> = runs.iter().map(f).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{label} median {:.3}, from {lo:.3} to {hi:.3} over {} runs",
+                median(&ratios),
+                runs.len()
+            );
+        }
+        println!("(the lines below are medians)");
     }
     print_result(&BenchResult::median(&runs));
     Ok(())
@@ -86,14 +103,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn print_result(r: &BenchResult) {
     println!("events            {}", r.events);
-    println!("raw consumer      {:>12.0} events/s", r.raw_per_sec);
+    println!(
+        "raw consumer      {:>12.0} events/s (batch reads, as the pipeline reads)",
+        r.raw_per_sec
+    );
+    println!(
+        "raw poll loop     {:>12.0} events/s (rust-rdkafka's poll, a record per call: the raw \
+         consumer before 2026-11-27's eighth session)",
+        r.raw_poll_per_sec
+    );
     println!(
         "deflect pipeline  {:>12.0} events/s (first record to the last one durable)",
         r.pipeline_per_sec
     );
     println!(
-        "ratio             {:>12.2} (pipeline / raw)",
-        r.pipeline_per_sec / r.raw_per_sec
+        "ratio             {:>12.2} (pipeline / raw); against the poll loop {:.2}",
+        r.ratio(),
+        r.ratio_poll()
     );
     println!(
         "to the very end   {:>12.0} events/s (also closing every remaining interval and timer, \
@@ -103,9 +129,10 @@ fn print_result(r: &BenchResult) {
     );
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "cpu per record    raw {:.2} us, pipeline {:.2} us (process CPU, every thread): \
-         {:.1} x",
+        "cpu per record    raw {:.2} us, poll loop {:.2} us, pipeline {:.2} us (process CPU, \
+         every thread): {:.1} x",
         us(r.raw_cpu_per_record),
+        us(r.raw_poll_cpu_per_record),
         us(r.pipeline_cpu_per_record),
         us(r.pipeline_cpu_per_record) / us(r.raw_cpu_per_record)
     );
@@ -127,6 +154,10 @@ impl BenchResult {
         self.pipeline_per_sec / self.raw_per_sec
     }
 
+    pub fn ratio_poll(&self) -> f64 {
+        self.pipeline_per_sec / self.raw_poll_per_sec
+    }
+
     /// Each figure's median over `runs` (so the ratio printed from it is the ratio of the
     /// median rates; the median of the runs' own ratios is printed apart).
     fn median(runs: &[BenchResult]) -> BenchResult {
@@ -139,9 +170,11 @@ impl BenchResult {
         BenchResult {
             events: runs.first().map_or(0, |r| r.events),
             raw_per_sec: m(|r| r.raw_per_sec),
+            raw_poll_per_sec: m(|r| r.raw_poll_per_sec),
             pipeline_per_sec: m(|r| r.pipeline_per_sec),
             pipeline_to_end_per_sec: m(|r| r.pipeline_to_end_per_sec),
             raw_cpu_per_record: d(|r| r.raw_cpu_per_record),
+            raw_poll_cpu_per_record: d(|r| r.raw_poll_cpu_per_record),
             pipeline_cpu_per_record: d(|r| r.pipeline_cpu_per_record),
         }
     }
@@ -191,30 +224,17 @@ fn measure_once(
     n: u64,
     run: u32,
 ) -> Result<BenchResult> {
-    // (a) raw consumer: every record fetched and its payload touched
-    let reader = deflect_kafka::reader(settings, &args.topic, partitions)?;
-    let mut started = Stamp::now();
-    let (mut seen, mut bytes, mut eof) = (0u64, 0u64, 0i32);
-    while seen < n && eof < partitions {
-        match reader.poll(Duration::from_secs(5)) {
-            Some(Ok(m)) => {
-                if seen == 0 {
-                    started = Stamp::now();
-                }
-                seen += 1;
-                bytes += m.payload().map_or(0, |b| b.len() as u64);
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => return Err(e).context("raw consumer"),
-            None => break,
-        }
-    }
-    let (raw, raw_cpu) = Stamp::now().since(started);
-    drop(reader);
-    anyhow::ensure!(
-        seen == n,
-        "raw consumer saw {seen} of {n} records ({bytes} bytes)"
-    );
+    // (a) raw consumers: every record fetched and its payload touched, read in batches as the
+    // pipeline reads, and by rust-rdkafka's poll loop
+    // (in turns: the one measured second ran a little slower)
+    let batch = || raw_batch_reads(settings, &args.topic, partitions, n);
+    let poll = || raw_poll_loop(settings, &args.topic, partitions, n);
+    let ((raw, raw_cpu), (raw_poll, raw_poll_cpu)) = if run.is_multiple_of(2) {
+        (batch()?, poll()?)
+    } else {
+        let p = poll()?;
+        (batch()?, p)
+    };
 
     // (b) the full pipeline, to the end of the input, every interval closed
     let dir = tempfile_dir()?;
@@ -245,11 +265,88 @@ fn measure_once(
     Ok(BenchResult {
         events: n,
         raw_per_sec: n as f64 / raw.as_secs_f64(),
+        raw_poll_per_sec: n as f64 / raw_poll.as_secs_f64(),
+        raw_poll_cpu_per_record: raw_poll_cpu / n as u32,
         pipeline_per_sec: n as f64 / records_busy.as_secs_f64(),
         pipeline_to_end_per_sec: n as f64 / full.as_secs_f64(),
         raw_cpu_per_record: raw_cpu / n as u32,
         pipeline_cpu_per_record: records_cpu / n as u32,
     })
+}
+
+/// The raw consumer: reads the topic in batches (`rd_kafka_consume_batch_queue`, as the
+/// pipeline does) and touches each payload. Returns the time and process CPU from the first
+/// record to the last.
+fn raw_batch_reads(
+    settings: &ClientSettings,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+) -> Result<(Duration, Duration)> {
+    let reader = deflect_kafka::BatchReader::new(settings, topic, partitions)?;
+    let mut started = None;
+    let (mut seen, mut bytes, mut eof) = (0u64, 0u64, 0i32);
+    let mut records = Vec::with_capacity(4096);
+    while seen < n && eof < partitions {
+        let eof_before = eof;
+        let mut note = |s| match s {
+            Seen::Records(_) => {
+                started.get_or_insert_with(Stamp::now);
+            }
+            Seen::End(_) => eof += 1,
+        };
+        let got = reader.read(&mut records, 4096, Duration::from_secs(5), &mut note);
+        if got == 0 && eof == eof_before {
+            // nothing for 5 s
+            break;
+        }
+        seen += got as u64;
+        bytes += (records.drain(..))
+            .map(|r| r.payload().map_or(0, |b| b.len() as u64))
+            .sum::<u64>();
+    }
+    let end = Stamp::now();
+    drop(records);
+    drop(reader);
+    anyhow::ensure!(
+        seen == n,
+        "raw consumer saw {seen} of {n} records ({bytes} bytes)"
+    );
+    Ok(end.since(started.unwrap_or(end)))
+}
+
+/// The raw consumer of the sessions before the eighth: rust-rdkafka's `BaseConsumer::poll`, one
+/// record per call.
+fn raw_poll_loop(
+    settings: &ClientSettings,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+) -> Result<(Duration, Duration)> {
+    let reader = deflect_kafka::reader(settings, topic, partitions)?;
+    let mut started = Stamp::now();
+    let (mut seen, mut bytes, mut eof) = (0u64, 0u64, 0i32);
+    while seen < n && eof < partitions {
+        match reader.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                if seen == 0 {
+                    started = Stamp::now();
+                }
+                seen += 1;
+                bytes += m.payload().map_or(0, |b| b.len() as u64);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => return Err(e).context("raw consumer (poll loop)"),
+            None => break,
+        }
+    }
+    let end = Stamp::now();
+    drop(reader);
+    anyhow::ensure!(
+        seen == n,
+        "raw consumer (poll loop) saw {seen} of {n} records ({bytes} bytes)"
+    );
+    Ok(end.since(started))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
@@ -270,9 +367,11 @@ mod tests {
         BenchResult {
             events: 10,
             raw_per_sec: raw,
+            raw_poll_per_sec: raw / 2.0,
             pipeline_per_sec: pipeline,
             pipeline_to_end_per_sec: pipeline / 4.0,
             raw_cpu_per_record: Duration::from_micros(1),
+            raw_poll_cpu_per_record: Duration::from_micros(2),
             pipeline_cpu_per_record: Duration::from_micros(cpu_us),
         }
     }
@@ -294,6 +393,8 @@ mod tests {
         ];
         let m = BenchResult::median(&runs);
         assert_eq!((m.raw_per_sec, m.pipeline_per_sec), (150.0, 50.0));
+        assert_eq!(m.raw_poll_per_sec, 75.0);
+        assert!((m.ratio_poll() - 50.0 / 75.0).abs() < 1e-12);
         assert_eq!(m.pipeline_to_end_per_sec, 12.5);
         assert_eq!(m.pipeline_cpu_per_record, Duration::from_micros(3));
         // the runs' own ratios: 0.6, 0.25 and 0.2667; their median is not the medians' ratio

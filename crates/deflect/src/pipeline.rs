@@ -16,11 +16,9 @@ use deflect_core::engine::{ClosedInterval, EngineConfig, Ingest, PartitionEngine
 use deflect_core::event::Millis;
 use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
-    Assignment, GroupConsumer, Header, Headers, Message, OutputProducer, OwnedHeaders,
+    Assignment, GroupConsumer, Header, OutputProducer, OwnedHeaders, Record, Seen,
 };
 use deflect_store::{Store, StoreOptions};
-use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
 
 use crate::config::Config;
 use crate::os::process_cpu;
@@ -191,10 +189,10 @@ struct Loop<'a> {
     poller: Poller<'a>,
     /// Records polled while the partitions worked on the previous ones: the start of the next
     /// batch.
-    ahead: Vec<BorrowedMessage<'a>>,
+    ahead: Vec<Record<'a>>,
     /// The last batch's vector, emptied: the next poll ahead fills it (a new one grew by
     /// doubling to the batch's size every time, in freshly mapped memory).
-    spare: Vec<BorrowedMessage<'a>>,
+    spare: Vec<Record<'a>>,
     /// Dead letters, late events and interval reports (`None` when every output is disabled).
     out: Option<OutputProducer>,
     engines: BTreeMap<i32, Part>,
@@ -698,7 +696,7 @@ fn forward(
     out: &mut OutputProducer,
     topic: &str,
     source_topic: &str,
-    msg: &rdkafka::message::BorrowedMessage<'_>,
+    msg: &Record<'_>,
     reason: &str,
     detail: &str,
     extra: &[(&str, &str)],
@@ -706,13 +704,8 @@ fn forward(
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
     let mut headers = OwnedHeaders::new();
-    if let Some(h) = msg.headers() {
-        for hd in h.iter() {
-            headers = headers.insert(Header {
-                key: hd.key,
-                value: hd.value,
-            });
-        }
+    for (key, value) in msg.headers() {
+        headers = headers.insert(Header { key, value });
     }
     let ours = [
         ("deflect.reason", reason),
@@ -770,7 +763,7 @@ fn dead_letter_event(
 /// Decodes a record and checks it against the configured limits.
 fn validate(
     limits: &crate::config::LimitsConfig,
-    msg: &rdkafka::message::BorrowedMessage<'_>,
+    msg: &Record<'_>,
     payload: &[u8],
     format: deflect_proto::Format,
     now: i64,
@@ -803,7 +796,7 @@ fn validate(
 
 /// The records of one poll, how to validate them, and what the partitions do after them.
 struct Input<'a, 'm> {
-    msgs: &'a [rdkafka::message::BorrowedMessage<'m>],
+    msgs: &'a [Record<'m>],
     /// Indexes into `msgs` of each partition's records.
     by_partition: BTreeMap<i32, Vec<usize>>,
     limits: &'a crate::config::LimitsConfig,
@@ -1063,63 +1056,57 @@ struct Poller<'a> {
 
 impl<'a> Poller<'a> {
     /// Polls records into `msgs`, up to `max_batch` in all.
-    fn poll(&mut self, msgs: &mut Vec<BorrowedMessage<'a>>, until: Until<'_>) {
+    fn poll(&mut self, msgs: &mut Vec<Record<'a>>, until: Until<'_>) {
         let started = Instant::now();
         let consumer = self.consumer;
-        let (mut timeout, work_done) = match until {
+        let (mut wait, work_done) = match until {
             Until::Drained(wait) => (wait, None),
             Until::WorkDone(done) => (AHEAD_WAIT, Some(done)),
         };
-        let mut last_partition = None;
+        let (eof, first_record) = (&mut self.eof, &mut self.first_record);
+        let mut seen = |s| match s {
+            Seen::Records(p) => {
+                if first_record.is_none() {
+                    *first_record = Some(Stamp::now());
+                }
+                eof.remove(&p);
+            }
+            Seen::End(p) => {
+                eof.insert(p);
+            }
+        };
         while msgs.len() < self.max_batch && !work_done.is_some_and(|done| done()) {
-            // the clock is read for waiting polls only: once records flow, a poll takes a few
-            // hundred nanoseconds and three clock reads per record were a tenth of it
-            let tp = (work_done.is_none() && !timeout.is_zero()).then(Instant::now);
-            let msg = match consumer.poll(timeout) {
-                None if work_done.is_some() => {
-                    // nothing ready: wait a little for the next record (a poll with a timeout
-                    // reads the clock, one that returns at once does not)
-                    timeout = AHEAD_WAIT;
-                    continue;
-                }
-                None => {
-                    self.empty_polls += 1;
-                    if let Some(tp) = tp {
-                        self.empty_poll_time += tp.elapsed();
-                    }
-                    break;
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    self.eof.insert(p);
-                    // a record of that partition after its end clears it again
-                    last_partition = None;
-                    continue;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
-                }
-                Some(Ok(m)) => m,
+            // while the partitions work, a chunk at a time, so that their end is noticed soon
+            let room = self.max_batch - msgs.len();
+            let room = if work_done.is_some() {
+                room.min(AHEAD_CHUNK)
+            } else {
+                room
             };
-            timeout = Duration::ZERO;
-            if self.first_record.is_none() {
-                self.first_record = Some(Stamp::now());
-            }
-            let p = msg.partition();
-            if last_partition != Some(p) {
-                last_partition = Some(p);
-                self.eof.remove(&p);
-            }
-            msgs.push(msg);
-            if consumer.has_assignments()
-                || (msgs.len().is_multiple_of(256)
-                    && started.elapsed() > Duration::from_millis(250))
-            {
+            let waited = (!wait.is_zero()).then(Instant::now);
+            let n = consumer.read(msgs, room, wait, &mut seen);
+            if consumer.has_assignments() || started.elapsed() > Duration::from_millis(250) {
                 break;
+            }
+            if work_done.is_none() {
+                if n == 0 {
+                    self.empty_polls += 1;
+                    if let Some(t) = waited {
+                        self.empty_poll_time += t.elapsed();
+                    }
+                }
+                if n < room {
+                    // drained: what was ready is read
+                    break;
+                }
+                wait = Duration::ZERO;
             }
         }
     }
 }
+
+/// Records polled ahead per read while the partitions work (their end is checked in between).
+const AHEAD_CHUNK: usize = 2048;
 
 /// Records of a poll a partition's task decodes and ingests before it advances the partition's
 /// engine again. A poll of 50,000 records gives each of 8 partitions about 6,000: decoded all
