@@ -10,6 +10,7 @@ mod dead_letter;
 mod demo;
 mod deploy;
 mod generate;
+mod group;
 mod kill;
 mod reports;
 mod restart;

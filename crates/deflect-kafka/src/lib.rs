@@ -91,7 +91,16 @@ pub struct GroupContext {
     end_offsets: Mutex<HashMap<i32, i64>>,
     /// The queue of each assigned partition, split off the consumer's queue before the partition
     /// is assigned, so that its records are read in batches ([`GroupConsumer::read`]).
-    queues: Mutex<BTreeMap<i32, Queue>>,
+    queues: Mutex<BTreeMap<i32, Split>>,
+}
+
+/// An assigned partition's own queue, and where its reading stands.
+struct Split {
+    queue: Queue,
+    /// The offset after the last record read, or where reading starts (the committed offset,
+    /// looked up when the end of the partition is asked for before a record came); `None` until
+    /// known.
+    next: Option<i64>,
 }
 
 impl GroupContext {
@@ -126,7 +135,13 @@ impl GroupContext {
                     unsafe {
                         rdkafka::bindings::rd_kafka_queue_forward(q.ptr(), std::ptr::null_mut())
                     };
-                    queues.insert(p, q);
+                    queues.insert(
+                        p,
+                        Split {
+                            queue: q,
+                            next: None,
+                        },
+                    );
                 }
                 // its records then come through the consumer's poll, as records too
                 None => tracing::warn!(partition = p, "cannot split the partition's queue"),
@@ -228,6 +243,8 @@ pub struct GroupConsumer {
     events: Queue,
     /// Where the next read starts among the partitions' queues.
     next: std::sync::atomic::AtomicUsize,
+    /// Whether reads report the ends of partitions ([`Seen::End`]).
+    ends: bool,
     consumer: BaseConsumer<GroupContext>,
     topic: String,
 }
@@ -253,14 +270,27 @@ const WAIT_SLICE: Duration = Duration::from_millis(1);
 
 impl GroupConsumer {
     /// Offsets are owned by the application: auto commit is off and offsets are committed with
-    /// [`GroupConsumer::commit`] only after the state they produced is durable.
-    pub fn new(settings: &ClientSettings, group: &str, topic: &str) -> Result<Self, Error> {
+    /// [`GroupConsumer::commit`] only after the state they produced is durable. With `ends`,
+    /// reads report when a partition is read to its end ([`Seen::End`]).
+    ///
+    /// The end of a partition is worked out here (the position read to against the high
+    /// watermark of the last fetch), not taken from librdkafka's `enable.partition.eof`: read in
+    /// a batch, librdkafka 2.12's end-of-partition notice moves the partition's position one
+    /// past the end (librdkafka issue 4844, fixed after 2.12), and a rebalance, which pauses and
+    /// resumes the partitions it keeps, then fetches from there: a record skipped, or the
+    /// partition read again from the start.
+    pub fn new(
+        settings: &ClientSettings,
+        group: &str,
+        topic: &str,
+        ends: bool,
+    ) -> Result<Self, Error> {
         let mut c = settings.config();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
@@ -289,6 +319,7 @@ impl GroupConsumer {
         Ok(GroupConsumer {
             events,
             next: Default::default(),
+            ends,
             consumer,
             topic: topic.to_string(),
         })
@@ -361,40 +392,103 @@ impl GroupConsumer {
         n
     }
 
-    /// Reads the partitions' queues in turns until `max` records or none is ready.
+    /// Reads the partitions' queues in turns until `max` records or none is ready; then, with
+    /// `ends`, reports each partition read to its end.
     fn read_partitions<'c>(
         &'c self,
         out: &mut Vec<Record<'c>>,
         max: usize,
         seen: &mut dyn FnMut(Seen),
     ) -> usize {
-        let queues = self.consumer.context().queues.lock().expect("queues lock");
+        let mut queues = self.consumer.context().queues.lock().expect("queues lock");
         if queues.is_empty() {
             return 0;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % queues.len();
+        let mut splits: Vec<&mut Split> = queues.values_mut().collect();
+        splits.rotate_left(start);
         let mut n = 0;
-        loop {
+        'rounds: loop {
             let mut any = false;
-            for q in queues
-                .values()
-                .skip(start)
-                .chain(queues.values().take(start))
-            {
+            for split in splits.iter_mut() {
                 if n >= max {
-                    return n;
+                    break 'rounds;
                 }
                 // an empty queue is skipped without the batch call's three clock reads
-                if q.len() == 0 {
+                if split.queue.len() == 0 {
                     continue;
                 }
-                let k = q.read(out, (max - n).min(ROUND), Duration::ZERO, seen);
+                let k = split
+                    .queue
+                    .read(out, (max - n).min(ROUND), Duration::ZERO, seen);
+                if let (true, Some(last)) = (k > 0, out.last()) {
+                    split.next = Some(last.offset() + 1);
+                }
                 n += k;
                 any |= k > 0;
             }
             if !any {
-                return n;
+                break;
             }
+        }
+        drop(splits);
+        if self.ends {
+            for (&p, split) in queues.iter_mut() {
+                if self.at_end(p, split) {
+                    seen(Seen::End(p));
+                }
+            }
+        }
+        n
+    }
+
+    /// Whether partition `p` is read up to the high watermark of its last fetch. Where reading
+    /// starts is looked up (committed offset, else the partition's beginning) if no record of it
+    /// came yet.
+    fn at_end(&self, p: i32, split: &mut Split) -> bool {
+        let Some((_, high)) = self.cached_watermarks(p) else {
+            return false;
+        };
+        if split.next.is_none() {
+            split.next = self.start_offset(p);
+        }
+        split.next.is_some_and(|next| next >= high)
+    }
+
+    /// The low and high watermarks librdkafka keeps from its fetches (no request); `None` before
+    /// the first fetch answer.
+    fn cached_watermarks(&self, p: i32) -> Option<(i64, i64)> {
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: a live client; the topic is NUL-terminated; the outputs are plain integers
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                p,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some((low, high))
+    }
+
+    /// Where the group's reading of `p` starts: its committed offset, else (none committed,
+    /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers.
+    fn start_offset(&self, p: i32) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()?;
+        match committed.find_partition(&self.topic, p)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => (self.consumer)
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                .ok()
+                .map(|(low, _)| low),
         }
     }
 

@@ -268,8 +268,13 @@ fn run_loop(
                 cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
             )
         })?;
-    let consumer = GroupConsumer::new(&settings, &cfg.kafka.group_id, &cfg.kafka.input_topic)
-        .context("cannot create Kafka consumer")?;
+    let consumer = GroupConsumer::new(
+        &settings,
+        &cfg.kafka.group_id,
+        &cfg.kafka.input_topic,
+        opts.exit_at_eof,
+    )
+    .context("cannot create Kafka consumer")?;
     let consumer = &consumer;
     let k = &cfg.kafka;
     let out =
