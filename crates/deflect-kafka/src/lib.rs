@@ -309,13 +309,7 @@ impl GroupConsumer {
                 topic: topic.to_string(),
                 source,
             })?;
-        // SAFETY: the client is alive; the handle is dropped before it (field order)
-        let events = unsafe {
-            Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_consumer(
-                consumer.client().native_ptr(),
-            ))
-        }
-        .ok_or_else(|| Error::Config(KafkaError::ClientCreation("no consumer queue".into())))?;
+        let events = consumer_queue(&consumer)?;
         Ok(GroupConsumer {
             events,
             next: Default::default(),
@@ -434,7 +428,8 @@ impl GroupConsumer {
         drop(splits);
         if self.ends {
             for (&p, split) in queues.iter_mut() {
-                if self.at_end(p, split) {
+                // a partition with records waiting is not at its end
+                if split.queue.len() == 0 && self.at_end(p, split) {
                     seen(Seen::End(p));
                 }
             }
@@ -442,17 +437,40 @@ impl GroupConsumer {
         n
     }
 
-    /// Whether partition `p` is read up to the high watermark of its last fetch. Where reading
-    /// starts is looked up (committed offset, else the partition's beginning) if no record of it
-    /// came yet.
+    /// Whether partition `p` is read up to the high watermark of its last fetch. The position is
+    /// librdkafka's (past the control records of transactions too, which are not returned) or,
+    /// before it has one, the offset after the last record read, else where reading starts
+    /// (looked up: the committed offset, else the partition's beginning). In a partition whose
+    /// last transaction is still open the end is not reached until it is committed or aborted.
     fn at_end(&self, p: i32, split: &mut Split) -> bool {
         let Some((_, high)) = self.cached_watermarks(p) else {
             return false;
         };
+        if let Some(pos) = self.position(p) {
+            split.next = Some(split.next.map_or(pos, |n| n.max(pos)));
+        }
         if split.next.is_none() {
             split.next = self.start_offset(p);
         }
         split.next.is_some_and(|next| next >= high)
+    }
+
+    /// librdkafka's position in `p`: the offset after the last record (or transaction marker)
+    /// it handed out; `None` before one.
+    fn position(&self, p: i32) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        // SAFETY: a live client and list; librdkafka writes the offsets into the list
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_position(self.consumer.client().native_ptr(), tpl.ptr())
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        match tpl.find_partition(&self.topic, p)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// The low and high watermarks librdkafka keeps from its fetches (no request); `None` before
@@ -582,6 +600,18 @@ pub fn reader(
     Ok(consumer)
 }
 
+/// A handle on `c`'s own queue. The callers keep it in a field declared before the consumer's,
+/// so that it is dropped first.
+fn consumer_queue<C: ConsumerContext>(c: &BaseConsumer<C>) -> Result<Queue, Error> {
+    // SAFETY: the client is alive, and outlives the handle (above)
+    unsafe {
+        Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_consumer(
+            c.client().native_ptr(),
+        ))
+    }
+    .ok_or_else(|| Error::Config(KafkaError::ClientCreation("no consumer queue".into())))
+}
+
 /// A plain consumer that reads a topic from the beginning without a group, in batches like
 /// [`GroupConsumer::read`] (the benchmark's raw consumer).
 pub struct BatchReader {
@@ -593,13 +623,7 @@ pub struct BatchReader {
 impl BatchReader {
     pub fn new(settings: &ClientSettings, topic: &str, partitions: i32) -> Result<Self, Error> {
         let consumer = reader(settings, topic, partitions)?;
-        // SAFETY: the client is alive; the handle is dropped before it (field order)
-        let queue = unsafe {
-            Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_consumer(
-                consumer.client().native_ptr(),
-            ))
-        }
-        .ok_or_else(|| Error::Config(KafkaError::ClientCreation("no consumer queue".into())))?;
+        let queue = consumer_queue(&consumer)?;
         Ok(BatchReader {
             queue,
             _consumer: consumer,
