@@ -264,9 +264,12 @@ impl Drop for GroupConsumer {
 /// Records taken from one partition's queue before the next partition's turn.
 const ROUND: usize = 1024;
 
-/// How long a waiting read sleeps on the consumer's queue before it looks at the partitions'
-/// queues again (a partition's queue cannot wake it).
-const WAIT_SLICE: Duration = Duration::from_millis(1);
+/// How long a waiting read sleeps on the consumer's queue at the most before it looks at the
+/// partitions' queues again (a partition's queue cannot wake it): records of an idle partition
+/// wait up to this long, and an idle pipeline wakes 200 times a second. Idle `deflect run` on
+/// 8 partitions, 20 s: 1.2 % of a core (1 ms slices: 3.7 %; blocking in rust-rdkafka's poll, as
+/// before batch reads: 1.0–1.6 %).
+const WAIT_SLICE: Duration = Duration::from_millis(5);
 
 impl GroupConsumer {
     /// Offsets are owned by the application: auto commit is off and offsets are committed with
@@ -351,8 +354,9 @@ impl GroupConsumer {
             if now >= deadline {
                 return n;
             }
-            // whole milliseconds: rust-rdkafka's poll spins through a sub-millisecond rest
-            n += self.serve(out, WAIT_SLICE, seen);
+            // in whole milliseconds: rust-rdkafka's poll spins through a sub-millisecond rest
+            let ms = (deadline - now).as_micros().div_ceil(1000).max(1) as u64;
+            n += self.serve(out, Duration::from_millis(ms).min(WAIT_SLICE), seen);
         }
     }
 
