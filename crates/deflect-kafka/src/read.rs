@@ -5,7 +5,7 @@
 //! partition's position under its lock, and the message holds its event in an `Arc` of its own.
 //! `rd_kafka_consume_batch_queue` takes a queue's records under its lock one after the other,
 //! notes the poll once and each partition's position once per call. In `deflect bench` the raw
-//! consumer read 1.7–2.2 times as many records a second this way, at half the CPU per record
+//! consumer read 1.7–2.3 times as many records a second this way, at half the CPU per record
 //! (README, Benchmarks).
 //!
 //! [`Queue::read`] is that call; [`Record`] owns what it returns.
