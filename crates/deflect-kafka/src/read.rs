@@ -8,7 +8,10 @@
 //! consumer read 1.7–2.3 times as many records a second this way, at half the CPU per record
 //! (README, Benchmarks).
 //!
-//! [`Queue::read`] is that call; [`Record`] owns what it returns.
+//! [`Queue::read`] is that call; [`Record`] owns what it returns. In librdkafka 2.12 an
+//! end-of-partition notice read this way moves the partition's position one past the end
+//! (librdkafka issue 4844): the group consumer does not ask for the notices (see
+//! `GroupConsumer::new`); the benchmark's raw consumer, which never rebalances, does.
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -37,7 +40,7 @@ impl Drop for Queue {
     }
 }
 
-/// What a read found at the end of a partition.
+/// What a read saw of a partition, reported as it reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
     /// Records of the partition (a partition at its end no longer is).
