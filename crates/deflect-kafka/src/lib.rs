@@ -85,6 +85,8 @@ pub enum Assignment {
 #[derive(Default)]
 pub struct GroupContext {
     topic: String,
+    /// `topic` for librdkafka's C calls, made once.
+    topic_c: std::ffi::CString,
     events: Mutex<Vec<Assignment>>,
     /// Whether `events` is non-empty: read after every read, without the lock.
     has_events: AtomicBool,
@@ -94,13 +96,12 @@ pub struct GroupContext {
     queues: Mutex<BTreeMap<i32, Split>>,
 }
 
-/// An assigned partition's own queue, and where its reading stands.
+/// An assigned partition's own queue, and where its reading started.
 struct Split {
     queue: Queue,
-    /// The offset after the last record read, or where reading starts (the committed offset,
-    /// looked up when the end of the partition is asked for before a record came); `None` until
-    /// known.
-    next: Option<i64>,
+    /// Where reading starts (the committed offset, else the partition's beginning), looked up
+    /// when the end of the partition is asked for before librdkafka has a position in it.
+    start: Option<i64>,
 }
 
 impl GroupContext {
@@ -114,9 +115,6 @@ impl GroupContext {
     /// partition's own queue, which librdkafka no longer forwards (not even when it starts
     /// fetching the partition again after a revocation).
     fn split(&self, c: &BaseConsumer<Self>, ps: &[i32]) {
-        let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else {
-            return;
-        };
         let rk = c.client().native_ptr();
         let mut queues = self.queues.lock().expect("queues lock");
         for &p in ps {
@@ -125,7 +123,7 @@ impl GroupContext {
             let q = unsafe {
                 Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_get_partition(
                     rk,
-                    topic.as_ptr(),
+                    self.topic_c.as_ptr(),
                     p,
                 ))
             };
@@ -139,7 +137,7 @@ impl GroupContext {
                         p,
                         Split {
                             queue: q,
-                            next: None,
+                            start: None,
                         },
                     );
                 }
@@ -293,15 +291,22 @@ impl GroupConsumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         consumer_defaults(&mut c);
         settings.finish(&mut c);
+        // after `kafka.properties`: the notices would break batch reads (above)
+        c.set("enable.partition.eof", "false");
+        let topic_c = std::ffi::CString::new(topic).map_err(|_| {
+            Error::Config(KafkaError::ClientCreation(format!(
+                "topic name {topic:?} contains a NUL byte"
+            )))
+        })?;
         let ctx = GroupContext {
             topic: topic.to_string(),
+            topic_c,
             ..Default::default()
         };
         let consumer: BaseConsumer<GroupContext> =
@@ -381,7 +386,6 @@ impl GroupConsumer {
                     out.push(Record::polled(m));
                     n += 1;
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => seen(Seen::End(p)),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
@@ -419,9 +423,6 @@ impl GroupConsumer {
                 let k = split
                     .queue
                     .read(out, (max - n).min(ROUND), Duration::ZERO, seen);
-                if let (true, Some(last)) = (k > 0, out.last()) {
-                    split.next = Some(last.offset() + 1);
-                }
                 n += k;
                 any |= k > 0;
             }
@@ -442,21 +443,21 @@ impl GroupConsumer {
     }
 
     /// Whether partition `p` is read up to the high watermark of its last fetch. The position is
-    /// librdkafka's (past the control records of transactions too, which are not returned) or,
-    /// before it has one, the offset after the last record read, else where reading starts
-    /// (looked up: the committed offset, else the partition's beginning). In a partition whose
-    /// last transaction is still open the end is not reached until it is committed or aborted.
+    /// librdkafka's (the offset after the last record read, past the control records of
+    /// transactions too, which are not returned) or, before it has one, where reading starts. In
+    /// a partition whose last transaction is still open the end is not reached until it is
+    /// committed or aborted.
     fn at_end(&self, p: i32, split: &mut Split) -> bool {
         let Some((_, high)) = self.cached_watermarks(p) else {
             return false;
         };
-        if let Some(pos) = self.position(p) {
-            split.next = Some(split.next.map_or(pos, |n| n.max(pos)));
-        }
-        if split.next.is_none() {
-            split.next = self.start_offset(p);
-        }
-        split.next.is_some_and(|next| next >= high)
+        let pos = self.position(p).or_else(|| {
+            if split.start.is_none() {
+                split.start = self.start_offset(p);
+            }
+            split.start
+        });
+        pos.is_some_and(|pos| pos >= high)
     }
 
     /// librdkafka's position in `p`: the offset after the last record (or transaction marker)
@@ -480,13 +481,12 @@ impl GroupConsumer {
     /// The low and high watermarks librdkafka keeps from its fetches (no request); `None` before
     /// the first fetch answer.
     fn cached_watermarks(&self, p: i32) -> Option<(i64, i64)> {
-        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
         let (mut low, mut high) = (-1i64, -1i64);
         // SAFETY: a live client; the topic is NUL-terminated; the outputs are plain integers
         let err = unsafe {
             rdkafka::bindings::rd_kafka_get_watermark_offsets(
                 self.consumer.client().native_ptr(),
-                topic.as_ptr(),
+                self.consumer.context().topic_c.as_ptr(),
                 p,
                 &mut low,
                 &mut high,
