@@ -27,22 +27,32 @@ fn run_command(cfg: &std::path::Path) -> Command {
     c
 }
 
+/// The broker of a test: by default `deflect broker` (librdkafka's mock cluster) in its own
+/// process; with `DEFLECT_TEST_BROKERS` set, those brokers (Tansu, or any Kafka), on which the
+/// test creates its topic and uses group ids of its own, unique to the run.
 struct Broker {
-    child: Child,
+    child: Option<Child>,
     bootstrap: String,
+    /// The test's topic on this broker.
+    topic: String,
+    /// Appended to group ids (empty on the test's own broker).
+    suffix: String,
 }
 
 impl Broker {
-    fn start(topics: &[&str]) -> Broker {
-        let mut cmd = Command::new(deflect_bin());
-        cmd.arg("broker")
+    fn start(topic: &str, partitions: i32) -> Broker {
+        if let Ok(bootstrap) = std::env::var("DEFLECT_TEST_BROKERS") {
+            return Broker::external(bootstrap, topic, partitions);
+        }
+        let mut child = Command::new(deflect_bin())
+            .arg("broker")
+            .arg("--topic")
+            .arg(format!("{topic}:{partitions}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for t in topics {
-            cmd.arg("--topic").arg(t);
-        }
-        let mut child = cmd.spawn().unwrap();
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -52,14 +62,71 @@ impl Broker {
             .strip_prefix("bootstrap=")
             .expect("broker prints its address")
             .to_string();
-        Broker { child, bootstrap }
+        Broker {
+            child: Some(child),
+            bootstrap,
+            topic: topic.to_string(),
+            suffix: String::new(),
+        }
+    }
+
+    /// The topic `{topic}-{unique}` created on brokers of the user's.
+    fn external(bootstrap: String, topic: &str, partitions: i32) -> Broker {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let topic = format!("{topic}-{unique}");
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+        let created = block_on(admin.create_topics([&new], &opts)).expect("create topic");
+        for r in created {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        eprintln!("external brokers {bootstrap}: topic {topic}");
+        Broker {
+            child: None,
+            bootstrap,
+            topic,
+            suffix: format!("-{unique}"),
+        }
+    }
+
+    /// A consumer group id of this test on this broker.
+    fn group(&self, name: &str) -> String {
+        format!("{name}{}", self.suffix)
+    }
+}
+
+/// Runs a future to completion on this thread (the admin client's calls are futures; its work
+/// runs on librdkafka's threads).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -73,8 +140,8 @@ fn next_rand(state: &mut u64) -> u64 {
 
 #[test]
 fn sigkill_ten_times_then_exact_figures() {
-    let topic = "kill-input";
-    let broker = Broker::start(&[&format!("{topic}:12")]);
+    let broker = Broker::start("kill-input", 12);
+    let topic = broker.topic.as_str();
     let params = GenParams {
         contacts_per_hour: 1_500.0,
         customers: 30_000,
@@ -263,8 +330,8 @@ fn assert_state_matches(cfg: deflect::Config, oracle: &Counters) {
 /// time; a restart then completes to exactly the oracle's figures.
 #[test]
 fn sigterm_exits_cleanly_and_loses_nothing() {
-    let topic = "term-input";
-    let (broker, oracle) = one_day_on_a_broker(topic, 5);
+    let (broker, oracle) = one_day_on_a_broker("term-input", 5);
+    let topic = broker.topic.as_str();
 
     let dir = tempfile::tempdir().unwrap();
     let (cfg, cfg_path) = pipeline_config(&broker, topic, dir.path(), "term", 500);
@@ -295,8 +362,8 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
 #[test]
 fn full_disk_exits_cleanly_and_resumes_exactly() {
     use std::os::unix::process::CommandExt;
-    let topic = "full-input";
-    let (broker, oracle) = one_day_on_a_broker(topic, 9);
+    let (broker, oracle) = one_day_on_a_broker("full-input", 9);
+    let topic = broker.topic.as_str();
     let dir = tempfile::tempdir().unwrap();
     let (cfg, cfg_path) = pipeline_config(&broker, topic, dir.path(), "full", 500);
 
@@ -341,7 +408,7 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
     let stored_offsets = stored_offsets(&cfg, 8);
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "full")
+        .set("group.id", broker.group("full"))
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
@@ -379,7 +446,7 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
 /// A broker process with `topic` (8 partitions keep each under the mock cluster's ~5 MiB
 /// retention) holding one day of generated traffic, and the oracle's figures for it.
 fn one_day_on_a_broker(topic: &str, seed: u64) -> (Broker, Counters) {
-    let broker = Broker::start(&[&format!("{topic}:8")]);
+    let broker = Broker::start(topic, 8);
     let params = GenParams {
         contacts_per_hour: 1_000.0,
         customers: 20_000,
@@ -388,7 +455,7 @@ fn one_day_on_a_broker(topic: &str, seed: u64) -> (Broker, Counters) {
     };
     let mut g = Generator::new(params.clone()).unwrap();
     let events = g.until(params.start_ms + 24 * 3_600_000);
-    produce(&broker, topic, &events);
+    produce(&broker, &broker.topic, &events);
     (broker, batch_oracle(&events))
 }
 
@@ -409,7 +476,19 @@ fn consumed_total(broker: &Broker, topic: &str) -> i64 {
 }
 
 fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
-    let settings = ClientSettings::new(broker.bootstrap.clone());
+    let mut settings = ClientSettings::new(broker.bootstrap.clone());
+    // librdkafka properties of the test's producer, `key=value,…` (external brokers only: Tansu
+    // 0.6.0 needs `batch.num.messages=1`, see the README)
+    let props = std::env::var("DEFLECT_TEST_PRODUCER").unwrap_or_default();
+    for kv in props
+        .split(',')
+        .filter(|kv| broker.child.is_none() && !kv.is_empty())
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .expect("DEFLECT_TEST_PRODUCER: key=value,…");
+        settings.properties.insert(k.to_string(), v.to_string());
+    }
     let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
     for e in events {
         p.send(e).unwrap();
@@ -426,7 +505,12 @@ fn pipeline_config(
     group: &str,
     max_batch: usize,
 ) -> (deflect::Config, PathBuf) {
-    let mut cfg = config(&broker.bootstrap, topic, &dir.join("state"), group);
+    let mut cfg = config(
+        &broker.bootstrap,
+        topic,
+        &dir.join("state"),
+        &broker.group(group),
+    );
     cfg.pipeline.max_batch = max_batch;
     let props = &mut cfg.kafka.properties;
     props.insert("session.timeout.ms".into(), "3000".into());
