@@ -144,8 +144,9 @@ enum Inner<'c> {
     Polled(BorrowedMessage<'c>),
 }
 
-// SAFETY: a message is not changed after librdkafka returned it (the record only reads it), and
-// librdkafka's `rd_kafka_message_destroy` may be called from any thread.
+// SAFETY: a record only reads its message, except for the header list librdkafka parses into it
+// on the first `rd_kafka_message_headers` call, which [`Record::headers`] makes under a lock of
+// its own; librdkafka's `rd_kafka_message_destroy` may be called from any thread.
 unsafe impl Send for Record<'_> {}
 unsafe impl Sync for Record<'_> {}
 
@@ -217,6 +218,12 @@ impl<'c> Record<'c> {
     /// record on every call (librdkafka allocates the list the first time).
     pub fn headers(&self) -> Vec<(&str, Option<&[u8]>)> {
         use rdkafka::message::Headers;
+        // librdkafka parses the header list into the message on the first call, a write: two
+        // threads asking for the headers of one record must not both do it (records are shared
+        // between threads; headers are read only for dead letters and late events, so one lock
+        // for every record costs nothing)
+        static PARSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _parse = PARSE.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         match &self.0 {
             Inner::Polled(m) => {
