@@ -570,3 +570,97 @@ fn unusable_state_dir_and_unreachable_broker_give_one_error_line() {
     );
     eprintln!("start-up errors:\n  {state}\n  {broker}");
 }
+
+/// A replay (`--exit-at-eof`) waiting for a partition whose leader does not answer says so every
+/// ten seconds, naming that partition and only it; once the leader answers again the replay reads
+/// to the end and exits 0, every record read.
+#[test]
+fn replay_names_the_partition_it_waits_for() {
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    let topic = "stall-input";
+    let group = "stall";
+    // two brokers: partition 0 led by broker 1 (also the group's coordinator), partition 1 by 2
+    let cluster = MockCluster::new(2).unwrap();
+    cluster.create_topic(topic, 2, 1).unwrap();
+    cluster.partition_leader(topic, 0, Some(1)).unwrap();
+    cluster.partition_leader(topic, 1, Some(2)).unwrap();
+    cluster
+        .coordinator(MockCoordinator::Group(group.into()), 1)
+        .unwrap();
+    let params = GenParams {
+        contacts_per_hour: 300.0,
+        customers: 3_000,
+        seed: 4,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 6 * 3_600_000);
+    let settings = ClientSettings::new(cluster.bootstrap_servers());
+    let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+    drop(p);
+    cluster.broker_down(2).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &cluster.bootstrap_servers(),
+        topic,
+        &dir.path().join("state"),
+        group,
+    );
+    let cfg_path = dir.path().join("deflect.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let mut child = run_command(&cfg_path)
+        .env("DEFLECT_LOG", "warn")
+        .env("DEFLECT_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let warning = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60).saturating_sub(started.elapsed()))
+            .expect("no warning about the partition waited for within a minute");
+        if line.contains("not at their end yet") {
+            break line;
+        }
+    };
+    eprintln!(
+        "stall: warned after {} ms: {warning}",
+        started.elapsed().as_millis()
+    );
+    let warning: serde_json::Value = serde_json::from_str(&warning).unwrap();
+    assert_eq!(warning["level"], "WARN");
+    // partition 0 is at its end; partition 1 has had no fetch answer
+    assert_eq!(
+        warning["fields"]["partitions"], "1 (read to unknown, ends at unknown)",
+        "{warning}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the replay ended");
+
+    cluster.broker_up(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no end within a minute of the leader's return"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let read: i64 = stored_offsets(&cfg, 2).iter().map(|o| o.0).sum();
+    assert_eq!(read, events.len() as i64);
+}

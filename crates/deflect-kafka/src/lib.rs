@@ -460,6 +460,15 @@ impl GroupConsumer {
         pos.is_some_and(|pos| pos >= high)
     }
 
+    /// Where partition `p` is read to (librdkafka's position) and where it ends (the high
+    /// watermark of the last fetch answer): `None` for what is not known yet.
+    pub fn progress(&self, p: i32) -> (Option<i64>, Option<i64>) {
+        (
+            self.position(p),
+            self.cached_watermarks(p).map(|(_, high)| high),
+        )
+    }
+
     /// librdkafka's position in `p`: the offset after the last record (or transaction marker)
     /// it handed out; `None` before one.
     fn position(&self, p: i32) -> Option<i64> {

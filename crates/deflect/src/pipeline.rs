@@ -304,6 +304,8 @@ fn run_loop(
             first_record: None,
             empty_polls: 0,
             empty_poll_time: Duration::ZERO,
+            last_record: Instant::now(),
+            stall_warned: None,
         },
         ahead: Vec::new(),
         spare: Vec::new(),
@@ -462,6 +464,9 @@ impl Loop<'_> {
         let at_eof = opts.exit_at_eof
             && !self.assigned.is_empty()
             && self.assigned.iter().all(|p| self.poller.eof.contains(p));
+        if opts.exit_at_eof && !at_eof && n == 0 {
+            self.poller.warn_if_stalled(&self.assigned);
+        }
         // at the end of the input every partition closes everything, one bounded step (slices of
         // event time) per loop step, so that each step's state is written (and the journey cache
         // trimmed) in between
@@ -1057,6 +1062,10 @@ struct Poller<'a> {
     first_record: Option<Stamp>,
     empty_polls: u64,
     empty_poll_time: Duration,
+    /// When the consumer last returned a record (or the loop started).
+    last_record: Instant,
+    /// When [`Poller::warn_if_stalled`] last warned.
+    stall_warned: Option<Instant>,
 }
 
 impl<'a> Poller<'a> {
@@ -1069,11 +1078,13 @@ impl<'a> Poller<'a> {
             Until::WorkDone(done) => (AHEAD_WAIT, Some(done)),
         };
         let (eof, first_record) = (&mut self.eof, &mut self.first_record);
+        let mut any = false;
         let mut seen = |s| match s {
             Seen::Records(p) => {
                 if first_record.is_none() {
                     *first_record = Some(Stamp::now());
                 }
+                any = true;
                 eof.remove(&p);
             }
             Seen::End(p) => {
@@ -1107,8 +1118,48 @@ impl<'a> Poller<'a> {
                 wait = Duration::ZERO;
             }
         }
+        if any {
+            self.last_record = Instant::now();
+        }
+    }
+
+    /// With `--exit-at-eof`, while some assigned partition is not at its end: once no record has
+    /// come for [`STALL_WARNING`], warns (again every as long) naming each such partition, where
+    /// it is read to and where the broker said it ends. A replay then waits, for a partition
+    /// whose leader does not answer, whose last transaction is still open, or whose broker does
+    /// not send the records it reports (Tansu 0.6.0, see the README).
+    fn warn_if_stalled(&mut self, assigned: &BTreeSet<i32>) {
+        let now = Instant::now();
+        if now - self.last_record < STALL_WARNING
+            || self.stall_warned.is_some_and(|t| now - t < STALL_WARNING)
+        {
+            return;
+        }
+        let waiting: Vec<String> = assigned
+            .iter()
+            .filter(|p| !self.eof.contains(p))
+            .map(|&p| {
+                let (position, end) = self.consumer.progress(p);
+                let show =
+                    |o: Option<i64>| o.map_or_else(|| "unknown".to_string(), |o| o.to_string());
+                format!("{p} (read to {}, ends at {})", show(position), show(end))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        self.stall_warned = Some(now);
+        tracing::warn!(
+            seconds = (now - self.last_record).as_secs(),
+            partitions = %waiting.join(", "),
+            "no record came for a while and these partitions are not at their end yet: waiting for them"
+        );
     }
 }
+
+/// How long a replay (`--exit-at-eof`) waits without any record before it warns about the
+/// partitions it is still waiting for.
+const STALL_WARNING: Duration = Duration::from_secs(10);
 
 /// Records polled ahead per read while the partitions work (their end is checked in between).
 const AHEAD_CHUNK: usize = 2048;
