@@ -489,7 +489,12 @@ fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
             .expect("DEFLECT_TEST_PRODUCER: key=value,…");
         settings.properties.insert(k.to_string(), v.to_string());
     }
-    let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
+    send_all(&settings, topic, events);
+}
+
+/// Produces `events` to `topic` as protobuf, and waits until every one is delivered.
+fn send_all(settings: &ClientSettings, topic: &str, events: &[deflect_core::Event]) {
+    let mut p = EventProducer::new(settings, topic, WireFormat::Protobuf).unwrap();
     for e in events {
         p.send(e).unwrap();
     }
@@ -595,13 +600,11 @@ fn replay_names_the_partition_it_waits_for() {
     };
     let mut g = Generator::new(params.clone()).unwrap();
     let events = g.until(params.start_ms + 6 * 3_600_000);
-    let settings = ClientSettings::new(cluster.bootstrap_servers());
-    let mut p = EventProducer::new(&settings, topic, WireFormat::Protobuf).unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
-    drop(p);
+    send_all(
+        &ClientSettings::new(cluster.bootstrap_servers()),
+        topic,
+        &events,
+    );
     cluster.broker_down(2).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
