@@ -102,7 +102,14 @@ struct Split {
     /// Where reading starts (the committed offset, else the partition's beginning), looked up
     /// when the end of the partition is asked for before librdkafka has a position in it.
     start: Option<i64>,
+    /// When `start` was last asked for: a lookup that failed (a coordinator that does not
+    /// answer) is tried again after [`START_RETRY`], not at every read (each blocks the reading
+    /// thread up to its timeout).
+    start_asked: Option<std::time::Instant>,
 }
+
+/// How long after a failed lookup of where a partition's reading starts it is tried again.
+const START_RETRY: Duration = Duration::from_secs(5);
 
 impl GroupContext {
     fn push(&self, a: Assignment) {
@@ -138,6 +145,7 @@ impl GroupContext {
                         Split {
                             queue: q,
                             start: None,
+                            start_asked: None,
                         },
                     );
                 }
@@ -452,7 +460,9 @@ impl GroupConsumer {
             return false;
         };
         let pos = self.position(p).or_else(|| {
-            if split.start.is_none() {
+            if split.start.is_none() && split.start_asked.is_none_or(|t| t.elapsed() >= START_RETRY)
+            {
+                split.start_asked = Some(std::time::Instant::now());
                 split.start = self.start_offset(p);
             }
             split.start
