@@ -252,7 +252,6 @@ pub struct GroupConsumer {
     /// Whether reads report the ends of partitions ([`Seen::End`]).
     ends: bool,
     consumer: BaseConsumer<GroupContext>,
-    topic: String,
 }
 
 impl Drop for GroupConsumer {
@@ -331,12 +330,12 @@ impl GroupConsumer {
             next: Default::default(),
             ends,
             consumer,
-            topic: topic.to_string(),
         })
     }
 
+    /// The topic consumed (kept by the consumer's context).
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.consumer.context().topic
     }
 
     /// Reads up to `max` records of the assigned partitions into `out`, waiting up to `wait`
@@ -483,7 +482,7 @@ impl GroupConsumer {
     /// it handed out; `None` before one.
     fn position(&self, p: i32) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, p);
+        tpl.add_partition(self.topic(), p);
         // SAFETY: a live client and list; librdkafka writes the offsets into the list
         let err = unsafe {
             rdkafka::bindings::rd_kafka_position(self.consumer.client().native_ptr(), tpl.ptr())
@@ -491,7 +490,7 @@ impl GroupConsumer {
         if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return None;
         }
-        match tpl.find_partition(&self.topic, p)?.offset() {
+        match tpl.find_partition(self.topic(), p)?.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,
         }
@@ -519,15 +518,15 @@ impl GroupConsumer {
     /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers.
     fn start_offset(&self, p: i32) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, p);
+        tpl.add_partition(self.topic(), p);
         let committed = self
             .consumer
             .committed_offsets(tpl, Duration::from_secs(5))
             .ok()?;
-        match committed.find_partition(&self.topic, p)?.offset() {
+        match committed.find_partition(self.topic(), p)?.offset() {
             Offset::Offset(o) => Some(o),
             _ => (self.consumer)
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                .fetch_watermarks(self.topic(), p, Duration::from_secs(5))
                 .ok()
                 .map(|(low, _)| low),
         }
@@ -561,7 +560,7 @@ impl GroupConsumer {
     fn offset_list(&self, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, Error> {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+            tpl.add_partition_offset(self.topic(), *p, Offset::Offset(*o))?;
         }
         Ok(tpl)
     }

@@ -1127,7 +1127,7 @@ impl<'a> Poller<'a> {
     /// come for [`STALL_WARNING`], warns (again every as long) naming each such partition, where
     /// it is read to and where the broker said it ends. A replay then waits, for a partition
     /// whose leader does not answer, whose last transaction is still open, or whose broker does
-    /// not send the records it reports (Tansu 0.6.0, see the README).
+    /// not send the records it reports (Tansu 0.6.0's memory storage, see the README).
     fn warn_if_stalled(&mut self, assigned: &BTreeSet<i32>) {
         let now = Instant::now();
         if now - self.last_record < STALL_WARNING
