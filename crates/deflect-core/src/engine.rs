@@ -669,6 +669,12 @@ impl PartitionEngine {
     pub fn next_offset(&self) -> i64 {
         self.snap.next_offset
     }
+    /// Where the partition is being read: one past the highest offset delivered since the engine
+    /// was built or restored (before any, where reading starts). Below [`Self::next_offset`]
+    /// while a restart reads again what the stored state already covers.
+    pub fn read_to(&self) -> i64 {
+        self.read_to
+    }
     /// Where a restart reads the partition again, as of the last `take_changes` (what Kafka
     /// may be told is consumed).
     pub fn resume_offset(&self) -> i64 {
@@ -1684,12 +1690,16 @@ mod tests {
                 es[p] = stores[p].restore(cfg.clone());
                 let resume = es[p].resume_offset();
                 assert!(resume <= es[p].next_offset());
+                // reading starts where the state says (the lag gauge counts from there)
+                assert_eq!(es[p].read_to(), resume);
                 let mut o = if i % 2 == 0 { resume / 2 } else { resume } as usize;
                 // every third crash, a write and another crash halfway through the records read
                 // again: the second restart must not skip the rest of them
                 let mut again = (i % 3 == 0).then_some((o + logs[p].len()) / 2);
                 while o < logs[p].len() {
+                    let before = es[p].read_to();
                     assert_ne!(es[p].ingest(o as i64, logs[p][o].clone(), 0), Ingest::Late);
+                    assert_eq!(es[p].read_to(), before.max(o as i64 + 1));
                     o += 1;
                     if again == Some(o) {
                         again = None;

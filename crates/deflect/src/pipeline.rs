@@ -660,10 +660,11 @@ impl Loop<'_> {
             telemetry::full_refresh(*p, &e.engine);
         }
         let t1 = t0.elapsed();
-        // records not consumed yet (Kafka's committed offset trails by the pending events)
+        // records not read yet, those a restart reads again included (Kafka's committed offset
+        // trails by the pending events)
         for (p, end) in self.poller.consumer.end_offsets() {
             if let (true, Some(e)) = (self.assigned.contains(&p), self.engines.get(&p)) {
-                telemetry::lag(p, (end - e.engine.next_offset()).max(0));
+                telemetry::lag(p, (end - e.engine.read_to()).max(0));
             }
         }
         let wm = instance_watermark(
