@@ -231,6 +231,17 @@ pub enum Ingest {
     Replayed,
 }
 
+/// Where an engine's state needs its partition to be read from, before the first record is read:
+/// a first record after it means records the state does not cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedStart {
+    /// A new engine (nothing stored for the partition): the log's first offset, which only the
+    /// caller can know.
+    LogStart,
+    /// Restored state: its resume offset (reading from before it is fine).
+    Resume(i64),
+}
+
 /// The figures of one interval, as it closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClosedInterval {
@@ -408,8 +419,8 @@ pub struct PartitionEngine {
     /// One past the highest offset delivered since the engine was built or restored. Below
     /// `next_offset` the partition is being read again after a restart.
     read_to: i64,
-    /// Restored from stored state, and no record read since.
-    restored_unread: bool,
+    /// Until the first record is read: where the state needs reading to start.
+    unread: Option<ExpectedStart>,
     /// Where the journey key of the event being processed is built.
     key_buf: String,
     /// Ids of the pending events (inline up to 24 bytes), with their event time. An event is
@@ -465,7 +476,7 @@ pub struct PartitionEngine {
 impl PartitionEngine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         let mut e = Self::restore(cfg, PartitionSnapshot::default(), Vec::new());
-        e.restored_unread = false;
+        e.unread = Some(ExpectedStart::LogStart);
         e
     }
 
@@ -482,7 +493,7 @@ impl PartitionEngine {
             cfg,
             memo: IntervalMemo::default(),
             read_to: snap.resume_offset,
-            restored_unread: true,
+            unread: Some(ExpectedStart::Resume(snap.resume_offset)),
             key_buf: String::new(),
             snap,
             pending: Default::default(),
@@ -680,11 +691,11 @@ impl PartitionEngine {
     pub fn resume_offset(&self) -> i64 {
         self.snap.resume_offset
     }
-    /// After a restore, before any record was read: the records from [`Self::resume_offset`]
-    /// up to `first_offset` (the first one Kafka returns) are missing, when there are any.
-    pub fn missing_since_restore(&self, first_offset: i64) -> Option<std::ops::Range<i64>> {
-        (self.restored_unread && first_offset > self.snap.resume_offset)
-            .then_some(self.snap.resume_offset..first_offset)
+    /// Before any record was read: where the state needs the partition to be read from. The
+    /// records from there up to the first one Kafka returns, when it returns a later one, are in
+    /// neither the state nor the figures.
+    pub fn expected_start(&self) -> Option<ExpectedStart> {
+        self.unread
     }
     pub fn watermark(&self) -> Option<Millis> {
         self.snap.watermark.value
@@ -740,7 +751,7 @@ impl PartitionEngine {
     /// Marks a record that could not be decoded as consumed.
     pub fn reject(&mut self, offset: i64) -> Ingest {
         self.read_to = self.read_to.max(offset + 1);
-        self.restored_unread = false;
+        self.unread = None;
         if offset < self.snap.next_offset {
             return Ingest::AlreadyApplied;
         }
@@ -763,7 +774,7 @@ impl PartitionEngine {
         // boxed once, where it is decoded: a buffered event is not moved again
         let event = event.into();
         self.read_to = self.read_to.max(offset + 1);
-        self.restored_unread = false;
+        self.unread = None;
         if offset < self.snap.next_offset {
             return self.replay(offset, event);
         }
@@ -2094,28 +2105,25 @@ mod tests {
     }
 
     #[test]
-    fn records_missing_after_a_restore_are_reported_once() {
+    fn expected_start_is_known_until_the_first_record() {
         let t0 = 1_704_704_400_000;
         let start = EventKind::ContactStarted {
             direction: Direction::Inbound,
             initiation: Initiation::Customer,
         };
-        assert_eq!(PartitionEngine::new(cfg()).missing_since_restore(5), None);
+        let mut e = PartitionEngine::new(cfg());
+        assert_eq!(e.expected_start(), Some(ExpectedStart::LogStart));
+        assert_eq!(e.reject(3), Ingest::Accepted);
+        assert_eq!(e.expected_start(), None, "a rejected record is read too");
         let snap = PartitionSnapshot {
             next_offset: 20,
             resume_offset: 10,
             ..Default::default()
         };
         let mut e = PartitionEngine::restore(cfg(), snap, Vec::new());
-        assert_eq!(e.missing_since_restore(10), None);
-        assert_eq!(e.missing_since_restore(9), None);
-        assert_eq!(e.missing_since_restore(13), Some(10..13));
+        assert_eq!(e.expected_start(), Some(ExpectedStart::Resume(10)));
         e.ingest(13, ev("a", "c", t0, start), 0);
-        assert_eq!(
-            e.missing_since_restore(14),
-            None,
-            "only before the first read"
-        );
+        assert_eq!(e.expected_start(), None, "only before the first read");
     }
 
     #[test]

@@ -514,6 +514,23 @@ impl GroupConsumer {
             .then_some((low, high))
     }
 
+    /// The first offset of `p` still in the log as of the last fetch answer (no request), when
+    /// one came. It can trail retention: [`Self::log_start`] asks.
+    pub fn cached_log_start(&self, p: i32) -> Option<i64> {
+        self.cached_watermarks(p)
+            .map(|(low, _)| low)
+            .filter(|low| *low >= 0)
+    }
+
+    /// The first offset of `p` still in the log, asked of the brokers (up to 5 s). `None` when
+    /// they do not answer.
+    pub fn log_start(&self, p: i32) -> Option<i64> {
+        (self.consumer)
+            .fetch_watermarks(self.topic(), p, Duration::from_secs(5))
+            .ok()
+            .map(|(low, _)| low)
+    }
+
     /// Where the group's reading of `p` starts: its committed offset, else (none committed,
     /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers.
     fn start_offset(&self, p: i32) -> Option<i64> {
@@ -525,10 +542,7 @@ impl GroupConsumer {
             .ok()?;
         match committed.find_partition(self.topic(), p)?.offset() {
             Offset::Offset(o) => Some(o),
-            _ => (self.consumer)
-                .fetch_watermarks(self.topic(), p, Duration::from_secs(5))
-                .ok()
-                .map(|(low, _)| low),
+            _ => self.log_start(p),
         }
     }
 

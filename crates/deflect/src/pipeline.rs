@@ -12,7 +12,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use deflect_core::engine::{ClosedInterval, EngineConfig, Ingest, PartitionEngine, StateChanges};
+use deflect_core::engine::{
+    ClosedInterval, EngineConfig, ExpectedStart, Ingest, PartitionEngine, StateChanges,
+};
 use deflect_core::event::Millis;
 use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
@@ -476,10 +478,13 @@ impl Loop<'_> {
         for (i, m) in msgs.iter().enumerate() {
             by_partition.entry(m.partition()).or_default().push(i);
         }
-        for p in by_partition.keys() {
+        for (p, records) in &by_partition {
             if !self.engines.contains_key(p) {
                 let e = self.load(*p)?;
                 self.engines.insert(*p, e);
+            }
+            if let Some(start) = self.engines[p].engine.expected_start() {
+                check_start(self.poller.consumer, *p, msgs[records[0]].offset(), start);
             }
         }
         let input = Input {
@@ -1194,18 +1199,6 @@ fn work(
         replayed: 0,
         dropped: Vec::new(),
     };
-    if let Some(missing) =
-        (records.first()).and_then(|&i| e.missing_since_restore(input.msgs[i].offset()))
-    {
-        // Kafka's retention deleted records the restart had to read again: the events pending
-        // in the stored state among them, and any not consumed yet, are lost
-        tracing::warn!(
-            partition = p,
-            resume_offset = missing.start,
-            first_offset = missing.end,
-            "records after the stored state are no longer in kafka; their events are missing"
-        );
-    }
     let mut reader = Synced {
         journey_reads_wait: !e.journey_reads_skip_last_changes(),
         reader: store.journeys(p),
@@ -1236,6 +1229,52 @@ fn work(
         advanced,
         [ingesting, waited, advancing.saturating_sub(waited)],
     ))
+}
+
+/// Partition `p`'s first record since its state was loaded is at `first`: warns about, and
+/// counts, the records the state needed read that Kafka's reading skipped. Their events are in
+/// neither the state nor the figures.
+fn check_start(consumer: &GroupConsumer, p: i32, first: i64, expected: ExpectedStart) {
+    let (from, log_start) = match expected {
+        ExpectedStart::Resume(r) if first > r => (r, consumer.log_start(p)),
+        ExpectedStart::Resume(_) => return,
+        // the last fetch's answer says where the log starts; it can trail retention, so a gap
+        // it shows is asked of the brokers
+        ExpectedStart::LogStart if consumer.cached_log_start(p) >= Some(first) => return,
+        ExpectedStart::LogStart => match consumer.log_start(p) {
+            Some(low) if first > low => (low, Some(low)),
+            _ => return,
+        },
+    };
+    telemetry::missed((first - from) as u64);
+    let log_start = log_start.unwrap_or(-1);
+    match expected {
+        // the reading restarted at the log's beginning, past the state: retention deleted them
+        ExpectedStart::Resume(r) if log_start >= first => tracing::warn!(
+            partition = p,
+            resume_offset = r,
+            first_offset = first,
+            "records after the stored state are no longer in kafka; their events are missing"
+        ),
+        ExpectedStart::Resume(r) => tracing::warn!(
+            partition = p,
+            resume_offset = r,
+            first_offset = first,
+            log_start,
+            "records after the stored state were skipped: the group's committed offset is past \
+             it (another instance of the group consumed them; state hand-off is not \
+             implemented, run one instance per group), or the broker did not return them; \
+             their events are missing"
+        ),
+        ExpectedStart::LogStart => tracing::warn!(
+            partition = p,
+            log_start,
+            first_offset = first,
+            "no state stored for the partition, and the group's reading starts after the log's \
+             beginning: another instance of the group, or an earlier state directory, consumed \
+             the records before it; their events are missing"
+        ),
+    }
 }
 
 /// Decodes and ingests `records` (indexes into the poll's records) of one partition.

@@ -19,6 +19,7 @@ pub const EVENTS: &str = "deflect_events_total";
 pub const EVENTS_REJECTED: &str = "deflect_events_rejected_total";
 pub const RECORDS_SKIPPED: &str = "deflect_records_already_applied_total";
 pub const RECORDS_REPLAYED: &str = "deflect_records_replayed_total";
+pub const RECORDS_MISSED: &str = "deflect_records_missed_total";
 pub const INTERVALS_CLOSED: &str = "deflect_intervals_closed_total";
 pub const WATERMARK: &str = "deflect_watermark_seconds";
 pub const FRONTIER: &str = "deflect_closed_until_seconds";
@@ -85,6 +86,7 @@ pub fn describe() {
     }
     counter!(RECORDS_SKIPPED).increment(0);
     counter!(RECORDS_REPLAYED).increment(0);
+    counter!(RECORDS_MISSED).increment(0);
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
@@ -105,6 +107,10 @@ pub fn describe() {
         "Records read again after a restart because their events were still pending (not stored)."
     );
     describe_counter!(
+        RECORDS_MISSED,
+        "Offsets the stored state needed read that Kafka's reading skipped (consumed by another instance of the group, or deleted by retention): not in the figures."
+    );
+    describe_counter!(
         INTERVALS_CLOSED,
         "Intervals closed (watermark passed interval end + grace)."
     );
@@ -122,7 +128,7 @@ pub fn describe() {
     );
     describe_gauge!(
         CONSUMER_LAG,
-        "Records not consumed yet, per partition: the log end (librdkafka statistics, every 5 s) minus the next offset to consume."
+        "Records not read yet, per partition: the log end (librdkafka statistics, every 5 s) minus the offset after the last record read (a restart's re-read included)."
     );
     describe_gauge!(
         PENDING_EVENTS,
@@ -462,6 +468,10 @@ pub fn already_applied(n: u64) {
 
 pub fn replayed(n: u64) {
     counter!(RECORDS_REPLAYED).increment(n);
+}
+
+pub fn missed(n: u64) {
+    counter!(RECORDS_MISSED).increment(n);
 }
 
 pub fn batch(seconds: f64, records: usize) {
