@@ -216,3 +216,65 @@ fn records_the_state_missed_are_counted() {
     assert_eq!(missed(&a2), expected as f64);
     a2.shutdown().unwrap();
 }
+
+/// An instance with a new state directory in a group that consumed everything reads nothing: it
+/// must leave the group's committed offsets where they are (it committed its partitions' resume
+/// offset, 0, before 2026-11-27's tenth session: the next start read every partition again).
+#[test]
+fn a_partition_not_read_keeps_its_committed_offset() {
+    let topic = "unread";
+    let parts = 3;
+    let broker = EmbeddedBroker::start(&[(topic, parts)]).unwrap();
+    let params = GenParams {
+        contacts_per_hour: 300.0,
+        customers: 200,
+        seed: 11,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 3 * 3_600_000);
+    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
+    for e in &events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let eof = RunOptions { exit_at_eof: true };
+    let a = run_to_eof(config(bootstrap, topic, a_dir.path(), "unread"));
+    assert_eq!(
+        sum(&a, "deflect_events_total", &[]),
+        events.len() as f64,
+        "A read everything"
+    );
+    let after_a = committed(bootstrap, topic, "unread", parts);
+    let per_partition = read_counts(&broker, topic, parts);
+    assert_eq!(
+        after_a, per_partition,
+        "A committed the end of every partition"
+    );
+
+    let mut b =
+        deflect::Service::start(config(bootstrap, topic, b_dir.path(), "unread"), eof).unwrap();
+    assert_eq!(b.wait_pipeline().unwrap().records, 0);
+    b.shutdown().unwrap();
+    assert_eq!(committed(bootstrap, topic, "unread", parts), after_a);
+}
+
+/// How many records each partition of `topic` holds (its high watermark; nothing deleted).
+fn read_counts(broker: &EmbeddedBroker, topic: &str, parts: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .create()
+        .unwrap();
+    (0..parts)
+        .map(|p| {
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            assert_eq!(low, 0);
+            high
+        })
+        .collect()
+}
