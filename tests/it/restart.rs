@@ -278,3 +278,50 @@ fn read_counts(broker: &EmbeddedBroker, topic: &str, parts: i32) -> Vec<i64> {
         })
         .collect()
 }
+
+/// The state of a topic that was recreated (a new broker here) with fewer records than the state
+/// read: the pipeline stops with an error naming the partition, instead of taking the new
+/// records for ones already counted and skipping them.
+#[test]
+fn a_recreated_shorter_topic_is_an_error() {
+    let topic = "recreated";
+    let params = GenParams {
+        contacts_per_hour: 300.0,
+        customers: 200,
+        seed: 13,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 3 * 3_600_000);
+    let produce = |broker: &EmbeddedBroker, events: &[deflect_core::Event]| {
+        let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
+        for e in events {
+            p.send(e).unwrap();
+        }
+        p.flush().unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+    produce(&first, &events);
+    run_to_eof(config(
+        first.bootstrap_servers(),
+        topic,
+        dir.path(),
+        "recreated",
+    ));
+    drop(first);
+
+    let second = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+    produce(&second, &events[..events.len() / 3]);
+    let cfg = config(second.bootstrap_servers(), topic, dir.path(), "recreated");
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    let err = format!("{:#}", svc.wait_pipeline().unwrap_err());
+    let expected = format!(
+        "the stored state of partition 0 of {topic} was read to offset {}, but the partition \
+         now ends at {}: the topic was recreated or truncated",
+        events.len(),
+        events.len() / 3
+    );
+    assert!(err.contains(&expected), "{err}");
+    let _ = svc.shutdown();
+}

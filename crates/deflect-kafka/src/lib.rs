@@ -522,6 +522,12 @@ impl GroupConsumer {
             .filter(|low| *low >= 0)
     }
 
+    /// The end of `p` (its high watermark) as of the last fetch answer (no request), when one
+    /// came.
+    pub fn cached_log_end(&self, p: i32) -> Option<i64> {
+        self.cached_watermarks(p).map(|(_, high)| high)
+    }
+
     /// The first offset of `p` still in the log, asked of the brokers (up to 5 s). `None` when
     /// they do not answer.
     pub fn log_start(&self, p: i32) -> Option<i64> {

@@ -487,8 +487,10 @@ impl Loop<'_> {
                 let e = self.load(*p)?;
                 self.engines.insert(*p, e);
             }
-            if let Some(start) = self.engines[p].engine.expected_start() {
-                check_start(self.poller.consumer, *p, msgs[records[0]].offset(), start);
+            let engine = &self.engines[p].engine;
+            if let Some(start) = engine.expected_start() {
+                let first = msgs[records[0]].offset();
+                check_start(self.poller.consumer, *p, first, start, engine.next_offset())?;
             }
         }
         let input = Input {
@@ -1236,18 +1238,37 @@ fn work(
 }
 
 /// Partition `p`'s first record since its state was loaded is at `first`: warns about, and
-/// counts, the records the state needed read that Kafka's reading skipped. Their events are in
-/// neither the state nor the figures.
-fn check_start(consumer: &GroupConsumer, p: i32, first: i64, expected: ExpectedStart) {
+/// counts, the records the state needed read that Kafka's reading skipped (their events are in
+/// neither the state nor the figures). A log that ends before the state's `next_offset` is not
+/// the log the state was built from (the topic was recreated, or truncated): an error, since
+/// its records would be taken for ones already applied and skipped.
+fn check_start(
+    consumer: &GroupConsumer,
+    p: i32,
+    first: i64,
+    expected: ExpectedStart,
+    next_offset: i64,
+) -> Result<()> {
+    if let (ExpectedStart::Resume(_), Some(end)) = (expected, consumer.cached_log_end(p)) {
+        if end < next_offset {
+            anyhow::bail!(
+                "the stored state of partition {p} of {} was read to offset {next_offset}, but \
+                 the partition now ends at {end}: the topic was recreated or truncated, and its \
+                 records would be skipped as already counted. Start with an empty state \
+                 directory (and, to read the topic from its beginning, a new kafka.group_id)",
+                consumer.topic()
+            );
+        }
+    }
     let (from, log_start) = match expected {
         ExpectedStart::Resume(r) if first > r => (r, consumer.log_start(p)),
-        ExpectedStart::Resume(_) => return,
+        ExpectedStart::Resume(_) => return Ok(()),
         // the last fetch's answer says where the log starts; it can trail retention, so a gap
         // it shows is asked of the brokers
-        ExpectedStart::LogStart if consumer.cached_log_start(p) >= Some(first) => return,
+        ExpectedStart::LogStart if consumer.cached_log_start(p) >= Some(first) => return Ok(()),
         ExpectedStart::LogStart => match consumer.log_start(p) {
             Some(low) if first > low => (low, Some(low)),
-            _ => return,
+            _ => return Ok(()),
         },
     };
     telemetry::missed((first - from) as u64);
@@ -1279,6 +1300,7 @@ fn check_start(consumer: &GroupConsumer, p: i32, first: i64, expected: ExpectedS
              the records before it; their events are missing"
         ),
     }
+    Ok(())
 }
 
 /// Decodes and ingests `records` (indexes into the poll's records) of one partition.
