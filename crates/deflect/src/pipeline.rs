@@ -374,10 +374,9 @@ fn run_loop(
 
 impl Loop<'_> {
     /// What Kafka is told is consumed: where a restart must read each partition again (pending
-    /// events are not stored).
-    /// What Kafka may be told is consumed, per partition. A partition with nothing stored and
-    /// no record read yet is left out: its resume offset (0) would move the group's committed
-    /// offset back to the log's beginning.
+    /// events are not stored). A partition with nothing stored and no record read yet is left
+    /// out: its resume offset (0) would move the group's committed offset back to the log's
+    /// beginning.
     fn resume_offsets(&self) -> Vec<(i32, i64)> {
         (self.engines.iter())
             .filter(|(_, e)| e.engine.expected_start() != Some(ExpectedStart::LogStart))
