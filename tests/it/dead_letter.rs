@@ -269,3 +269,43 @@ fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
         ]
     );
 }
+
+/// A dead-letter topic missing from the cluster is named at start-up (the brokers may still
+/// create it on first write, as the mock cluster does: the run then ends well).
+#[test]
+fn a_missing_output_topic_is_named_at_start() {
+    let (topic, dlq) = ("dl-missing-input", "dl-missing-dead");
+    let broker = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+    let mut producer = deflect_kafka::OutputProducer::new(&broker.settings()).unwrap();
+    producer
+        .send(topic, Some(b"u1"), b"{not json", None, None)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        broker.bootstrap_servers(),
+        topic,
+        &dir.path().join("state"),
+        "missing",
+    );
+    cfg.kafka.dead_letter_topic = dlq.into();
+    let cfg_path = dir.path().join("deflect.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let out = std::process::Command::new(deflect_bin())
+        .args(["run", "--exit-at-eof", "--config"])
+        .arg(&cfg_path)
+        .env("DEFLECT_LOG", "warn")
+        .env("DEFLECT_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["target"] == "deflect::pipeline")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert_eq!(warnings[0]["fields"]["key"], "kafka.dead_letter_topic");
+    assert_eq!(warnings[0]["fields"]["topic"], dlq);
+}

@@ -270,6 +270,27 @@ fn run_loop(
                 cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
             )
         })?;
+    // the topics records are written to: a missing one fails only when a record goes there
+    // (after librdkafka's delivery timeout), unless the brokers create topics on first write
+    for (key, topic) in [
+        ("kafka.dead_letter_topic", &cfg.kafka.dead_letter_topic),
+        ("kafka.late_topic", &cfg.kafka.late_topic),
+        ("kafka.output_topic", &cfg.kafka.output_topic),
+    ] {
+        if topic.is_empty() {
+            continue;
+        }
+        if let Err(e) = deflect_kafka::partition_count(&settings, topic, Duration::from_secs(5)) {
+            tracing::warn!(
+                key,
+                topic = %topic,
+                error = %e,
+                "an output topic is not in the cluster's metadata: writing to it will fail (and \
+                 stop the pipeline) unless the brokers create topics on first write; create it, \
+                 or set the key to \"\" to turn that output off"
+            );
+        }
+    }
     let consumer = GroupConsumer::new(
         &settings,
         &cfg.kafka.group_id,
