@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deflect::generate::{GenParams, Generator};
-use deflect::produce::{EventProducer, WireFormat};
 use deflect::RunOptions;
 use deflect_core::metrics::Counters;
 use deflect_core::metrics::Metric;
@@ -500,14 +499,6 @@ fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
 }
 
 /// Produces `events` to `topic` as protobuf, and waits until every one is delivered.
-fn send_all(settings: &ClientSettings, topic: &str, events: &[deflect_core::Event]) {
-    let mut p = EventProducer::new(settings, topic, WireFormat::Protobuf).unwrap();
-    for e in events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
-}
-
 /// A config for a pipeline process (short group session so restarts rejoin quickly), written to
 /// `dir/deflect.toml`.
 fn pipeline_config(

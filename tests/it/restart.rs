@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use deflect::generate::{GenParams, Generator};
-use deflect::produce::{EventProducer, WireFormat};
 use deflect::RunOptions;
 use deflect_kafka::EmbeddedBroker;
 
@@ -26,23 +25,24 @@ fn business(text: &str) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
+/// `hours` of generated traffic (300 potential calls an hour) from `customers` customers.
+fn traffic(seed: u64, customers: u32, hours: i64) -> Vec<deflect_core::Event> {
+    let params = GenParams {
+        contacts_per_hour: 300.0,
+        customers,
+        seed,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    g.until(params.start_ms + hours * 3_600_000)
+}
+
 #[test]
 fn restart_mid_stream_gives_identical_figures() {
     let topic = "restart";
     let broker = EmbeddedBroker::start(&[(topic, 4)]).unwrap();
-    let params = GenParams {
-        contacts_per_hour: 300.0,
-        customers: 400,
-        seed: 7,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
-    let events = g.until(params.start_ms + 18 * 3_600_000);
-    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
+    let events = traffic(7, 400, 18);
+    send_all(&broker.settings(), topic, &events);
     let n = events.len() as u64;
     assert!(n > 20_000, "{n} events");
 
@@ -163,19 +163,8 @@ fn records_the_state_missed_are_counted() {
     let topic = "turns";
     let parts = 4;
     let broker = EmbeddedBroker::start(&[(topic, parts)]).unwrap();
-    let params = GenParams {
-        contacts_per_hour: 300.0,
-        customers: 400,
-        seed: 9,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
-    let events = g.until(params.start_ms + 9 * 3_600_000);
-    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
+    let events = traffic(9, 400, 9);
+    send_all(&broker.settings(), topic, &events);
     let n = events.len() as f64;
     let bootstrap = broker.bootstrap_servers();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -225,19 +214,8 @@ fn a_partition_not_read_keeps_its_committed_offset() {
     let topic = "unread";
     let parts = 3;
     let broker = EmbeddedBroker::start(&[(topic, parts)]).unwrap();
-    let params = GenParams {
-        contacts_per_hour: 300.0,
-        customers: 200,
-        seed: 11,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
-    let events = g.until(params.start_ms + 3 * 3_600_000);
-    let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
-    for e in &events {
-        p.send(e).unwrap();
-    }
-    p.flush().unwrap();
+    let events = traffic(11, 200, 3);
+    send_all(&broker.settings(), topic, &events);
     let bootstrap = broker.bootstrap_servers();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let eof = RunOptions { exit_at_eof: true };
@@ -285,24 +263,10 @@ fn read_counts(broker: &EmbeddedBroker, topic: &str, parts: i32) -> Vec<i64> {
 #[test]
 fn a_recreated_shorter_topic_is_an_error() {
     let topic = "recreated";
-    let params = GenParams {
-        contacts_per_hour: 300.0,
-        customers: 200,
-        seed: 13,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
-    let events = g.until(params.start_ms + 3 * 3_600_000);
-    let produce = |broker: &EmbeddedBroker, events: &[deflect_core::Event]| {
-        let mut p = EventProducer::new(&broker.settings(), topic, WireFormat::Protobuf).unwrap();
-        for e in events {
-            p.send(e).unwrap();
-        }
-        p.flush().unwrap();
-    };
+    let events = traffic(13, 200, 3);
     let dir = tempfile::tempdir().unwrap();
     let first = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
-    produce(&first, &events);
+    send_all(&first.settings(), topic, &events);
     run_to_eof(config(
         first.bootstrap_servers(),
         topic,
@@ -312,7 +276,7 @@ fn a_recreated_shorter_topic_is_an_error() {
     drop(first);
 
     let second = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
-    produce(&second, &events[..events.len() / 3]);
+    send_all(&second.settings(), topic, &events[..events.len() / 3]);
     let cfg = config(second.bootstrap_servers(), topic, dir.path(), "recreated");
     let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
     let err = format!("{:#}", svc.wait_pipeline().unwrap_err());

@@ -199,3 +199,17 @@ pub fn stop(child: &mut Child, signal: &str, within: Duration) -> (ExitStatus, D
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Produces `events` to `topic` as protobuf, and waits until every one is delivered.
+pub fn send_all(
+    settings: &deflect_kafka::ClientSettings,
+    topic: &str,
+    events: &[deflect_core::Event],
+) {
+    use deflect::produce::{EventProducer, WireFormat};
+    let mut p = EventProducer::new(settings, topic, WireFormat::Protobuf).unwrap();
+    for e in events {
+        p.send(e).unwrap();
+    }
+    p.flush().unwrap();
+}
