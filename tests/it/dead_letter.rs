@@ -309,3 +309,54 @@ fn a_missing_output_topic_is_named_at_start() {
     assert_eq!(warnings[0]["fields"]["key"], "kafka.dead_letter_topic");
     assert_eq!(warnings[0]["fields"]["topic"], dlq);
 }
+
+/// Records keyed by something other than their event's customer (the contact without one) are
+/// counted on a topic of several partitions, where they can split a journey; on one partition
+/// keys do not matter and nothing is counted.
+#[test]
+fn records_keyed_by_something_else_than_the_customer_are_counted() {
+    use deflect::generate::{GenParams, Generator};
+    let params = GenParams {
+        contacts_per_hour: 200.0,
+        customers: 100,
+        seed: 17,
+        unknown_customer_share: 0.2,
+        ..Default::default()
+    };
+    let events = Generator::new(params.clone())
+        .unwrap()
+        .until(params.start_ms + 2 * 3_600_000);
+    // every third event keyed by its contact, a fifth of those with no customer (then correct)
+    let key = |i: usize, e: &deflect_core::Event| {
+        if i.is_multiple_of(3) {
+            e.contact_id.to_string()
+        } else {
+            e.partition_key().to_string()
+        }
+    };
+    let expected = (events.iter().enumerate())
+        .filter(|(i, e)| i.is_multiple_of(3) && e.customer_id.is_some())
+        .count();
+    assert!(expected > 100, "{expected}");
+    assert!(events.iter().any(|e| e.customer_id.is_none()));
+    for partitions in [3, 1] {
+        let topic = format!("keys-{partitions}");
+        let broker = EmbeddedBroker::start(&[(&topic, partitions)]).unwrap();
+        let mut p = EventProducer::new(&broker.settings(), &topic, WireFormat::Protobuf).unwrap();
+        for (i, e) in events.iter().enumerate() {
+            p.send_raw(key(i, e).as_bytes(), &WireFormat::Protobuf.encode(e))
+                .unwrap();
+        }
+        p.flush().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let m = run_to_eof(config(
+            broker.bootstrap_servers(),
+            &topic,
+            dir.path(),
+            "keys",
+        ));
+        let counted = sum(&m, "deflect_records_mis_keyed_total", &[]);
+        let want = if partitions > 1 { expected } else { 0 };
+        assert_eq!(counted, want as f64, "{partitions} partitions");
+    }
+}

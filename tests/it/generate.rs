@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use deflect::generate::{record_key, GenParams, Generator};
+use deflect::generate::{GenParams, Generator};
 use deflect_kafka::EmbeddedBroker;
 use deflect_proto::Format;
 
@@ -65,7 +65,7 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
         let records = read_all(&broker, topic);
         assert_eq!(records.len(), expected.len(), "{topic}");
         for (i, ((key, payload, _), e)) in records.iter().zip(&expected).enumerate() {
-            assert_eq!(key, record_key(e), "{topic} record {i}");
+            assert_eq!(key, e.partition_key(), "{topic} record {i}");
             let got = deflect_proto::decode(payload, format).unwrap();
             assert_eq!(&got, e, "{topic} record {i}");
         }

@@ -38,6 +38,12 @@ impl Event {
         key
     }
 
+    /// The Kafka record key of the event on the input topic (`events.md`): the customer, or the
+    /// contact when the customer is unknown. All of a journey's events then share a partition.
+    pub fn partition_key(&self) -> &str {
+        self.customer_id.as_deref().unwrap_or(&self.contact_id)
+    }
+
     /// [`Event::journey_key`] written into `key` (cleared first), reusing its allocation.
     pub fn journey_key_into(&self, key: &mut String) {
         // built by hand: `format!` costs more than the copy (one key per processed event)

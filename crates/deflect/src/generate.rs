@@ -735,11 +735,6 @@ impl Generator {
     }
 }
 
-/// Key of an event on the input topic: the customer, or the contact when unknown.
-pub fn record_key(e: &Event) -> &str {
-    e.customer_id.as_deref().unwrap_or(&e.contact_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,6 +206,10 @@ struct Loop<'a> {
     /// Advances partitions in parallel (one thread per core, kept for the whole run).
     workers: rayon::ThreadPool,
     recorder: Recorder<'a>,
+    /// Whether records' keys are checked against their events' journeys (the input topic has
+    /// more than one partition), and whether a mismatch was warned about.
+    check_keys: bool,
+    key_warned: bool,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -263,13 +267,14 @@ fn run_loop(
     let store = Arc::new(store);
     let settings = cfg.client_settings();
     // fail fast, with one clear line, when the brokers cannot be reached or the topic is missing
-    deflect_kafka::partition_count(&settings, &cfg.kafka.input_topic, Duration::from_secs(20))
-        .with_context(|| {
-            format!(
-                "cannot read topic {:?} from Kafka at {}",
-                cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
-            )
-        })?;
+    let input_partitions =
+        deflect_kafka::partition_count(&settings, &cfg.kafka.input_topic, Duration::from_secs(20))
+            .with_context(|| {
+                format!(
+                    "cannot read topic {:?} from Kafka at {}",
+                    cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
+                )
+            })?;
     // the topics records are written to: a missing one fails only when a record goes there
     // (after librdkafka's delivery timeout), unless the brokers create topics on first write
     for (key, topic) in [
@@ -339,6 +344,8 @@ fn run_loop(
         summary: Summary::default(),
         phases: Phases::default(),
         staffing: Default::default(),
+        check_keys: input_partitions > 1,
+        key_warned: false,
         workers: rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("deflect-work-{i}"))
             .build()
@@ -521,6 +528,7 @@ impl Loop<'_> {
             now,
             at_eof,
             keep_cached: self.cfg.state.journey_cache_entries,
+            check_keys: self.check_keys,
         };
         // Decoding and ingesting read no state: they overlap the write of the previous batch.
         // Advancing overlaps it too (timer reads included: the engine lays that write's timers
@@ -616,6 +624,24 @@ impl Loop<'_> {
         }
         if skipped > 0 {
             telemetry::already_applied(skipped);
+        }
+        let mis_keyed: u64 = ingested.iter().map(|a| a.mis_keyed).sum();
+        if mis_keyed > 0 {
+            telemetry::mis_keyed(mis_keyed);
+            if let (false, Some(i)) = (
+                self.key_warned,
+                ingested.iter().find_map(|a| a.first_mis_keyed),
+            ) {
+                self.key_warned = true;
+                tracing::warn!(
+                    partition = msgs[i].partition(),
+                    offset = msgs[i].offset(),
+                    "a record's key is not its event's customer_id (contact_id without one): a \
+                     customer's events may be spread over partitions, each with a journey of its \
+                     own, and re-contacts between them are not seen; key the input by customer \
+                     (deflect_records_mis_keyed_total counts them; warned once per process)"
+                );
+            }
         }
         if replayed > 0 {
             telemetry::replayed(replayed);
@@ -796,7 +822,7 @@ fn dead_letter_event(
             value: Some(*value),
         })
     });
-    let key = crate::generate::record_key(ev);
+    let key = ev.partition_key();
     let payload = deflect_proto::encode_protobuf(ev);
     out.send(topic, Some(key.as_bytes()), &payload, Some(headers), None)
         .with_context(|| format!("cannot dead-letter an event to topic {topic:?}"))
@@ -848,6 +874,8 @@ struct Input<'a, 'm> {
     at_eof: bool,
     /// Journeys each partition keeps cached after its state is taken.
     keep_cached: usize,
+    /// Count records whose key is not their event's customer (or contact) id.
+    check_keys: bool,
 }
 
 /// A consumed record that was not applied and must be forwarded.
@@ -867,6 +895,10 @@ struct Ingested {
     skipped: u64,
     /// Records read again after a restart whose events are pending again.
     replayed: u64,
+    /// Records whose key is not their event's customer id (contact id without one), and the
+    /// first one's index into the poll's records.
+    mis_keyed: u64,
+    first_mis_keyed: Option<usize>,
     /// (index into the poll's records, why) of the records to forward.
     dropped: Vec<(usize, Dropped)>,
 }
@@ -1223,6 +1255,8 @@ fn work(
         partition: p,
         skipped: 0,
         replayed: 0,
+        mis_keyed: 0,
+        first_mis_keyed: None,
         dropped: Vec::new(),
     };
     let mut reader = Synced {
@@ -1328,6 +1362,8 @@ fn ingest(e: &mut PartitionEngine, records: &[usize], input: &Input<'_, '_>, out
     let Ingested {
         skipped,
         replayed,
+        mis_keyed,
+        first_mis_keyed,
         dropped,
         ..
     } = out;
@@ -1336,6 +1372,10 @@ fn ingest(e: &mut PartitionEngine, records: &[usize], input: &Input<'_, '_>, out
         let payload = msg.payload().unwrap_or_default();
         match validate(input.limits, msg, payload, input.format, input.now) {
             Ok(ev) => {
+                if input.check_keys && msg.key() != Some(ev.partition_key().as_bytes()) {
+                    *mis_keyed += 1;
+                    first_mis_keyed.get_or_insert(i);
+                }
                 let kind = ev.kind.type_name();
                 match e.ingest(msg.offset(), ev, input.now) {
                     Ingest::AlreadyApplied => *skipped += 1,

@@ -6,8 +6,6 @@ use anyhow::{Context, Result};
 use deflect_core::event::Event;
 use deflect_kafka::{ClientSettings, OutputProducer};
 
-use crate::generate::record_key;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFormat {
     Protobuf,
@@ -43,7 +41,7 @@ impl EventProducer {
     /// Sends one event keyed by customer (or contact), waiting while the local queue is full.
     pub fn send(&mut self, e: &Event) -> Result<()> {
         let payload = self.format.encode(e);
-        self.send_raw(record_key(e).as_bytes(), &payload)
+        self.send_raw(e.partition_key().as_bytes(), &payload)
     }
 
     /// Sends arbitrary bytes (tests of bad input).
@@ -63,7 +61,7 @@ impl EventProducer {
     /// Sends to an explicit partition (tests).
     pub fn send_to(&mut self, partition: i32, e: &Event) -> Result<()> {
         let payload = self.format.encode(e);
-        let key = record_key(e).as_bytes();
+        let key = e.partition_key().as_bytes();
         self.producer
             .send(&self.topic, Some(key), &payload, None, Some(partition))
             .with_context(|| format!("cannot produce to {}", self.topic))?;

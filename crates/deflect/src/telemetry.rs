@@ -20,6 +20,7 @@ pub const EVENTS_REJECTED: &str = "deflect_events_rejected_total";
 pub const RECORDS_SKIPPED: &str = "deflect_records_already_applied_total";
 pub const RECORDS_REPLAYED: &str = "deflect_records_replayed_total";
 pub const RECORDS_MISSED: &str = "deflect_records_missed_total";
+pub const RECORDS_MIS_KEYED: &str = "deflect_records_mis_keyed_total";
 pub const INTERVALS_CLOSED: &str = "deflect_intervals_closed_total";
 pub const WATERMARK: &str = "deflect_watermark_seconds";
 pub const FRONTIER: &str = "deflect_closed_until_seconds";
@@ -87,6 +88,7 @@ pub fn describe() {
     counter!(RECORDS_SKIPPED).increment(0);
     counter!(RECORDS_REPLAYED).increment(0);
     counter!(RECORDS_MISSED).increment(0);
+    counter!(RECORDS_MIS_KEYED).increment(0);
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
@@ -105,6 +107,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS_REPLAYED,
         "Records read again after a restart because their events were still pending (not stored)."
+    );
+    describe_counter!(
+        RECORDS_MIS_KEYED,
+        "Records whose Kafka key is not their event's customer_id (contact_id without one), on a topic of several partitions: a customer's journey may be split over partitions."
     );
     describe_counter!(
         RECORDS_MISSED,
@@ -472,6 +478,10 @@ pub fn replayed(n: u64) {
 
 pub fn missed(n: u64) {
     counter!(RECORDS_MISSED).increment(n);
+}
+
+pub fn mis_keyed(n: u64) {
+    counter!(RECORDS_MIS_KEYED).increment(n);
 }
 
 pub fn batch(seconds: f64, records: usize) {
