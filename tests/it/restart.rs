@@ -292,3 +292,34 @@ fn a_recreated_shorter_topic_is_an_error() {
     assert!(err.contains(&expected), "{err}");
     let _ = svc.shutdown();
 }
+
+/// A state directory built with one interval length is refused with another (its intervals,
+/// heat map and cohorts follow the first), naming both; the first settings still start.
+#[test]
+fn a_state_directory_is_refused_when_its_interval_settings_change() {
+    let topic = "settings";
+    let broker = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+    send_all(&broker.settings(), topic, &traffic(19, 100, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker.bootstrap_servers(), topic, dir.path(), "settings");
+    run_to_eof(cfg.clone());
+
+    let mut hourly = cfg.clone();
+    hourly.site.interval_minutes = 60;
+    let err = match deflect::Service::start(hourly, RunOptions { exit_at_eof: true }) {
+        Err(e) => format!("{e:#}"),
+        Ok(mut svc) => {
+            let e = format!("{:#}", svc.wait_pipeline().unwrap_err());
+            let _ = svc.shutdown();
+            e
+        }
+    };
+    assert!(
+        err.contains(
+            "was built with site.time_zone=UTC site.interval_minutes=15 heatmap.cell=hour, the \
+             configuration says site.time_zone=UTC site.interval_minutes=60 heatmap.cell=hour"
+        ),
+        "{err}"
+    );
+    run_to_eof(cfg);
+}

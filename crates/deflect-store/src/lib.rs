@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `meta` | partition | [`PartitionSnapshot`]: consumed offset, resume offset, watermark, frontier, totals, heat map |
 //! | `meta` | `deflect.format` | [`FORMAT_VERSION`] of the store, checked at open |
+//! | `meta` | `deflect.settings` | the settings the state was built with ([`Store::check_settings`]) |
 //! | `timers` | partition, fire time, journey key | (empty); read by time range as the frontier approaches |
 //! | `journeys` | partition, journey key | [`StoredJourney`] (the journey and its timer's instant) |
 //! | `cohorts` | partition, interval start | [`CohortState`]: cohort figures awaiting their horizons |
@@ -54,6 +55,17 @@ pub enum StoreError {
          from its beginning)"
     )]
     Format { path: String, found: String },
+    #[error(
+        "state store at {path} was built with {stored}, the configuration says {configured}: \
+         its intervals, heat map and cohorts follow the first. Put those settings back, or \
+         start with an empty state directory (and a new kafka.group_id to consume the input \
+         again from its beginning)"
+    )]
+    Settings {
+        path: String,
+        stored: String,
+        configured: String,
+    },
 }
 
 /// Version of the stored layout and encodings; bumped whenever either changes.
@@ -64,6 +76,8 @@ pub enum StoreError {
 pub const FORMAT_VERSION: u32 = 4;
 /// Key of the format version in `meta` (partition keys there are exactly 4 bytes).
 const FORMAT_KEY: &[u8] = b"deflect.format";
+/// Key of the settings the state was built with.
+const SETTINGS_KEY: &[u8] = b"deflect.settings";
 
 /// Memory bounds of the store (all column families share them).
 #[derive(Clone, Copy, Debug)]
@@ -257,6 +271,33 @@ impl Store {
                 path: self.path.clone(),
                 found,
             })
+        }
+    }
+
+    /// Refuses a store built with other `settings` than these: the caller's description of the
+    /// settings that shape what is stored (time zone, interval length, heat-map cells), compared
+    /// as text. A store without a record of them (new, or written before they were recorded)
+    /// records these.
+    pub fn check_settings(&self, settings: &str) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        match self
+            .db
+            .get_cf(meta, SETTINGS_KEY)
+            .map_err(|e| self.err(e))?
+        {
+            Some(stored) if stored == settings.as_bytes() => Ok(()),
+            Some(stored) => Err(StoreError::Settings {
+                path: self.path.clone(),
+                stored: String::from_utf8_lossy(&stored).into_owned(),
+                configured: settings.to_string(),
+            }),
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                (self.db)
+                    .put_cf_opt(meta, SETTINGS_KEY, settings, &wo)
+                    .map_err(|e| self.err(e))
+            }
         }
     }
 

@@ -198,3 +198,22 @@ fn a_batch_made_for_its_changes_has_room_for_them() {
     );
     b.commit().unwrap();
 }
+
+#[test]
+fn settings_are_recorded_once_and_checked_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = "site.time_zone=UTC site.interval_minutes=15 heatmap.cell=hour";
+    let b = "site.time_zone=UTC site.interval_minutes=60 heatmap.cell=hour";
+    {
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store.check_settings(a).unwrap();
+        store.check_settings(a).unwrap();
+    }
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    store.check_settings(a).unwrap();
+    let err = store.check_settings(b).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("was built with {a}, the configuration says {b}")),
+        "{err}"
+    );
+}

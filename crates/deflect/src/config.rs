@@ -512,6 +512,15 @@ impl Config {
         }
     }
 
+    /// The settings that shape the stored state (interval boundaries, heat-map cells): a state
+    /// directory is refused when they change (`Store::check_settings`).
+    pub fn state_settings(&self) -> String {
+        format!(
+            "site.time_zone={} site.interval_minutes={} heatmap.cell={}",
+            self.site.time_zone, self.site.interval_minutes, self.heatmap.cell
+        )
+    }
+
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             intervals: IntervalSpec::new(&self.site.time_zone, self.site.interval_minutes)

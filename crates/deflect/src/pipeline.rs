@@ -264,6 +264,7 @@ fn run_loop(
         },
     )
     .context("cannot open state store")?;
+    store.check_settings(&cfg.state_settings())?;
     let store = Arc::new(store);
     let settings = cfg.client_settings();
     // fail fast, with one clear line, when the brokers cannot be reached or the topic is missing
