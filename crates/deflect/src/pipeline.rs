@@ -276,8 +276,8 @@ fn run_loop(
                     cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
                 )
             })?;
-    // the topics records are written to: a missing one fails only when a record goes there
-    // (after librdkafka's delivery timeout), unless the brokers create topics on first write
+    // the topics records are written to: a missing one fails only when a record goes there,
+    // unless the brokers create topics on first write
     for (key, topic) in [
         ("kafka.dead_letter_topic", &cfg.kafka.dead_letter_topic),
         ("kafka.late_topic", &cfg.kafka.late_topic),
