@@ -240,6 +240,27 @@ fn a_partition_not_read_keeps_its_committed_offset() {
     assert_eq!(b.wait_pipeline().unwrap().records, 0);
     b.shutdown().unwrap();
     assert_eq!(committed(bootstrap, topic, "unread", parts), after_a);
+
+    // running on, it reports no lag: its reading starts at the group's offsets, at the end (the
+    // lag counted from offset 0, the whole partition, before 2026-11-27's tenth session)
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = deflect::Service::start(
+        config(bootstrap, topic, c_dir.path(), "unread"),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lag = loop {
+        let lag = parse_metrics(&c.render(), "deflect_consumer_lag");
+        if lag.len() == parts as usize {
+            break lag;
+        }
+        assert!(Instant::now() < deadline, "lag of {} partitions", lag.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(lag.values().all(|v| *v == 0.0), "{lag:?}");
+    c.shutdown().unwrap();
+    assert_eq!(committed(bootstrap, topic, "unread", parts), after_a);
 }
 
 /// How many records each partition of `topic` holds (its high watermark; nothing deleted).

@@ -538,8 +538,9 @@ impl GroupConsumer {
     }
 
     /// Where the group's reading of `p` starts: its committed offset, else (none committed,
-    /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers.
-    fn start_offset(&self, p: i32) -> Option<i64> {
+    /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers (up to
+    /// 5 s for each of the two questions).
+    pub fn start_offset(&self, p: i32) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(self.topic(), p);
         let committed = self

@@ -435,6 +435,7 @@ impl Loop<'_> {
         Ok(Part {
             engine,
             exported: Default::default(),
+            start: None,
         })
     }
 
@@ -720,9 +721,24 @@ impl Loop<'_> {
         let t1 = t0.elapsed();
         // records not read yet, those a restart reads again included (Kafka's committed offset
         // trails by the pending events)
-        for (p, end) in self.poller.consumer.end_offsets() {
-            if let (true, Some(e)) = (self.assigned.contains(&p), self.engines.get(&p)) {
-                telemetry::lag(p, (end - e.engine.read_to()).max(0));
+        let consumer = self.poller.consumer;
+        for (p, end) in consumer.end_offsets() {
+            let (true, Some(part)) = (self.assigned.contains(&p), self.engines.get_mut(&p)) else {
+                continue;
+            };
+            // with nothing stored and nothing read, reading starts at the group's offset (it
+            // does not move until a record is read: nothing is committed before)
+            let read_to = match part.engine.expected_start() {
+                Some(ExpectedStart::LogStart) => {
+                    if part.start.is_none() {
+                        part.start = consumer.start_offset(p);
+                    }
+                    part.start
+                }
+                _ => Some(part.engine.read_to()),
+            };
+            if let Some(r) = read_to {
+                telemetry::lag(p, (end - r).max(0));
             }
         }
         let wm = instance_watermark(
@@ -921,6 +937,9 @@ struct Advanced {
 struct Part {
     engine: PartitionEngine,
     exported: telemetry::Exported,
+    /// With nothing stored and no record read: where the group's reading starts, once known
+    /// (the lag counts from it).
+    start: Option<i64>,
 }
 
 /// Runs `f` on every partition, as tasks on `pool` (one thread per core: partitions are
@@ -992,6 +1011,7 @@ mod partition_tasks_tests {
                 let part = Part {
                     engine: PartitionEngine::new(cfg.clone()),
                     exported: Default::default(),
+                    start: None,
                 };
                 (p, part)
             })
