@@ -436,6 +436,7 @@ impl Loop<'_> {
             engine,
             exported: Default::default(),
             start: None,
+            start_asked: None,
         })
     }
 
@@ -730,7 +731,9 @@ impl Loop<'_> {
             // does not move until a record is read: nothing is committed before)
             let read_to = match part.engine.expected_start() {
                 Some(ExpectedStart::LogStart) => {
-                    if part.start.is_none() {
+                    let ask = (part.start_asked).is_none_or(|t| t.elapsed() >= START_RETRY);
+                    if part.start.is_none() && ask {
+                        part.start_asked = Some(Instant::now());
                         part.start = consumer.start_offset(p);
                     }
                     part.start
@@ -938,9 +941,14 @@ struct Part {
     engine: PartitionEngine,
     exported: telemetry::Exported,
     /// With nothing stored and no record read: where the group's reading starts, once known
-    /// (the lag counts from it).
+    /// (the lag counts from it), and when it was last asked (the question blocks this thread
+    /// up to 10 s when the brokers do not answer: asked again after [`START_RETRY`]).
     start: Option<i64>,
+    start_asked: Option<Instant>,
 }
+
+/// How long a partition's lag waits before its start is asked again after a failed lookup.
+const START_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs `f` on every partition, as tasks on `pool` (one thread per core: partitions are
 /// independent), while the calling thread runs `meanwhile` (given a check that the tasks are
@@ -1012,6 +1020,7 @@ mod partition_tasks_tests {
                     engine: PartitionEngine::new(cfg.clone()),
                     exported: Default::default(),
                     start: None,
+                    start_asked: None,
                 };
                 (p, part)
             })
