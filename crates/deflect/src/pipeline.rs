@@ -719,6 +719,7 @@ impl Loop<'_> {
         for (p, e) in &self.engines {
             telemetry::full_refresh(*p, &e.engine);
         }
+        telemetry::keep_process_counters();
         let t1 = t0.elapsed();
         // records not read yet, those a restart reads again included (Kafka's committed offset
         // trails by the pending events)

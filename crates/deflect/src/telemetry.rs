@@ -56,24 +56,30 @@ const BATCH_RECORDS_BUCKETS: [f64; 11] = [
 /// Builds a recorder (not installed globally: each pipeline records into its own, so tests can run
 /// several in one process) and the handle that renders it.
 pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
+    recorder_with_idle_timeout(IDLE_TIMEOUT)
+}
+
+/// Series not updated for this long disappear (see [`keep_process_counters`]).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn recorder_with_idle_timeout(idle: Duration) -> (PrometheusRecorder, PrometheusHandle) {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), &BATCH_SECONDS_BUCKETS)
         .expect("non-empty buckets")
         .set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_RECORDS_BUCKETS)
         .expect("non-empty buckets")
         // series of partitions this instance no longer owns stop being refreshed and disappear
-        .idle_timeout(
-            metrics_util::MetricKindMask::ALL,
-            Some(Duration::from_secs(120)),
-        )
+        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle))
         .build_recorder();
     let handle = recorder.handle();
     (recorder, handle)
 }
 
-/// Registers help texts and shows the process counters of every bounded label value at 0 (so
-/// that rates and alerts see a zero, not an absent series); call inside the recorder's scope.
-pub fn describe() {
+/// Shows the process counters of every bounded label value (at 0 until counted), so that rates
+/// and alerts see a zero, not an absent series. Every series not updated for the recorder's idle
+/// timeout disappears (and would come back from 0): the pipeline calls this at every refresh,
+/// within the timeout, to keep these (an increment of 0 counts as an update).
+pub fn keep_process_counters() {
     for reason in deflect_proto::RejectReason::ALL {
         counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(0);
     }
@@ -89,6 +95,12 @@ pub fn describe() {
     counter!(RECORDS_REPLAYED).increment(0);
     counter!(RECORDS_MISSED).increment(0);
     counter!(RECORDS_MIS_KEYED).increment(0);
+}
+
+/// Registers help texts and the process counters ([`keep_process_counters`]); call inside the
+/// recorder's scope.
+pub fn describe() {
+    keep_process_counters();
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
@@ -523,6 +535,44 @@ mod tests {
 
     use super::*;
     use crate::generate::{GenParams, Generator};
+
+    /// Process counters kept by [`keep_process_counters`] outlive the idle timeout (an increment
+    /// of 0 counts as an update); without it they disappear, and a counted one restarts from 0.
+    #[test]
+    fn kept_process_counters_outlive_the_idle_timeout() {
+        let line = |handle: &PrometheusHandle| {
+            let text = handle.render();
+            text.lines()
+                .find(|l| l.starts_with(RECORDS_MISSED))
+                .map(str::to_string)
+        };
+        for keep in [true, false] {
+            let (rec, handle) = recorder_with_idle_timeout(Duration::from_millis(300));
+            metrics::with_local_recorder(&rec, || {
+                describe();
+                missed(7);
+            });
+            assert_eq!(
+                line(&handle).as_deref(),
+                Some("deflect_records_missed_total 7")
+            );
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(100));
+                if keep {
+                    metrics::with_local_recorder(&rec, keep_process_counters);
+                }
+            }
+            let after = line(&handle);
+            if keep {
+                assert_eq!(after.as_deref(), Some("deflect_records_missed_total 7"));
+            } else {
+                assert_eq!(
+                    after, None,
+                    "the recorder's idle timeout removes what is not kept"
+                );
+            }
+        }
+    }
 
     /// After every closing, the heat-map gauges equal the engine's heat map, although each closing
     /// sets only the rows that changed since the previous one; the business series equal the
