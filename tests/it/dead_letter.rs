@@ -360,3 +360,57 @@ fn records_keyed_by_something_else_than_the_customer_are_counted() {
         assert_eq!(counted, want as f64, "{partitions} partitions");
     }
 }
+
+/// A dead letter that cannot be delivered (its topic is missing and the brokers do not create
+/// topics on first write) stops the pipeline with one error line, and no offset passes the
+/// record: it is read again once the topic exists.
+#[test]
+fn an_undeliverable_dead_letter_stops_the_pipeline_before_its_offset() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (topic, dlq) = ("dl-undeliverable-input", "dl-undeliverable-dead");
+    let broker = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+    let mut producer = deflect_kafka::OutputProducer::new(&broker.settings()).unwrap();
+    producer
+        .send(topic, Some(b"u1"), b"{not json", None, None)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        broker.bootstrap_servers(),
+        topic,
+        &dir.path().join("state"),
+        "undeliverable",
+    );
+    cfg.kafka.dead_letter_topic = dlq.into();
+    // every client asks the brokers not to create topics (the mock cluster would)
+    (cfg.kafka.properties).insert("allow.auto.create.topics".into(), "false".into());
+    let cfg_path = dir.path().join("deflect.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let out = std::process::Command::new(deflect_bin())
+        .args(["run", "--exit-at-eof", "--config"])
+        .arg(&cfg_path)
+        .env("DEFLECT_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "deflect: error: cannot deliver dead letters, late events or reports: kafka: Flush \
+         error: OperationTimedOut (Local: Timed out)"
+    );
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "undeliverable")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let o = committed
+        .find_partition(topic, 0)
+        .unwrap()
+        .offset()
+        .to_raw();
+    assert!(o.is_none_or(|o| o <= 0), "committed {o:?} past the record");
+}
