@@ -44,6 +44,11 @@ pub enum StoreError {
         path: String,
         source: rocksdb::Error,
     },
+    #[error(
+        "state store at {path} is open in another process (its RocksDB lock is held): one \
+         deflect per state directory"
+    )]
+    InUse { path: String },
     #[error("corrupt {what} in state store: {source}")]
     Corrupt {
         what: &'static str,
@@ -233,11 +238,19 @@ impl Store {
         let cfs = names
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(n, cf_opts(n)));
-        let db =
-            DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
-                path: shown.clone(),
-                source,
-            })?;
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| {
+            // RocksDB's lock file: another process has the store open
+            if source.kind() == rocksdb::ErrorKind::IOError && source.as_ref().contains("/LOCK") {
+                StoreError::InUse {
+                    path: shown.clone(),
+                }
+            } else {
+                StoreError::Rocks {
+                    path: shown.clone(),
+                    source,
+                }
+            }
+        })?;
         let store = Store {
             db: Arc::new(db),
             path: shown,

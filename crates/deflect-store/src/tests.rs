@@ -217,3 +217,17 @@ fn settings_are_recorded_once_and_checked_at_every_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_store_open_elsewhere_is_named_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let err = Store::open(dir.path(), StoreOptions::default())
+        .err()
+        .expect("a second open fails")
+        .to_string();
+    assert!(
+        err.ends_with("is open in another process (its RocksDB lock is held): one deflect per state directory"),
+        "{err}"
+    );
+}
