@@ -270,27 +270,41 @@ fn events_out_of_journey_order_are_dead_lettered_when_their_interval_closes() {
     );
 }
 
-/// A dead-letter topic missing from the cluster is named at start-up (the brokers may still
-/// create it on first write, as the mock cluster does: the run then ends well).
-#[test]
-fn a_missing_output_topic_is_named_at_start() {
-    let (topic, dlq) = ("dl-missing-input", "dl-missing-dead");
-    let broker = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
+/// A broker with one bad record on topic `{name}-input` (one partition), and a configuration
+/// (group `name`, `properties` added) written to a file, whose dead-letter topic `{name}-dead`
+/// the broker does not have.
+fn bad_record_and_a_missing_dead_letter_topic(
+    name: &str,
+    properties: &[(&str, &str)],
+) -> (EmbeddedBroker, tempfile::TempDir, std::path::PathBuf) {
+    let topic = format!("{name}-input");
+    let broker = EmbeddedBroker::start(&[(&topic, 1)]).unwrap();
     let mut producer = deflect_kafka::OutputProducer::new(&broker.settings()).unwrap();
     producer
-        .send(topic, Some(b"u1"), b"{not json", None, None)
+        .send(&topic, Some(b"u1"), b"{not json", None, None)
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(
         broker.bootstrap_servers(),
-        topic,
+        &topic,
         &dir.path().join("state"),
-        "missing",
+        name,
     );
-    cfg.kafka.dead_letter_topic = dlq.into();
+    cfg.kafka.dead_letter_topic = format!("{name}-dead");
+    for (k, v) in properties {
+        cfg.kafka.properties.insert(k.to_string(), v.to_string());
+    }
     let cfg_path = dir.path().join("deflect.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    (broker, dir, cfg_path)
+}
+
+/// A dead-letter topic missing from the cluster is named at start-up (the brokers may still
+/// create it on first write, as the mock cluster does: the run then ends well).
+#[test]
+fn a_missing_output_topic_is_named_at_start() {
+    let (_broker, _dir, cfg_path) = bad_record_and_a_missing_dead_letter_topic("dl-missing", &[]);
     let out = std::process::Command::new(deflect_bin())
         .args(["run", "--exit-at-eof", "--config"])
         .arg(&cfg_path)
@@ -307,7 +321,7 @@ fn a_missing_output_topic_is_named_at_start() {
         .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert_eq!(warnings[0]["fields"]["key"], "kafka.dead_letter_topic");
-    assert_eq!(warnings[0]["fields"]["topic"], dlq);
+    assert_eq!(warnings[0]["fields"]["topic"], "dl-missing-dead");
 }
 
 /// Records keyed by something other than their event's customer (the contact without one) are
@@ -367,25 +381,12 @@ fn records_keyed_by_something_else_than_the_customer_are_counted() {
 #[test]
 fn an_undeliverable_dead_letter_stops_the_pipeline_before_its_offset() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let (topic, dlq) = ("dl-undeliverable-input", "dl-undeliverable-dead");
-    let broker = EmbeddedBroker::start(&[(topic, 1)]).unwrap();
-    let mut producer = deflect_kafka::OutputProducer::new(&broker.settings()).unwrap();
-    producer
-        .send(topic, Some(b"u1"), b"{not json", None, None)
-        .unwrap();
-    producer.flush(Duration::from_secs(10)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        broker.bootstrap_servers(),
-        topic,
-        &dir.path().join("state"),
-        "undeliverable",
-    );
-    cfg.kafka.dead_letter_topic = dlq.into();
     // every client asks the brokers not to create topics (the mock cluster would)
-    (cfg.kafka.properties).insert("allow.auto.create.topics".into(), "false".into());
-    let cfg_path = dir.path().join("deflect.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let (broker, _dir, cfg_path) = bad_record_and_a_missing_dead_letter_topic(
+        "dl-undeliverable",
+        &[("allow.auto.create.topics", "false")],
+    );
+    let topic = "dl-undeliverable-input";
     let out = std::process::Command::new(deflect_bin())
         .args(["run", "--exit-at-eof", "--config"])
         .arg(&cfg_path)
@@ -401,7 +402,7 @@ fn an_undeliverable_dead_letter_stops_the_pipeline_before_its_offset() {
     );
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
-        .set("group.id", "undeliverable")
+        .set("group.id", "dl-undeliverable")
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
