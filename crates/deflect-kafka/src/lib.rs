@@ -103,13 +103,13 @@ struct Split {
     /// when the end of the partition is asked for before librdkafka has a position in it.
     start: Option<i64>,
     /// When `start` was last asked for: a lookup that failed (a coordinator that does not
-    /// answer) is tried again after [`START_RETRY`], not at every read (each blocks the reading
-    /// thread up to its timeout).
+    /// answer) is tried again after [`START_RETRY`], not at every call (each blocks the reading
+    /// thread up to its timeouts).
     start_asked: Option<std::time::Instant>,
 }
 
 /// How long after a failed lookup of where a partition's reading starts it is tried again.
-const START_RETRY: Duration = Duration::from_secs(5);
+const START_RETRY: Duration = Duration::from_secs(30);
 
 impl GroupContext {
     fn push(&self, a: Assignment) {
@@ -455,27 +455,34 @@ impl GroupConsumer {
     /// a partition whose last transaction is still open the end is not reached until it is
     /// committed or aborted.
     fn at_end(&self, p: i32, split: &mut Split) -> bool {
-        let Some((_, high)) = self.cached_watermarks(p) else {
+        let Some(high) = self.cached_log_end(p) else {
             return false;
         };
-        let pos = self.position(p).or_else(|| {
-            if split.start.is_none() && split.start_asked.is_none_or(|t| t.elapsed() >= START_RETRY)
-            {
-                split.start_asked = Some(std::time::Instant::now());
-                split.start = self.start_offset(p);
-            }
-            split.start
-        });
+        let pos = self.position(p).or_else(|| self.split_start(p, split));
         pos.is_some_and(|pos| pos >= high)
+    }
+
+    /// Where the group's reading of assigned partition `p` starts ([`Self::start_offset`]),
+    /// asked once and kept (a failed lookup is asked again after [`START_RETRY`]); `None` while
+    /// not known, or when `p` is not assigned.
+    pub fn reading_start(&self, p: i32) -> Option<i64> {
+        let mut queues = self.consumer.context().queues.lock().expect("queues lock");
+        self.split_start(p, queues.get_mut(&p)?)
+    }
+
+    fn split_start(&self, p: i32, split: &mut Split) -> Option<i64> {
+        let ask = split.start_asked.is_none_or(|t| t.elapsed() >= START_RETRY);
+        if split.start.is_none() && ask {
+            split.start_asked = Some(std::time::Instant::now());
+            split.start = self.start_offset(p);
+        }
+        split.start
     }
 
     /// Where partition `p` is read to (librdkafka's position) and where it ends (the high
     /// watermark of the last fetch answer): `None` for what is not known yet.
     pub fn progress(&self, p: i32) -> (Option<i64>, Option<i64>) {
-        (
-            self.position(p),
-            self.cached_watermarks(p).map(|(_, high)| high),
-        )
+        (self.position(p), self.cached_log_end(p))
     }
 
     /// librdkafka's position in `p`: the offset after the last record (or transaction marker)
@@ -540,7 +547,7 @@ impl GroupConsumer {
     /// Where the group's reading of `p` starts: its committed offset, else (none committed,
     /// `auto.offset.reset` is `earliest`) the partition's beginning. Asks the brokers (up to
     /// 5 s for each of the two questions).
-    pub fn start_offset(&self, p: i32) -> Option<i64> {
+    fn start_offset(&self, p: i32) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(self.topic(), p);
         let committed = self

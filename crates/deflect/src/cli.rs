@@ -144,7 +144,7 @@ pub fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("deflect: error: {}", error_line(&e));
+            eprintln!("deflect: error: {}", crate::error_line(&e));
             if e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -152,24 +152,6 @@ pub fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The error and its causes on one line, `: `-separated, leaving out a cause whose text the line
-/// already holds (messages that embed their source, as librdkafka's errors do theirs, would
-/// otherwise repeat it once per level).
-pub(crate) fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 fn init_logging(f: LogFormat) {
@@ -445,34 +427,4 @@ fn broker(topics: &[String]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_error_line_says_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("Flush error: OperationTimedOut (Local: Timed out)")]
-        struct Inner(#[source] Code);
-        #[derive(Debug, thiserror::Error)]
-        #[error("OperationTimedOut (Local: Timed out)")]
-        struct Code;
-        #[derive(Debug, thiserror::Error)]
-        #[error("kafka: {0}")]
-        struct Outer(#[from] Inner);
-        let e = anyhow::Error::new(Outer(Inner(Code)))
-            .context("cannot deliver dead letters, late events or reports");
-        assert_eq!(
-            error_line(&e),
-            "cannot deliver dead letters, late events or reports: kafka: Flush error: \
-             OperationTimedOut (Local: Timed out)"
-        );
-        let e = anyhow::anyhow!("Not a directory").context("cannot create state directory /x");
-        assert_eq!(
-            error_line(&e),
-            "cannot create state directory /x: Not a directory"
-        );
-    }
 }

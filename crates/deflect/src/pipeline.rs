@@ -435,8 +435,6 @@ impl Loop<'_> {
         Ok(Part {
             engine,
             exported: Default::default(),
-            start: None,
-            start_asked: None,
         })
     }
 
@@ -725,20 +723,13 @@ impl Loop<'_> {
         // trails by the pending events)
         let consumer = self.poller.consumer;
         for (p, end) in consumer.end_offsets() {
-            let (true, Some(part)) = (self.assigned.contains(&p), self.engines.get_mut(&p)) else {
+            let (true, Some(part)) = (self.assigned.contains(&p), self.engines.get(&p)) else {
                 continue;
             };
             // with nothing stored and nothing read, reading starts at the group's offset (it
             // does not move until a record is read: nothing is committed before)
             let read_to = match part.engine.expected_start() {
-                Some(ExpectedStart::LogStart) => {
-                    let ask = (part.start_asked).is_none_or(|t| t.elapsed() >= START_RETRY);
-                    if part.start.is_none() && ask {
-                        part.start_asked = Some(Instant::now());
-                        part.start = consumer.start_offset(p);
-                    }
-                    part.start
-                }
+                Some(ExpectedStart::LogStart) => consumer.reading_start(p),
                 _ => Some(part.engine.read_to()),
             };
             if let Some(r) = read_to {
@@ -941,15 +932,7 @@ struct Advanced {
 struct Part {
     engine: PartitionEngine,
     exported: telemetry::Exported,
-    /// With nothing stored and no record read: where the group's reading starts, once known
-    /// (the lag counts from it), and when it was last asked (the question blocks this thread
-    /// up to 10 s when the brokers do not answer: asked again after [`START_RETRY`]).
-    start: Option<i64>,
-    start_asked: Option<Instant>,
 }
-
-/// How long a partition's lag waits before its start is asked again after a failed lookup.
-const START_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs `f` on every partition, as tasks on `pool` (one thread per core: partitions are
 /// independent), while the calling thread runs `meanwhile` (given a check that the tasks are
@@ -1020,8 +1003,6 @@ mod partition_tasks_tests {
                 let part = Part {
                     engine: PartitionEngine::new(cfg.clone()),
                     exported: Default::default(),
-                    start: None,
-                    start_asked: None,
                 };
                 (p, part)
             })

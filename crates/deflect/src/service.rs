@@ -94,7 +94,7 @@ impl Service {
         }
         match self.result.as_ref().expect("joined above") {
             Ok(s) => Ok(s.clone()),
-            Err(e) => Err(anyhow!("{}", crate::cli::error_line(e))),
+            Err(e) => Err(anyhow!("{}", crate::error_line(e))),
         }
     }
 
