@@ -430,34 +430,18 @@ fn full_disk_exits_cleanly_and_resumes_exactly() {
     // Kafka's committed offsets never pass where the durable state must be read again (its
     // resume offset: pending events are read again from Kafka)
     let stored_offsets = stored_offsets(&cfg, 8);
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", broker.group("full"))
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..8 {
-        tpl.add_partition(topic, p);
-    }
-    use rdkafka::consumer::Consumer;
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    let committed = committed_offsets(&broker.bootstrap, topic, &broker.group("full"), 8);
     let mut stored_total = 0;
-    for (p, &(stored, resume)) in (0..).zip(&stored_offsets) {
+    for (p, (&(stored, resume), &c)) in stored_offsets.iter().zip(&committed).enumerate() {
         stored_total += stored;
         assert!(resume <= stored);
-        let c = committed
-            .find_partition(topic, p)
-            .and_then(|e| e.offset().to_raw())
-            .unwrap_or(-1001);
         assert!(
             c <= resume,
             "partition {p}: committed {c} > resume offset {resume}"
         );
     }
     assert!(
-        stored_total < consumed_total(&broker, topic),
+        stored_total < log_ends(&broker.bootstrap, topic, 8).iter().sum(),
         "the disk filled before the end of the input"
     );
 
@@ -484,21 +468,6 @@ fn one_day_on_a_broker(topic: &str, seed: u64) -> (Broker, Counters) {
 }
 
 /// Records in `topic` (sum of the partitions' high watermarks).
-fn consumed_total(broker: &Broker, topic: &str) -> i64 {
-    use rdkafka::consumer::Consumer;
-    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .unwrap();
-    (0..8)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .sum()
-}
-
 fn produce(broker: &Broker, topic: &str, events: &[deflect_core::Event]) {
     let mut settings = ClientSettings::new(broker.bootstrap.clone());
     // librdkafka properties of the test's producer, `key=value,…` (external brokers only: Tansu

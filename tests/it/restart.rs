@@ -113,29 +113,6 @@ fn restart_mid_stream_gives_identical_figures() {
     assert_eq!(got, expected);
 }
 
-/// The group's committed offset of each of `partitions` partitions (0 when none).
-fn committed(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            let o = c.find_partition(topic, p).unwrap().offset().to_raw();
-            o.filter(|o| *o >= 0).unwrap_or(0)
-        })
-        .collect()
-}
-
 /// Runs `svc` until it has counted `at_least` more events, then stops it.
 fn stop_after(svc: deflect::Service, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -180,7 +157,7 @@ fn records_the_state_missed_are_counted() {
     // A reads the first third; the log starts at 0 (nothing deleted)
     let a = deflect::Service::start(config(a_dir.path()), RunOptions::default()).unwrap();
     stop_after(a, n / 3.0);
-    let after_a = committed(bootstrap, topic, "turns", parts);
+    let after_a = committed_offsets(bootstrap, topic, "turns", parts);
     assert!(after_a.iter().all(|&o| o > 0), "{after_a:?}");
 
     // B, a new state directory in the same group, starts at A's committed offsets: the records
@@ -193,7 +170,7 @@ fn records_the_state_missed_are_counted() {
     }
     assert_eq!(missed(&b), after_a.iter().sum::<i64>() as f64);
     stop_after(b, n / 3.0);
-    let after_b = committed(bootstrap, topic, "turns", parts);
+    let after_b = committed_offsets(bootstrap, topic, "turns", parts);
 
     // A again, on its own state: the group's offsets are B's, past A's state
     let mut a2 =
@@ -228,8 +205,8 @@ fn a_partition_not_read_keeps_its_committed_offset() {
         events.len() as f64,
         "A read everything"
     );
-    let after_a = committed(bootstrap, topic, "unread", parts);
-    let per_partition = read_counts(&broker, topic, parts);
+    let after_a = committed_offsets(bootstrap, topic, "unread", parts);
+    let per_partition = log_ends(bootstrap, topic, parts);
     assert_eq!(
         after_a, per_partition,
         "A committed the end of every partition"
@@ -239,7 +216,10 @@ fn a_partition_not_read_keeps_its_committed_offset() {
         deflect::Service::start(config(bootstrap, topic, b_dir.path(), "unread"), eof).unwrap();
     assert_eq!(b.wait_pipeline().unwrap().records, 0);
     b.shutdown().unwrap();
-    assert_eq!(committed(bootstrap, topic, "unread", parts), after_a);
+    assert_eq!(
+        committed_offsets(bootstrap, topic, "unread", parts),
+        after_a
+    );
 
     // running on, it reports no lag: its reading starts at the group's offsets, at the end (the
     // lag counted from offset 0, the whole partition, before 2026-11-27's tenth session)
@@ -260,25 +240,10 @@ fn a_partition_not_read_keeps_its_committed_offset() {
     };
     assert!(lag.values().all(|v| *v == 0.0), "{lag:?}");
     c.shutdown().unwrap();
-    assert_eq!(committed(bootstrap, topic, "unread", parts), after_a);
-}
-
-/// How many records each partition of `topic` holds (its high watermark; nothing deleted).
-fn read_counts(broker: &EmbeddedBroker, topic: &str, parts: i32) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .create()
-        .unwrap();
-    (0..parts)
-        .map(|p| {
-            let (low, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            assert_eq!(low, 0);
-            high
-        })
-        .collect()
+    assert_eq!(
+        committed_offsets(bootstrap, topic, "unread", parts),
+        after_a
+    );
 }
 
 /// The state of a topic that was recreated (a new broker here) with fewer records than the state

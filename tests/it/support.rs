@@ -213,3 +213,43 @@ pub fn send_all(
     }
     p.flush().unwrap();
 }
+
+/// The group's committed offset of each of the first `partitions` partitions of `topic` (0
+/// when none is committed).
+pub fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let o = c.find_partition(topic, p).and_then(|e| e.offset().to_raw());
+            o.filter(|o| *o >= 0).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The end (high watermark) of each of the first `partitions` partitions of `topic`.
+pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
