@@ -396,8 +396,9 @@ fn an_undeliverable_dead_letter_stops_the_pipeline_before_its_offset() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
         stderr.trim_end(),
-        "deflect: error: cannot deliver dead letters, late events or reports: kafka: Flush \
-         error: OperationTimedOut (Local: Timed out)"
+        "deflect: error: cannot deliver dead letters, late events or reports: delivery failed: \
+         Message production error: UnknownTopicOrPartition (Broker: Unknown topic or partition) \
+         (topic \"dl-undeliverable-dead\")"
     );
     let committed = committed_offsets(broker.bootstrap_servers(), topic, "dl-undeliverable", 1);
     assert_eq!(committed, [0], "committed past the record");

@@ -725,7 +725,13 @@ impl rdkafka::producer::ProducerContext for DeliveryTracker {
 pub struct OutputProducer {
     inner: ThreadedProducer<DeliveryTracker>,
     sent: u64,
+    delivery_timeout: Duration,
 }
+
+/// librdkafka's default `message.timeout.ms`.
+const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// While a flush waits, a warning this often.
+const FLUSH_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl OutputProducer {
     pub fn new(settings: &ClientSettings) -> Result<Self, Error> {
@@ -736,10 +742,26 @@ impl OutputProducer {
             .set("compression.type", "lz4")
             .set("enable.idempotence", "false");
         settings.finish(&mut c);
+        // librdkafka's own bound on a record's delivery, retries included (`delivery.timeout.ms`
+        // is its alias); a record still queued then fails
+        let delivery_timeout = ["message.timeout.ms", "delivery.timeout.ms"]
+            .iter()
+            .filter_map(|k| c.get(k))
+            .find_map(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_DELIVERY_TIMEOUT, Duration::from_millis);
         let inner = c
             .create_with_context(DeliveryTracker::default())
             .map_err(Error::Config)?;
-        Ok(OutputProducer { inner, sent: 0 })
+        Ok(OutputProducer {
+            inner,
+            sent: 0,
+            delivery_timeout,
+        })
+    }
+
+    /// How long librdkafka tries to deliver a record (`message.timeout.ms`, default 300 s).
+    pub fn delivery_timeout(&self) -> Duration {
+        self.delivery_timeout
     }
 
     /// Queues one record (waits while librdkafka's queue is full); `partition` `None` lets the
@@ -785,12 +807,46 @@ impl OutputProducer {
         self.sent
     }
 
-    /// Waits until every queued record is delivered; an error if any delivery failed.
+    /// Waits until every queued record is delivered, or `timeout` passes; an error if any
+    /// delivery failed. A warning every 10 s while it waits (brokers down, a leader moving).
+    ///
+    /// Not rust-rdkafka's `flush`: it polls the producer's queue for up to 100 ms whenever the
+    /// first check finds records in flight, and the delivery reports are served by the
+    /// producer's own polling thread, so every flush that had to wait at all took 100 ms.
+    /// `rd_kafka_flush` returns as soon as the queue is empty.
     pub fn flush(&mut self, timeout: Duration) -> Result<(), Error> {
         if self.sent == 0 {
             return Ok(());
         }
-        self.inner.flush(timeout)?;
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let step = left.min(Duration::from_millis(100)).as_millis() as i32;
+            // SAFETY: the client is alive for the call; librdkafka's flush is thread-safe
+            let r = unsafe {
+                rdkafka::bindings::rd_kafka_flush(self.inner.client().native_ptr(), step)
+            };
+            match r {
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => break,
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__TIMED_OUT => {}
+                e => return Err(Error::Kafka(KafkaError::Flush(e.into()))),
+            }
+            if left.is_zero() {
+                return Err(Error::Kafka(KafkaError::Flush(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                )));
+            }
+            if warned.elapsed() >= FLUSH_WARN_EVERY {
+                warned = std::time::Instant::now();
+                tracing::warn!(
+                    records = self.inner.in_flight_count(),
+                    waited_s = started.elapsed().as_secs(),
+                    gives_up_s = timeout.as_secs(),
+                    "waiting for records to be delivered"
+                );
+            }
+        }
         let ctx = self.inner.context();
         if ctx.failed.swap(0, std::sync::atomic::Ordering::Relaxed) > 0 {
             let last = ctx

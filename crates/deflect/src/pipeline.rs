@@ -465,6 +465,9 @@ impl Loop<'_> {
                         self.assigned.remove(&p);
                         self.engines.remove(&p);
                         self.poller.eof.remove(&p);
+                        // no longer read here: nothing left to read here (its series go after
+                        // the recorder's idle timeout)
+                        telemetry::lag(p, 0);
                     }
                 }
             }
@@ -472,6 +475,7 @@ impl Loop<'_> {
         self.health
             .assigned
             .store(self.assigned.len(), Ordering::Relaxed);
+        telemetry::assigned(self.assigned.len());
         self.health.restored.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -684,8 +688,10 @@ impl Loop<'_> {
         if !changes.is_empty() {
             if let Some(out) = &mut self.out {
                 // dead letters, late events and reports must be durable before the offsets and
-                // state that skip past them
-                out.flush(Duration::from_secs(30))
+                // state that skip past them: wait as long as librdkafka retries them (brokers
+                // restarting, leaders moving), then stop on the first record it gave up on
+                let timeout = out.delivery_timeout() + Duration::from_secs(10);
+                out.flush(timeout)
                     .context("cannot deliver dead letters, late events or reports")?;
             }
             let offsets = self.resume_offsets();

@@ -519,8 +519,13 @@ pub fn rocksdb_stalls(stopped: u64, delayed_rate: u64) {
     gauge!(ROCKSDB_DELAYED_WRITE_RATE).set(delayed_rate as f64);
 }
 
+/// Partitions assigned to this instance (also set by [`instance`] at every refresh).
+pub fn assigned(n: usize) {
+    gauge!(ASSIGNED_PARTITIONS).set(n as f64);
+}
+
 pub fn instance(assigned: usize, watermark: Option<i64>, state_bytes: u64) {
-    gauge!(ASSIGNED_PARTITIONS).set(assigned as f64);
+    self::assigned(assigned);
     if let Some(w) = watermark {
         gauge!(INSTANCE_WATERMARK).set(w as f64 / 1000.0);
     }
