@@ -20,6 +20,7 @@ fn main() {
         topic: "deflect-bench".into(),
         max_batch: None,
         runs: 1,
+        reports_topic: "deflect-bench-reports".into(),
     };
     if let Err(e) = deflect::bench::run(args) {
         eprintln!("bench failed: {e:#}");

@@ -403,3 +403,72 @@ fn an_undeliverable_dead_letter_stops_the_pipeline_before_its_offset() {
     let committed = committed_offsets(broker.bootstrap_servers(), topic, "dl-undeliverable", 1);
     assert_eq!(committed, [0], "committed past the record");
 }
+
+/// Records too large for the dead-letter producer (librdkafka's `message.max.bytes`, 1,000,000
+/// by default, counts the key and headers too) are dead-lettered with their payload cut to fit and
+/// its original length in a header, and the partition keeps moving: one larger than
+/// `limits.max_record_bytes` (oversized), and one under it whose headers would not fit.
+#[test]
+fn records_too_large_to_forward_whole_are_dead_lettered_cut() {
+    let (topic, dlq) = ("dl-large-input", "dl-large-dead");
+    let broker = EmbeddedBroker::start(&[(topic, 1), (dlq, 1)]).unwrap();
+    let oversized = vec![b'x'; 1_500_000];
+    let mut just_under = b"\xff\xfe\x00 not an event".to_vec();
+    just_under.resize(999_990, b'y');
+    let mut settings = broker.settings();
+    settings
+        .properties
+        .insert("message.max.bytes".into(), "4000000".into());
+    let mut p = deflect_kafka::OutputProducer::new(&settings).unwrap();
+    p.send(topic, Some(b"u1"), &oversized, None, None).unwrap();
+    p.send(topic, Some(b"u1"), &just_under, None, None).unwrap();
+    p.send(topic, Some(b"u1"), GOOD.as_bytes(), None, None)
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), "dl-large");
+    cfg.kafka.dead_letter_topic = dlq.into();
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    let summary = svc.wait_pipeline().unwrap();
+    assert_eq!(summary.records, 3, "the partition kept moving");
+    let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+    svc.shutdown().unwrap();
+    assert_eq!(
+        sum(
+            &m,
+            "deflect_events_rejected_total",
+            &[("reason", "oversized")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "deflect_events_rejected_total",
+            &[("reason", "not_protobuf_or_json")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, "deflect_events_total", &[("result", "accepted")]),
+        1.0
+    );
+
+    let got = read_all(&broker, dlq);
+    assert_eq!(got.len(), 2);
+    for ((key, payload, headers), (original, offset)) in
+        got.iter().zip([(&oversized, "0"), (&just_under, "1")])
+    {
+        assert_eq!(key, "u1");
+        assert_eq!(headers["deflect.source.offset"], offset);
+        assert_eq!(headers["deflect.payload_bytes"], original.len().to_string());
+        // cut to fit the producer's limit with its key and headers, a prefix of the original
+        assert!(
+            payload.len() < 1_000_000 && payload.len() > 990_000,
+            "{}",
+            payload.len()
+        );
+        assert_eq!(payload[..], original[..payload.len()]);
+    }
+}

@@ -726,7 +726,11 @@ pub struct OutputProducer {
     inner: ThreadedProducer<DeliveryTracker>,
     sent: u64,
     delivery_timeout: Duration,
+    max_message_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// librdkafka's default `message.timeout.ms`.
 const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -749,6 +753,10 @@ impl OutputProducer {
             .filter_map(|k| c.get(k))
             .find_map(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_DELIVERY_TIMEOUT, Duration::from_millis);
+        let max_message_bytes = c
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         let inner = c
             .create_with_context(DeliveryTracker::default())
             .map_err(Error::Config)?;
@@ -756,7 +764,14 @@ impl OutputProducer {
             inner,
             sent: 0,
             delivery_timeout,
+            max_message_bytes,
         })
+    }
+
+    /// The largest record librdkafka sends (`message.max.bytes`, default 1,000,000): payload,
+    /// key and headers together.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// How long librdkafka tries to deliver a record (`message.timeout.ms`, default 300 s).

@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// with the machine's other load).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// The topic the pipeline sends its interval reports to, as `deflect run` does by default
+    /// (created on the embedded broker, with one partition; on other brokers it must exist).
+    /// Empty: no reports, as the benchmark ran until 2026-11-28.
+    #[arg(long, default_value = "deflect-bench-reports")]
+    pub reports_topic: String,
 }
 
 pub struct BenchResult {
@@ -187,7 +192,11 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let settings = match &args.brokers {
         Some(b) => ClientSettings::new(b.clone()),
         None => {
-            broker = EmbeddedBroker::start(&[(&args.topic, args.partitions)])?;
+            let mut topics = vec![(args.topic.as_str(), args.partitions)];
+            if !args.reports_topic.is_empty() {
+                topics.push((args.reports_topic.as_str(), 1));
+            }
+            broker = EmbeddedBroker::start(&topics)?;
             broker.settings()
         }
     };
@@ -244,7 +253,7 @@ fn measure_once(
     cfg.kafka.group_id = format!("deflect-bench-{}-{run}", std::process::id());
     cfg.kafka.dead_letter_topic = String::new();
     cfg.kafka.late_topic = String::new();
-    cfg.kafka.output_topic = String::new();
+    cfg.kafka.output_topic = args.reports_topic.clone();
     cfg.state.dir = dir.clone();
     cfg.http.listen = "127.0.0.1:0".into();
     if let Some(n) = args.max_batch {

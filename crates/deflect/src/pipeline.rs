@@ -790,7 +790,9 @@ fn forward(
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
     let mut headers = OwnedHeaders::new();
+    let mut header_bytes = 0;
     for (key, value) in msg.headers() {
+        header_bytes += HEADER_OVERHEAD + key.len() + value.map_or(0, <[u8]>::len);
         headers = headers.insert(Header { key, value });
     }
     let ours = [
@@ -801,14 +803,56 @@ fn forward(
         ("deflect.source.offset", offset.as_str()),
     ];
     for (key, value) in ours.iter().chain(extra) {
+        header_bytes += HEADER_OVERHEAD + key.len() + value.len();
         headers = headers.insert(Header {
             key,
             value: Some(*value),
         });
     }
-    let payload = msg.payload().unwrap_or_default();
-    out.send(topic, msg.key(), payload, Some(headers), None)
+    let (payload, key) = (msg.payload().unwrap_or_default(), msg.key());
+    let (payload, key, headers) = fit(out.max_message_bytes(), payload, key, headers, header_bytes);
+    out.send(topic, key, payload, Some(headers), None)
         .with_context(|| format!("cannot forward a record to topic {topic:?}"))
+}
+
+/// Serialized size of a record header besides its key and value (librdkafka writes two varints).
+const HEADER_OVERHEAD: usize = 10;
+/// Longest key a forwarded record keeps whole.
+const MAX_FORWARDED_KEY: usize = 4096;
+
+/// The key and payload of a record forwarded under `max` bytes (librdkafka refuses a record whose
+/// payload, key and headers are larger than its `message.max.bytes`, and a record it refuses would
+/// stop the partition at every start): a longer key, then a longer payload is cut to fit, and its
+/// original length goes in a header (`deflect.key_bytes`, `deflect.payload_bytes`). The whole
+/// record stays in its source topic at its offset for as long as Kafka keeps it.
+fn fit<'a>(
+    max: usize,
+    payload: &'a [u8],
+    key: Option<&'a [u8]>,
+    mut headers: OwnedHeaders,
+    header_bytes: usize,
+) -> (&'a [u8], Option<&'a [u8]>, OwnedHeaders) {
+    // room for the two headers this may add
+    let header_bytes = header_bytes + 2 * (HEADER_OVERHEAD + 40);
+    let mut key = key;
+    if let Some(k) = key.filter(|k| k.len() > MAX_FORWARDED_KEY) {
+        if k.len() + payload.len() + header_bytes > max {
+            headers = headers.insert(Header {
+                key: "deflect.key_bytes",
+                value: Some(&k.len().to_string()),
+            });
+            key = Some(&k[..MAX_FORWARDED_KEY]);
+        }
+    }
+    let room = max.saturating_sub(header_bytes + key.map_or(0, <[u8]>::len));
+    if payload.len() <= room {
+        return (payload, key, headers);
+    }
+    let headers = headers.insert(Header {
+        key: "deflect.payload_bytes",
+        value: Some(&payload.len().to_string()),
+    });
+    (&payload[..room], key, headers)
 }
 
 /// Dead-letters an event rejected when its interval closed (its record was consumed earlier, so
@@ -1668,5 +1712,47 @@ impl Drop for Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+    use deflect_kafka::Headers;
+
+    fn header(h: &OwnedHeaders, name: &str) -> Option<String> {
+        h.iter()
+            .find(|x| x.key == name)
+            .map(|x| String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
+    }
+
+    #[test]
+    fn a_record_too_large_to_forward_is_cut_to_fit_and_says_how_long_it_was() {
+        let (payload, key) = (vec![7u8; 2_000_000], vec![b'k'; 10_000]);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "deflect.reason",
+            value: Some("oversized"),
+        });
+        let hb = HEADER_OVERHEAD + "deflect.reason".len() + "oversized".len();
+        let (p, k, h) = fit(1_000_000, &payload, Some(&key), headers, hb);
+        assert_eq!(k.map(<[u8]>::len), Some(MAX_FORWARDED_KEY));
+        assert_eq!(header(&h, "deflect.key_bytes").as_deref(), Some("10000"));
+        assert_eq!(
+            header(&h, "deflect.payload_bytes").as_deref(),
+            Some("2000000")
+        );
+        let all: usize = p.len()
+            + MAX_FORWARDED_KEY
+            + h.iter()
+                .map(|x| HEADER_OVERHEAD + x.key.len() + x.value.map_or(0, <[u8]>::len))
+                .sum::<usize>();
+        assert!(all <= 1_000_000, "{all}");
+        assert!(p.len() > 990_000 - MAX_FORWARDED_KEY, "{}", p.len());
+
+        // what fits is left alone, without the headers
+        let small = b"payload".to_vec();
+        let (p, k, h) = fit(1_000_000, &small, Some(b"u1"), OwnedHeaders::new(), 0);
+        assert_eq!((p, k), (&small[..], Some(&b"u1"[..])));
+        assert_eq!(h.count(), 0);
     }
 }
