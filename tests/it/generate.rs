@@ -53,6 +53,8 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
                     "protobuf"
                 },
             ])
+            // a producer property (`-X`), as for a secured cluster
+            .args(["-X", "compression.type=zstd"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -70,4 +72,18 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
             assert_eq!(&got, e, "{topic} record {i}");
         }
     }
+    // `-X` reaches the producer: a value librdkafka refuses is named
+    let out = Command::new(deflect_bin())
+        .args(["generate", "--brokers", broker.bootstrap_servers()])
+        .args(["--topic", "gen-pb", "--duration", "1h"])
+        .args(["-X", "compression.type=bogus"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("compression.type") && stderr.contains("bogus"),
+        "{stderr}"
+    );
 }

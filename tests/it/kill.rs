@@ -517,9 +517,9 @@ fn unusable_state_dir_and_unreachable_broker_give_one_error_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
-    let run = |envs: &[(&str, String)]| {
+    let run = |args: &[&str], envs: &[(&str, String)]| {
         let mut c = Command::new(deflect_bin());
-        c.arg("run").stdin(Stdio::null());
+        c.arg("run").args(args).stdin(Stdio::null());
         for (k, v) in envs {
             c.env(k, v);
         }
@@ -538,27 +538,56 @@ fn unusable_state_dir_and_unreachable_broker_give_one_error_line() {
         assert_eq!(errors.len(), 1, "{stderr}");
         errors[0].clone()
     };
-    let state = run(&[
-        (
-            "DEFLECT__STATE__DIR",
-            file.join("state").display().to_string(),
-        ),
-        ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
-    ]);
+    let state = run(
+        &[],
+        &[
+            (
+                "DEFLECT__STATE__DIR",
+                file.join("state").display().to_string(),
+            ),
+            ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
+        ],
+    );
     assert!(state.contains("cannot create state directory"), "{state}");
-    let broker = run(&[
-        (
-            "DEFLECT__STATE__DIR",
-            dir.path().join("s").display().to_string(),
-        ),
-        ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1".into()),
-        ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
-    ]);
+    let broker = run(
+        &[],
+        &[
+            (
+                "DEFLECT__STATE__DIR",
+                dir.path().join("s").display().to_string(),
+            ),
+            ("DEFLECT__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1".into()),
+            ("DEFLECT__HTTP__LISTEN", "127.0.0.1:0".into()),
+        ],
+    );
+    // the cause librdkafka ran into, not only the metadata request's code
     assert!(
-        broker.contains("cannot read topic") && broker.contains("127.0.0.1:1"),
+        broker.contains("cannot read topic")
+            && broker.contains("127.0.0.1:1")
+            && broker.contains("Connection refused"),
         "{broker}"
     );
-    eprintln!("start-up errors:\n  {state}\n  {broker}");
+    // TLS towards a plaintext listener (the security settings of `kafka.properties` apply to
+    // the start-up check too: it connected in plaintext before 2026-11-28, and the pipeline then
+    // waited for partitions forever)
+    let plain = deflect_kafka::EmbeddedBroker::start(&[("tls-input", 1)]).unwrap();
+    let mut cfg = config(
+        plain.bootstrap_servers(),
+        "tls-input",
+        &dir.path().join("tls"),
+        "tls",
+    );
+    cfg.kafka
+        .properties
+        .insert("security.protocol".into(), "SSL".into());
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let tls = run(&["--config", path.to_str().unwrap()], &[]);
+    assert!(
+        tls.contains("cannot read topic") && tls.contains("SSL handshake failed"),
+        "{tls}"
+    );
+    eprintln!("start-up errors:\n  {state}\n  {broker}\n  {tls}");
 }
 
 /// A replay (`--exit-at-eof`) waiting for a partition whose leader does not answer says so every

@@ -5,6 +5,7 @@ mod support;
 
 mod bank;
 mod cli;
+mod compression;
 mod dashboards;
 mod dead_letter;
 mod demo;

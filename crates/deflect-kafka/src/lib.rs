@@ -174,6 +174,50 @@ fn client_error(error: KafkaError, reason: &str) {
     }
 }
 
+/// The context of [`partition_count`]: the first cause librdkafka reported, for its error.
+#[derive(Default)]
+struct ProbeContext {
+    causes: Mutex<Vec<String>>,
+}
+
+impl ProbeContext {
+    /// Keeps the first cause, without librdkafka's thread prefix (`[thrd:…]: `).
+    fn note(&self, cause: String) {
+        let cause = match cause
+            .strip_prefix("[thrd:")
+            .and_then(|c| c.split_once("]: "))
+        {
+            Some((_, rest)) => rest.to_string(),
+            None => cause,
+        };
+        let mut causes = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        if causes.is_empty() {
+            causes.push(cause);
+        }
+    }
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, fac, message = log_message, "librdkafka");
+        use RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error) {
+            self.note(log_message.to_string());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // the reason names the broker and what failed; the error only its code
+        self.note(if reason.is_empty() {
+            error.to_string()
+        } else {
+            reason.to_string()
+        });
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
 /// The context of [`reader`]: client errors logged as [`GroupConsumer`]'s are (librdkafka's
 /// default context logged every end of partition at error level).
 pub struct ReaderContext;
@@ -883,11 +927,25 @@ pub fn partition_count(
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, Error> {
-    let c: BaseConsumer = settings.config().create().map_err(Error::Config)?;
+    // the user's properties too: security settings decide whether the brokers can be reached
+    let mut c = settings.config();
+    settings.finish(&mut c);
+    let c: BaseConsumer<ProbeContext> = c
+        .create_with_context(ProbeContext::default())
+        .map_err(Error::Config)?;
     // the error's own text already names its code: no source chain (it would repeat it)
-    let md = c
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| Error::Metadata(e.to_string()))?;
+    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        // what the connections ran into (an SSL handshake, an authentication, a refused
+        // connection), served from the client's queue: the metadata error does not say
+        for _ in 0..16 {
+            let _ = c.poll(Duration::ZERO);
+        }
+        let causes = c.context().causes.lock().map(|v| v.join("; "));
+        match causes {
+            Ok(causes) if !causes.is_empty() => Error::Metadata(format!("{e} ({causes})")),
+            _ => Error::Metadata(e.to_string()),
+        }
+    })?;
     let t = md
         .topics()
         .iter()
@@ -959,6 +1017,44 @@ impl Drop for EmbeddedBroker {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The librdkafka deflect links speaks TLS and SASL (PLAIN, SCRAM, OAUTHBEARER) and
+    /// decompresses every codec a producer may use: rust-rdkafka's default build has no OpenSSL
+    /// and no zstd, and a client configured for them fails at creation ("OpenSSL not available at
+    /// build time").
+    #[test]
+    fn tls_sasl_and_every_codec_are_built_in() {
+        let security = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+        ];
+        let mut settings = ClientSettings::new("127.0.0.1:9");
+        for (k, v) in security {
+            settings.properties.insert(k.into(), v.into());
+        }
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "OAUTHBEARER"] {
+            let mut s = settings.clone();
+            s.properties
+                .insert("sasl.mechanisms".into(), mechanism.into());
+            if let Err(e) = OutputProducer::new(&s) {
+                panic!("SASL_SSL with {mechanism}: {e}");
+            }
+        }
+        for codec in ["gzip", "snappy", "lz4", "zstd"] {
+            let mut s = settings.clone();
+            s.properties.insert("compression.type".into(), codec.into());
+            if let Err(e) = OutputProducer::new(&s) {
+                panic!("{codec}: {e}");
+            }
         }
     }
 }

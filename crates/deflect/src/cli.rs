@@ -90,6 +90,10 @@ enum Command {
         time_zone: String,
         #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
         format: FormatArg,
+        /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
+        /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
+        #[arg(short = 'X', long = "property", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
     },
     /// Embedded broker + synthetic traffic + the pipeline, with live /metrics.
     Demo {
@@ -131,7 +135,26 @@ enum Command {
         topic: String,
         #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
         format: FormatArg,
+        /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
+        /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
+        #[arg(short = 'X', long = "property", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
     },
+}
+
+/// `KEY=VALUE` of `-X`.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Brokers and `-X` properties as client settings.
+fn client_settings(brokers: String, properties: Vec<(String, String)>) -> ClientSettings {
+    let mut s = ClientSettings::new(brokers);
+    s.properties.extend(properties);
+    s
 }
 
 pub fn main() -> ExitCode {
@@ -191,6 +214,7 @@ fn dispatch(c: Command) -> Result<()> {
             seed,
             time_zone,
             format,
+            properties,
         } => {
             let dur = duration.as_millis() as i64;
             let start_ms = start.map_or(now_ms() - dur, |t| t.as_millisecond());
@@ -202,7 +226,8 @@ fn dispatch(c: Command) -> Result<()> {
                 time_zone,
                 ..Default::default()
             })?;
-            let mut p = EventProducer::new(&ClientSettings::new(brokers), &topic, format.into())?;
+            let settings = client_settings(brokers, properties);
+            let mut p = EventProducer::new(&settings, &topic, format.into())?;
             let t0 = Instant::now();
             let mut t = start_ms;
             while t < start_ms + dur {
@@ -235,7 +260,14 @@ fn dispatch(c: Command) -> Result<()> {
             brokers,
             topic,
             format,
-        } => replay(&source, &files, brokers, &topic, format.into()),
+            properties,
+        } => replay(
+            &source,
+            &files,
+            client_settings(brokers, properties),
+            &topic,
+            format.into(),
+        ),
     }
 }
 
@@ -360,7 +392,7 @@ fn demo(
 fn replay(
     source: &str,
     files: &[PathBuf],
-    brokers: String,
+    settings: ClientSettings,
     topic: &str,
     format: WireFormat,
 ) -> Result<()> {
@@ -368,7 +400,7 @@ fn replay(
         format!("unknown replay source {source:?} (known: anonymous-bank, connect-ctr)")
     })?;
     let converted = crate::replay::convert_files(adapter.as_ref(), files)?;
-    let mut p = EventProducer::new(&ClientSettings::new(brokers), topic, format)?;
+    let mut p = EventProducer::new(&settings, topic, format)?;
     let bar = indicatif::ProgressBar::new(converted.events.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
             .expect("valid template"),
