@@ -345,12 +345,21 @@ impl Config {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            let parsed = format!("x = {v}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("x"))
-                .unwrap_or(toml::Value::String(v));
+            let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let parsed = if path.len() > 2 && path[..2] == ["kafka", "properties"] {
+                // a librdkafka property: its name has dots, which environment variable names
+                // cannot (`…__PROPERTIES__SASL_PASSWORD` is `sasl.password`), and a string value
+                let name = path[2..].join(".").replace('_', ".");
+                path.truncate(2);
+                path.push(name);
+                toml::Value::String(v)
+            } else {
+                format!("x = {v}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("x"))
+                    .unwrap_or(toml::Value::String(v))
+            };
             set_path(&mut value, &path, parsed).map_err(|message| ConfigError::Key {
                 key: path.join("."),
                 message,
@@ -644,5 +653,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    /// librdkafka properties from the environment (a Kubernetes Secret): underscores and `__`
+    /// are the property's dots, values stay strings, and the file's other properties stay.
+    #[test]
+    fn environment_sets_librdkafka_properties() {
+        let c = load(
+            "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            &[
+                ("DEFLECT__KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret=1"),
+                ("DEFLECT__KAFKA__PROPERTIES__SASL__USERNAME", "deflect"),
+                ("DEFLECT__KAFKA__PROPERTIES__MESSAGE_TIMEOUT_MS", "60000"),
+            ],
+        )
+        .unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p["security.protocol"], "SASL_SSL");
+        assert_eq!(p["sasl.password"], "s3cret=1");
+        assert_eq!(p["sasl.username"], "deflect");
+        assert_eq!(p["message.timeout.ms"], "60000");
+        assert_eq!(p.len(), 4, "{p:?}");
     }
 }
