@@ -23,18 +23,7 @@ fn input_compressed_with_each_codec_is_read() {
     let events = Generator::new(params.clone())
         .unwrap()
         .until(params.start_ms + 12 * 3_600_000);
-    let cfg = deflect::Config::default();
-    let oracle = deflect_oracle::compute(
-        &cfg.engine().journey,
-        &cfg.site.time_zone,
-        cfg.site.interval_minutes,
-        &events,
-    );
-    let potential: u64 = oracle
-        .intervals
-        .values()
-        .map(|f| f.counters.total(Metric::PotentialCalls))
-        .sum();
+    let potential = batch_oracle(&events).total(Metric::PotentialCalls);
     assert!(potential > 1_000, "{potential}");
 
     for (codec, topic) in codecs.iter().zip(&topics) {

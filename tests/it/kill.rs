@@ -285,23 +285,6 @@ fn stored_offsets(cfg: &deflect::Config, partitions: i32) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// The batch oracle (`deflect-oracle`, no streaming machinery): every figure of every interval,
-/// summed over the intervals as Prometheus sees them after the end of the input.
-fn batch_oracle(events: &[deflect_core::Event]) -> Counters {
-    let cfg = deflect::Config::default();
-    let r = deflect_oracle::compute(
-        &cfg.engine().journey,
-        &cfg.site.time_zone,
-        cfg.site.interval_minutes,
-        events,
-    );
-    let mut totals = Counters::default();
-    for f in r.intervals.values() {
-        totals.merge(&f.counters);
-    }
-    totals
-}
-
 /// Reads the figures the state holds through the pipeline's own /metrics and compares every business
 /// counter with the oracle's.
 fn assert_state_matches(cfg: deflect::Config, oracle: &Counters) {

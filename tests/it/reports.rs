@@ -75,13 +75,7 @@ fn reports_equal_the_oracle_and_replay_byte_identically() {
     assert!(a == b, "replaying the same input gave different reports");
 
     // merged over partitions, the reports carry exactly the oracle's figures
-    let cfg = deflect::Config::default();
-    let oracle = deflect_oracle::compute(
-        &cfg.engine().journey,
-        &cfg.site.time_zone,
-        cfg.site.interval_minutes,
-        &events,
-    );
+    let oracle = oracle(&events);
     let mut figures: BTreeMap<i64, Counters> = BTreeMap::new();
     let mut cohorts: BTreeMap<(i64, u32), Counters> = BTreeMap::new();
     let mut finals = 0;

@@ -253,3 +253,25 @@ pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
         })
         .collect()
 }
+
+/// The batch oracle (`deflect-oracle`, no streaming machinery) over `events`, with the default
+/// configuration's definitions, zone and intervals.
+pub fn oracle(events: &[deflect_core::Event]) -> deflect_oracle::Report {
+    let cfg = Config::default();
+    deflect_oracle::compute(
+        &cfg.engine().journey,
+        &cfg.site.time_zone,
+        cfg.site.interval_minutes,
+        events,
+    )
+}
+
+/// Every figure of the oracle summed over its intervals, as Prometheus sees them after the end
+/// of the input.
+pub fn batch_oracle(events: &[deflect_core::Event]) -> deflect_core::metrics::Counters {
+    let mut totals = deflect_core::metrics::Counters::default();
+    for f in oracle(events).intervals.values() {
+        totals.merge(&f.counters);
+    }
+    totals
+}
