@@ -177,42 +177,40 @@ fn client_error(error: KafkaError, reason: &str) {
 /// The context of [`partition_count`]: the first cause librdkafka reported, for its error.
 #[derive(Default)]
 struct ProbeContext {
-    causes: Mutex<Vec<String>>,
+    cause: Mutex<Option<String>>,
 }
 
 impl ProbeContext {
     /// Keeps the first cause, without librdkafka's thread prefix (`[thrd:…]: `).
-    fn note(&self, cause: String) {
+    fn note(&self, cause: &str) {
         let cause = match cause
             .strip_prefix("[thrd:")
             .and_then(|c| c.split_once("]: "))
         {
-            Some((_, rest)) => rest.to_string(),
+            Some((_, rest)) => rest,
             None => cause,
         };
-        let mut causes = self.causes.lock().unwrap_or_else(|p| p.into_inner());
-        if causes.is_empty() {
-            causes.push(cause);
-        }
+        let mut first = self.cause.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| cause.to_string());
     }
 }
 
 impl ClientContext for ProbeContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        tracing::debug!(?level, fac, message = log_message, "librdkafka");
         use RDKafkaLogLevel::*;
+        tracing::debug!(?level, fac, message = log_message, "librdkafka");
         if matches!(level, Emerg | Alert | Critical | Error) {
-            self.note(log_message.to_string());
+            self.note(log_message);
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         // the reason names the broker and what failed; the error only its code
-        self.note(if reason.is_empty() {
-            error.to_string()
+        if reason.is_empty() {
+            self.note(&error.to_string());
         } else {
-            reason.to_string()
-        });
+            self.note(reason);
+        }
     }
 }
 
@@ -940,10 +938,10 @@ pub fn partition_count(
         for _ in 0..16 {
             let _ = c.poll(Duration::ZERO);
         }
-        let causes = c.context().causes.lock().map(|v| v.join("; "));
-        match causes {
-            Ok(causes) if !causes.is_empty() => Error::Metadata(format!("{e} ({causes})")),
-            _ => Error::Metadata(e.to_string()),
+        let cause = c.context().cause.lock().ok().and_then(|c| c.clone());
+        match cause {
+            Some(cause) => Error::Metadata(format!("{e} ({cause})")),
+            None => Error::Metadata(e.to_string()),
         }
     })?;
     let t = md

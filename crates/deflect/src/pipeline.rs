@@ -465,8 +465,8 @@ impl Loop<'_> {
                         self.assigned.remove(&p);
                         self.engines.remove(&p);
                         self.poller.eof.remove(&p);
-                        // no longer read here: nothing left to read here (its series go after
-                        // the recorder's idle timeout)
+                        // revoked: this instance has nothing left to read of it (the series
+                        // leaves after the recorder's idle timeout)
                         telemetry::lag(p, 0);
                     }
                 }
@@ -832,8 +832,9 @@ fn fit<'a>(
     mut headers: OwnedHeaders,
     header_bytes: usize,
 ) -> (&'a [u8], Option<&'a [u8]>, OwnedHeaders) {
-    // room for the two headers this may add
-    let header_bytes = header_bytes + 2 * (HEADER_OVERHEAD + 40);
+    // room for the two headers this may add (a length has at most 20 digits)
+    let added = HEADER_OVERHEAD + "deflect.payload_bytes".len() + 20;
+    let header_bytes = header_bytes + 2 * added;
     let mut key = key;
     if let Some(k) = key.filter(|k| k.len() > MAX_FORWARDED_KEY) {
         if k.len() + payload.len() + header_bytes > max {
