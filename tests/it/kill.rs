@@ -824,3 +824,71 @@ fn caught_up(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A shutdown while interval reports cannot be delivered (the leader of their topic down) does
+/// not wait for librdkafka's delivery timeout (300 s): it stops within seconds, says so, writes
+/// nothing of the batch and commits no offset past the stored state; once the broker is back, a
+/// restart completes to the oracle's figures.
+#[test]
+fn a_shutdown_does_not_wait_for_undeliverable_reports() {
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    let (topic, reports, group) = ("stuck-input", "stuck-reports", "stuck");
+    let cluster = MockCluster::new(2).unwrap();
+    // 8 partitions keep each under the mock cluster's ~5 MiB retention
+    let partitions = 8;
+    cluster.create_topic(topic, partitions, 1).unwrap();
+    cluster.create_topic(reports, 1, 1).unwrap();
+    for p in 0..partitions {
+        cluster.partition_leader(topic, p, Some(1)).unwrap();
+    }
+    cluster.partition_leader(reports, 0, Some(2)).unwrap();
+    cluster
+        .coordinator(MockCoordinator::Group(group.into()), 1)
+        .unwrap();
+    let settings = ClientSettings::new(cluster.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        &cluster.bootstrap_servers(),
+        topic,
+        &dir.path().join("state"),
+        group,
+    );
+    cfg.kafka.output_topic = reports.into();
+    let params = GenParams {
+        contacts_per_hour: 1_200.0,
+        customers: 20_000,
+        seed: 8,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let mut events = g.until(params.start_ms + 6 * 3_600_000);
+    send_all(&settings, topic, &events);
+    let svc = deflect::Service::start(cfg.clone(), RunOptions { exit_at_eof: false }).unwrap();
+    let m = caught_up(&svc, partitions, events.len(), "the first records");
+    assert!(sum(&m, "deflect_reports_total", &[]) > 0.0);
+
+    // the reports' leader goes away; the next closings' reports cannot be delivered
+    cluster.broker_down(2).unwrap();
+    let more = g.until(params.start_ms + 12 * 3_600_000);
+    send_all(&settings, topic, &more);
+    events.extend(more);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!svc.pipeline_finished());
+    let asked = Instant::now();
+    let err = svc.shutdown().unwrap_err();
+    let took = asked.elapsed();
+    eprintln!("shutdown while reports were undeliverable: {took:?}: {err:#}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(format!("{err:#}").contains("not delivered yet"), "{err:#}");
+    let stored = stored_offsets(&cfg, partitions);
+    let committed = committed_offsets(&cluster.bootstrap_servers(), topic, group, partitions);
+    for (p, (&(_, resume), &c)) in stored.iter().zip(&committed).enumerate() {
+        assert!(
+            c <= resume,
+            "partition {p}: committed {c} > resume offset {resume}"
+        );
+    }
+
+    cluster.broker_up(2).unwrap();
+    assert_state_matches(cfg, &batch_oracle(&events));
+}

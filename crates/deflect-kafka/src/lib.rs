@@ -45,6 +45,8 @@ pub enum Error {
     Delivery(String),
     #[error("{0}")]
     Metadata(String),
+    #[error("stopped while {0} records were not delivered yet")]
+    Canceled(i32),
 }
 
 /// Connection settings shared by every client.
@@ -872,6 +874,13 @@ impl OutputProducer {
     /// producer's own polling thread, so every flush that had to wait at all took 100 ms.
     /// `rd_kafka_flush` returns as soon as the queue is empty.
     pub fn flush(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.flush_unless(timeout, &AtomicBool::new(false))
+    }
+
+    /// [`OutputProducer::flush`], giving up ([`Error::Canceled`]) once `cancel` is set: a
+    /// shutdown does not wait for brokers that do not answer (the records stay queued until the
+    /// producer is dropped).
+    pub fn flush_unless(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<(), Error> {
         if self.sent == 0 {
             return Ok(());
         }
@@ -893,6 +902,9 @@ impl OutputProducer {
                 return Err(Error::Kafka(KafkaError::Flush(
                     rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
                 )));
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Canceled(self.inner.in_flight_count()));
             }
             if warned.elapsed() >= FLUSH_WARN_EVERY {
                 warned = std::time::Instant::now();

@@ -183,6 +183,8 @@ pub fn now_ms() -> i64 {
 
 struct Loop<'a> {
     cfg: &'a Config,
+    /// Set to stop (a signal, the service's shutdown).
+    cancel: &'a AtomicBool,
     /// Every partition is at the end of the input and closing what is left (`exit_at_eof`).
     finalizing: bool,
     engine_cfg: Arc<EngineConfig>,
@@ -322,6 +324,7 @@ fn run_loop(
     );
     let mut l = Loop {
         cfg,
+        cancel,
         engine_cfg: Arc::new(cfg.engine()),
         finalizing: false,
         writer: Writer::start(store.clone())?,
@@ -690,9 +693,17 @@ impl Loop<'_> {
                 // dead letters, late events and reports must be durable before the offsets and
                 // state that skip past them: wait as long as librdkafka retries them (brokers
                 // restarting, leaders moving), then stop on the first record it gave up on
+                // (a shutdown meanwhile stops without writing the batch or committing past it:
+                // its records are read again at the next start)
                 let timeout = out.delivery_timeout() + Duration::from_secs(10);
-                out.flush(timeout)
-                    .context("cannot deliver dead letters, late events or reports")?;
+                match out.flush_unless(timeout, self.cancel) {
+                    Err(deflect_kafka::Error::Canceled(n)) => anyhow::bail!(
+                        "stopped while {n} dead letters, late events or reports were not \
+                         delivered yet: their batch was not written, and is read again at the \
+                         next start"
+                    ),
+                    r => r.context("cannot deliver dead letters, late events or reports")?,
+                }
             }
             let offsets = self.resume_offsets();
             self.writer.submit(changes, offsets, n)?;
