@@ -2,6 +2,7 @@
 # Installs what building and testing deflect needs on a fresh Debian machine (idempotent).
 # - libclang (bindgen for the rocksdb crate)
 # - perl and make (OpenSSL, built from source into librdkafka: rdkafka's `ssl-vendored`)
+# - the openssl command (tests/it/tls.rs makes certificates and runs `openssl s_server`)
 # - prometheus and promtool (tests that prove dashboards and rules; not needed to build)
 set -euo pipefail
 
@@ -11,6 +12,7 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || compgen -G '/usr/lib/
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v perl >/dev/null 2>&1 || need+=(perl)
 command -v make >/dev/null 2>&1 || need+=(make)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)   # the TLS test's certificates and server
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""

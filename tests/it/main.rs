@@ -16,3 +16,4 @@ mod kill;
 mod reports;
 mod restart;
 mod scenario;
+mod tls;
