@@ -747,7 +747,15 @@ fn broker_failures_lose_nothing() {
     // a broker down for longer than 30 s (deflect stopped there before 2026-11-28): the
     // partitions it leads, of the input and of the reports, stall until it is back
     cluster.broker_down(3).unwrap();
-    std::thread::sleep(Duration::from_secs(35));
+    // meanwhile the pipeline says what it waits for (alert `DeflectOutputUndelivered`)
+    let mut undelivered = 0.0f64;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(35) {
+        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+        undelivered = undelivered.max(sum(&m, "deflect_output_undelivered_records", &[]));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(undelivered > 0.0, "no undelivered records shown");
     cluster.broker_up(3).unwrap();
     alive(&svc, "a broker was down");
     chunk(&mut events, 3);
@@ -778,6 +786,7 @@ fn broker_failures_lose_nothing() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(sum(&m, "deflect_records_missed_total", &[]), 0.0);
+    assert_eq!(sum(&m, "deflect_output_undelivered_records", &[]), 0.0);
     // every interval report delivered, once (no failure here makes a producer send twice)
     let reported = sum(&m, "deflect_reports_total", &[]);
     assert!(reported > 0.0);

@@ -874,13 +874,19 @@ impl OutputProducer {
     /// producer's own polling thread, so every flush that had to wait at all took 100 ms.
     /// `rd_kafka_flush` returns as soon as the queue is empty.
     pub fn flush(&mut self, timeout: Duration) -> Result<(), Error> {
-        self.flush_unless(timeout, &AtomicBool::new(false))
+        self.flush_unless(timeout, &AtomicBool::new(false), &mut |_| {})
     }
 
     /// [`OutputProducer::flush`], giving up ([`Error::Canceled`]) once `cancel` is set: a
     /// shutdown does not wait for brokers that do not answer (the records stay queued until the
-    /// producer is dropped).
-    pub fn flush_unless(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<(), Error> {
+    /// producer is dropped). `waiting` gets the records not delivered yet every 100 ms while it
+    /// waits.
+    pub fn flush_unless(
+        &mut self,
+        timeout: Duration,
+        cancel: &AtomicBool,
+        waiting: &mut dyn FnMut(i32),
+    ) -> Result<(), Error> {
         if self.sent == 0 {
             return Ok(());
         }
@@ -906,6 +912,7 @@ impl OutputProducer {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Canceled(self.inner.in_flight_count()));
             }
+            waiting(self.inner.in_flight_count());
             if warned.elapsed() >= FLUSH_WARN_EVERY {
                 warned = std::time::Instant::now();
                 tracing::warn!(

@@ -696,7 +696,11 @@ impl Loop<'_> {
                 // (a shutdown meanwhile stops without writing the batch or committing past it:
                 // its records are read again at the next start)
                 let timeout = out.delivery_timeout() + Duration::from_secs(10);
-                match out.flush_unless(timeout, self.cancel) {
+                let flushed = out.flush_unless(timeout, self.cancel, &mut |n| {
+                    telemetry::undelivered(n);
+                });
+                telemetry::undelivered(0);
+                match flushed {
                     Err(deflect_kafka::Error::Canceled(n)) => anyhow::bail!(
                         "stopped while {n} dead letters, late events or reports were not \
                          delivered yet: their batch was not written, and is read again at the \

@@ -45,6 +45,7 @@ pub const STAFFING_SCHEDULED: &str = "deflect_staffing_scheduled_staff";
 pub const STAFFING_LOAD: &str = "deflect_staffing_offered_load_erlangs";
 pub const CALLBACK_BACKLOG: &str = "deflect_callback_backlog";
 pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
+pub const OUTPUT_UNDELIVERED: &str = "deflect_output_undelivered_records";
 
 const BATCH_SECONDS_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -95,6 +96,14 @@ pub fn keep_process_counters() {
     counter!(RECORDS_REPLAYED).increment(0);
     counter!(RECORDS_MISSED).increment(0);
     counter!(RECORDS_MIS_KEYED).increment(0);
+    // not waiting when this runs (the loop thread does both)
+    gauge!(OUTPUT_UNDELIVERED).set(0.0);
+}
+
+/// Dead letters, late events and reports of the batch in hand not delivered yet, while the
+/// pipeline waits for them (0 otherwise).
+pub fn undelivered(n: i32) {
+    gauge!(OUTPUT_UNDELIVERED).set(f64::from(n));
 }
 
 /// Registers help texts and the process counters ([`keep_process_counters`]); call inside the
@@ -104,6 +113,11 @@ pub fn describe() {
     for m in Metric::ALL {
         describe_counter!(m.name(), m.help());
     }
+    describe_gauge!(
+        OUTPUT_UNDELIVERED,
+        "Dead letters, late events and reports the pipeline is waiting to see delivered before it \
+         writes their batch (0 unless a broker does not take them)."
+    );
     describe_counter!(
         EVENTS,
         "Records consumed, by what happened to them (accepted, duplicate, late)."
