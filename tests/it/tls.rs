@@ -121,6 +121,36 @@ fn tls_handshake_with_the_clusters_ca_and_refusal_of_another() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let (mut server, lines) = s_server(d, port);
+
+    // the cluster's CA: the handshake completes (the server then gets Kafka requests it does
+    // not answer, so the start-up check times out without a TLS error)
+    let trusted = run_against(d, port, "cluster-ca.pem");
+    let seen: Vec<String> = lines.try_iter().collect();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        seen.iter().any(|l| l.starts_with("CIPHER is")),
+        "no TLS session completed: {seen:?}"
+    );
+    assert!(trusted.contains("cannot read topic"), "{trusted}");
+    assert!(!trusted.contains("SSL"), "{trusted}");
+
+    // another CA: the broker's certificate is refused, and the error line says so
+    let (mut server, _lines) = s_server(d, port);
+    let refused = run_against(d, port, "other-ca.pem");
+    let _ = server.kill();
+    let _ = server.wait();
+    eprintln!("tls: trusted CA: {trusted}\ntls: other CA: {refused}");
+    assert!(
+        refused.contains("SSL handshake failed") && refused.contains("certificate verify failed"),
+        "{refused}"
+    );
+}
+
+/// `openssl s_server` on `port` with the broker's certificate, once it listens (it says ACCEPT),
+/// and the lines of its output.
+fn s_server(d: &Path, port: u16) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut server = Command::new("openssl")
         .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
         .args(["-cert", "broker.pem", "-key", "broker.key"])
@@ -137,46 +167,15 @@ fn tls_handshake_with_the_clusters_ca_and_refusal_of_another() {
             let _ = tx.send(line);
         }
     });
-    // s_server says ACCEPT once it listens
     loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("openssl s_server did not start");
-        if line.contains("ACCEPT") {
-            break;
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("ACCEPT") => return (server, lines),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                panic!("openssl s_server did not start");
+            }
         }
     }
-
-    // the cluster's CA: the handshake completes (the server then gets Kafka requests it does
-    // not answer, so the start-up check times out without a TLS error)
-    let trusted = run_against(d, port, "cluster-ca.pem");
-    let seen: Vec<String> = lines.try_iter().collect();
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        seen.iter().any(|l| l.starts_with("CIPHER is")),
-        "no TLS session completed: {seen:?}"
-    );
-    assert!(trusted.contains("cannot read topic"), "{trusted}");
-    assert!(!trusted.contains("SSL"), "{trusted}");
-
-    // another CA: the broker's certificate is refused, and the error line says so
-    let mut server = Command::new("openssl")
-        .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
-        .args(["-cert", "broker.pem", "-key", "broker.key"])
-        .current_dir(d)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let refused = run_against(d, port, "other-ca.pem");
-    let _ = server.kill();
-    let _ = server.wait();
-    eprintln!("tls: trusted CA: {trusted}\ntls: other CA: {refused}");
-    assert!(
-        refused.contains("SSL handshake failed") && refused.contains("certificate verify failed"),
-        "{refused}"
-    );
 }
