@@ -69,8 +69,13 @@ fn recorder_with_idle_timeout(idle: Duration) -> (PrometheusRecorder, Prometheus
         .expect("non-empty buckets")
         .set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_RECORDS_BUCKETS)
         .expect("non-empty buckets")
-        // series of partitions this instance no longer owns stop being refreshed and disappear
-        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle))
+        // series of partitions this instance no longer owns stop being refreshed and disappear;
+        // histograms (the batch ones, without labels) stay: an idle pipeline records none, and
+        // a histogram that came back from 0 would read as a counter reset to `rate()`
+        .idle_timeout(
+            metrics_util::MetricKindMask::COUNTER | metrics_util::MetricKindMask::GAUGE,
+            Some(idle),
+        )
         .build_recorder();
     let handle = recorder.handle();
     (recorder, handle)
@@ -570,6 +575,7 @@ mod tests {
             metrics::with_local_recorder(&rec, || {
                 describe();
                 missed(7);
+                batch(0.02, 1_234);
             });
             assert_eq!(
                 line(&handle).as_deref(),
@@ -582,6 +588,13 @@ mod tests {
                 }
             }
             let after = line(&handle);
+            // the batch histograms stay however long the pipeline is idle
+            let text = handle.render();
+            for h in [BATCH_SECONDS, BATCH_RECORDS] {
+                let count = format!("{h}_count 1");
+                assert!(text.lines().any(|l| l == count), "{h} gone:\n{text}");
+            }
+            assert!(text.contains("deflect_batch_records_sum 1234"), "{text}");
             if keep {
                 assert_eq!(after.as_deref(), Some("deflect_records_missed_total 7"));
             } else {
