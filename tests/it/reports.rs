@@ -133,6 +133,76 @@ fn reports_equal_the_oracle_and_replay_byte_identically() {
     );
 }
 
+/// A batch that spans more than a horizon (a replay, catching up) holds two revisions of one
+/// cohort report. The broker fails every other produce request here, and each report is a
+/// request of its own: still, every key's revisions land in the order they were made, so a
+/// compacted topic keeps the last (before 2026-11-28's twelfth session, both went out in one
+/// flush, and a retried earlier revision could land after the later one).
+#[test]
+fn report_revisions_land_in_order_through_produce_errors() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (input, out) = ("order-input", "order-out");
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(input, 2, 1).unwrap();
+    cluster.create_topic(out, 1, 1).unwrap();
+    let settings = deflect_kafka::ClientSettings::new(cluster.bootstrap_servers());
+    let params = GenParams {
+        contacts_per_hour: 30.0,
+        customers: 300,
+        seed: 12,
+        ..Default::default()
+    };
+    let mut g = Generator::new(params.clone()).unwrap();
+    let events = g.until(params.start_ms + 9 * 86_400_000);
+    send_all(&settings, input, &events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster.bootstrap_servers(), input, dir.path(), "order");
+    cfg.kafka.output_topic = out.into();
+    // one batch spans days of event time: revisions 0 to 3 of an interval in one batch
+    cfg.pipeline.max_batch = 50_000;
+    // hours: fewer reports, all within the mock cluster's ~5 MiB a partition keeps
+    cfg.site.interval_minutes = 60;
+    // a request per report, retried soon
+    let props = [
+        ("linger.ms", "0"),
+        ("batch.num.messages", "1"),
+        ("retry.backoff.ms", "5"),
+        ("retry.backoff.max.ms", "5"),
+    ];
+    for (k, v) in props {
+        cfg.kafka.properties.insert(k.into(), v.into());
+    }
+    let fail = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS;
+    let pass = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let pattern: Vec<_> = (0..4_000)
+        .map(|i| if i % 2 == 0 { fail } else { pass })
+        .collect();
+    cluster.request_errors(RDKafkaApiKey::Produce, &pattern);
+    let m = run_to_eof(cfg);
+    let reported = sum(&m, "deflect_reports_total", &[]);
+
+    let recs = read_all_from(&settings, out);
+    eprintln!("{} reports, {} records", reported, recs.len());
+    // each report delivered (a retry may write one twice, next to itself)
+    let mut revisions: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (key, bytes, _) in &recs {
+        let r = deflect_proto::report::decode_protobuf(bytes).unwrap();
+        revisions.entry(key.clone()).or_default().push(r.revision);
+    }
+    let mut distinct = 0;
+    let mut several = 0;
+    for (key, revs) in &mut revisions {
+        assert!(revs.is_sorted(), "{key}: revisions landed as {revs:?}");
+        revs.dedup();
+        distinct += revs.len();
+        several += usize::from(revs.len() > 1);
+    }
+    assert_eq!(distinct as f64, reported);
+    assert!(several > 100, "{several} reports with several revisions");
+}
+
 #[test]
 fn late_events_go_to_the_late_topic_and_are_counted() {
     let (input, late) = ("late-input", "late-out");

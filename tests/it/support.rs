@@ -118,7 +118,15 @@ pub fn read_all(
     broker: &EmbeddedBroker,
     topic: &str,
 ) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
-    let reader = deflect_kafka::reader(&broker.settings(), topic, 1).unwrap();
+    read_all_from(&broker.settings(), topic)
+}
+
+/// [`read_all`] from any brokers.
+pub fn read_all_from(
+    settings: &deflect_kafka::ClientSettings,
+    topic: &str,
+) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
+    let reader = deflect_kafka::reader(settings, topic, 1).unwrap();
     let mut out = Vec::new();
     loop {
         match reader.poll(Duration::from_secs(10)) {

@@ -655,6 +655,8 @@ impl Loop<'_> {
             telemetry::replayed(replayed);
         }
         let mut changes = Vec::new();
+        // the report keys sent since the last delivery
+        let mut report_keys = std::collections::HashSet::new();
         for a in advanced {
             let p = a.partition;
             finished &= !a.more;
@@ -681,6 +683,14 @@ impl Loop<'_> {
                         deflect_proto::report::encode_protobuf(&m)
                     };
                     let key = deflect_proto::report::key(r, p);
+                    // A batch that spans more than a horizon (catching up) holds two revisions
+                    // of one report: the earlier one is delivered before the later one is sent,
+                    // so that a retry cannot put it last (a compacted topic keeps the last).
+                    if !report_keys.insert(key.clone()) {
+                        deliver(out, self.cancel)?;
+                        report_keys.clear();
+                        report_keys.insert(key.clone());
+                    }
                     out.send(topic, Some(key.as_bytes()), &bytes, None, None)
                         .context("cannot send interval report")?;
                 }
@@ -691,23 +701,8 @@ impl Loop<'_> {
         if !changes.is_empty() {
             if let Some(out) = &mut self.out {
                 // dead letters, late events and reports must be durable before the offsets and
-                // state that skip past them: wait as long as librdkafka retries them (brokers
-                // restarting, leaders moving), then stop on the first record it gave up on
-                // (a shutdown meanwhile stops without writing the batch or committing past it:
-                // its records are read again at the next start)
-                let timeout = out.delivery_timeout() + Duration::from_secs(10);
-                let flushed = out.flush_unless(timeout, self.cancel, &mut |n| {
-                    telemetry::undelivered(n);
-                });
-                telemetry::undelivered(0);
-                match flushed {
-                    Err(deflect_kafka::Error::Canceled(n)) => anyhow::bail!(
-                        "stopped while {n} dead letters, late events or reports were not \
-                         delivered yet: their batch was not written, and is read again at the \
-                         next start"
-                    ),
-                    r => r.context("cannot deliver dead letters, late events or reports")?,
-                }
+                // state that skip past them
+                deliver(out, self.cancel)?;
             }
             let offsets = self.resume_offsets();
             self.writer.submit(changes, offsets, n)?;
@@ -793,6 +788,25 @@ impl Loop<'_> {
 /// Forwards a consumed record unchanged (bytes, key, headers) to `topic`, with headers saying why
 /// and where it came from: `deflect.reason`, `deflect.detail`, `deflect.source.{topic,partition,offset}`
 /// and any `extra`.
+/// Waits until everything sent is delivered: as long as librdkafka retries (brokers
+/// restarting, leaders moving), then fails on the first record it gave up on. A shutdown
+/// meanwhile stops the wait, and the pipeline without writing the batch or committing past it:
+/// its records are read again at the next start.
+fn deliver(out: &mut OutputProducer, cancel: &AtomicBool) -> Result<()> {
+    let timeout = out.delivery_timeout() + Duration::from_secs(10);
+    let flushed = out.flush_unless(timeout, cancel, &mut |n| {
+        telemetry::undelivered(n);
+    });
+    telemetry::undelivered(0);
+    match flushed {
+        Err(deflect_kafka::Error::Canceled(n)) => anyhow::bail!(
+            "stopped while {n} dead letters, late events or reports were not delivered yet: \
+             their batch was not written, and is read again at the next start"
+        ),
+        r => r.context("cannot deliver dead letters, late events or reports"),
+    }
+}
+
 fn forward(
     out: &mut OutputProducer,
     topic: &str,
