@@ -183,7 +183,7 @@ fn report_revisions_land_in_order_through_produce_errors() {
     let m = run_to_eof(cfg);
     let reported = sum(&m, "deflect_reports_total", &[]);
 
-    let recs = read_all_from(&settings, out);
+    let recs = read_all_from(&settings, out, 1);
     eprintln!("{} reports, {} records", reported, recs.len());
     // each report delivered (a retry may write one twice, next to itself)
     let mut revisions: BTreeMap<String, Vec<u32>> = BTreeMap::new();

@@ -118,17 +118,20 @@ pub fn read_all(
     broker: &EmbeddedBroker,
     topic: &str,
 ) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
-    read_all_from(&broker.settings(), topic)
+    read_all_from(&broker.settings(), topic, 1)
 }
 
-/// [`read_all`] from any brokers.
+/// [`read_all`] from any brokers, of the first `partitions` partitions (in partition order
+/// only within each).
 pub fn read_all_from(
     settings: &deflect_kafka::ClientSettings,
     topic: &str,
+    partitions: i32,
 ) -> Vec<(String, Vec<u8>, BTreeMap<String, String>)> {
-    let reader = deflect_kafka::reader(settings, topic, 1).unwrap();
+    let reader = deflect_kafka::reader(settings, topic, partitions).unwrap();
     let mut out = Vec::new();
-    loop {
+    let mut ended = 0;
+    while ended < partitions {
         match reader.poll(Duration::from_secs(10)) {
             Some(Ok(m)) => {
                 let headers = m
@@ -148,7 +151,7 @@ pub fn read_all_from(
                     headers,
                 ));
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => panic!("timed out reading {topic}"),
         }
