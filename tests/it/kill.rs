@@ -799,8 +799,9 @@ fn broker_failures(all: bool) {
     );
     assert_eq!(sum(&m, "deflect_records_missed_total", &[]), 0.0);
     assert_eq!(sum(&m, "deflect_output_undelivered_records", &[]), 0.0);
-    // every interval report delivered: once, or (a produce request written by a broker that
-    // went down before it answered, then sent again) twice, byte for byte
+    // every interval report delivered: once, or twice byte for byte (a produce request that a
+    // broker going down wrote without answering is sent again, and a batch whose state was
+    // not written when the partitions were lost is read again)
     let reported = sum(&m, "deflect_reports_total", &[]);
     assert!(reported > 0.0);
     let mut delivered = std::collections::BTreeMap::new();
