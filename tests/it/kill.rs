@@ -694,6 +694,7 @@ fn an_output_broker_down_for_35_s_loses_nothing() {
 
 fn broker_failures(all: bool) {
     use rdkafka::mocking::MockCluster;
+    test_log();
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let topic = "outage-input";
     let reports = "outage-reports";

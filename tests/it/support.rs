@@ -286,3 +286,15 @@ pub fn batch_oracle(events: &[deflect_core::Event]) -> deflect_core::metrics::Co
     }
     totals
 }
+
+/// With `DEFLECT_TEST_LOG` set (a filter such as `debug` or `info,deflect_kafka=debug`), the
+/// in-process pipelines of a test log to stderr: for tests that fail rarely, looped with
+/// `--nocapture`.
+pub fn test_log() {
+    if let Ok(filter) = std::env::var("DEFLECT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
