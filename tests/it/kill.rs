@@ -800,9 +800,9 @@ fn broker_failures(all: bool) {
     );
     assert_eq!(sum(&m, "deflect_records_missed_total", &[]), 0.0);
     assert_eq!(sum(&m, "deflect_output_undelivered_records", &[]), 0.0);
-    // every interval report delivered: once, or twice byte for byte (a produce request that a
-    // broker going down wrote without answering is sent again, and a batch whose state was
-    // not written when the partitions were lost is read again)
+    // every interval report delivered: once, or again byte for byte (1,170 records for 1,142
+    // reports in one run: most likely produce requests that a broker going down wrote without
+    // answering, sent again)
     let reported = sum(&m, "deflect_reports_total", &[]);
     assert!(reported > 0.0);
     let mut delivered = std::collections::BTreeMap::new();

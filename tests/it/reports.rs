@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use deflect::generate::{GenParams, Generator};
 use deflect::produce::{EventProducer, WireFormat};
 use deflect::RunOptions;
 use deflect_core::metrics::{Counters, Metric};
@@ -34,15 +33,8 @@ fn reports_equal_the_oracle_and_replay_byte_identically() {
     let (input, out_a, out_b) = ("rep-input", "rep-out-a", "rep-out-b");
     // 8 partitions keep each well under the mock cluster's ~5 MiB retention
     let broker = EmbeddedBroker::start(&[(input, 8), (out_a, 1), (out_b, 1)]).unwrap();
-    let params = GenParams {
-        contacts_per_hour: 60.0,
-        customers: 500,
-        seed: 5,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
     // ten days: re-contacts within 7 days, surveys, callbacks and notifications all decided
-    let events = g.until(params.start_ms + 10 * 86_400_000);
+    let events = traffic(60.0, 500, 5, 10 * 86_400_000);
     assert!(events.len() > 50_000, "{} events", events.len());
     let mut p = EventProducer::new(&broker.settings(), input, WireFormat::Protobuf).unwrap();
     for e in &events {
@@ -147,14 +139,7 @@ fn report_revisions_land_in_order_through_produce_errors() {
     cluster.create_topic(input, 2, 1).unwrap();
     cluster.create_topic(out, 1, 1).unwrap();
     let settings = deflect_kafka::ClientSettings::new(cluster.bootstrap_servers());
-    let params = GenParams {
-        contacts_per_hour: 30.0,
-        customers: 300,
-        seed: 12,
-        ..Default::default()
-    };
-    let mut g = Generator::new(params.clone()).unwrap();
-    let events = g.until(params.start_ms + 9 * 86_400_000);
+    let events = traffic(30.0, 300, 12, 9 * 86_400_000);
     send_all(&settings, input, &events);
 
     let dir = tempfile::tempdir().unwrap();

@@ -298,3 +298,21 @@ pub fn test_log() {
             .try_init();
     }
 }
+
+/// `span_ms` of generated traffic from the generator's default start, as `deflect generate`
+/// makes it with these parameters.
+pub fn traffic(
+    contacts_per_hour: f64,
+    customers: u32,
+    seed: u64,
+    span_ms: i64,
+) -> Vec<deflect_core::Event> {
+    let params = deflect::generate::GenParams {
+        contacts_per_hour,
+        customers,
+        seed,
+        ..Default::default()
+    };
+    let mut g = deflect::generate::Generator::new(params.clone()).unwrap();
+    g.until(params.start_ms + span_ms)
+}
