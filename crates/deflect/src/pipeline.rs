@@ -785,12 +785,9 @@ impl Loop<'_> {
     }
 }
 
-/// Forwards a consumed record unchanged (bytes, key, headers) to `topic`, with headers saying why
-/// and where it came from: `deflect.reason`, `deflect.detail`, `deflect.source.{topic,partition,offset}`
-/// and any `extra`.
 /// Waits until everything sent is delivered: as long as librdkafka retries (brokers
 /// restarting, leaders moving), then fails on the first record it gave up on. A shutdown
-/// meanwhile stops the wait, and the pipeline without writing the batch or committing past it:
+/// meanwhile stops the wait and the pipeline, without writing the batch or committing past it:
 /// its records are read again at the next start.
 fn deliver(out: &mut OutputProducer, cancel: &AtomicBool) -> Result<()> {
     let timeout = out.delivery_timeout() + Duration::from_secs(10);
@@ -807,6 +804,9 @@ fn deliver(out: &mut OutputProducer, cancel: &AtomicBool) -> Result<()> {
     }
 }
 
+/// Forwards a consumed record unchanged (bytes, key, headers) to `topic`, with headers saying why
+/// and where it came from: `deflect.reason`, `deflect.detail`, `deflect.source.{topic,partition,offset}`
+/// and any `extra`.
 fn forward(
     out: &mut OutputProducer,
     topic: &str,
