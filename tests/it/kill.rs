@@ -694,8 +694,8 @@ fn an_output_broker_down_for_35_s_loses_nothing() {
 
 fn broker_failures(all: bool) {
     use rdkafka::mocking::MockCluster;
-    test_log();
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    test_log();
     let topic = "outage-input";
     let reports = "outage-reports";
     let group = "outage";
@@ -811,11 +811,11 @@ fn broker_failures(all: bool) {
             .unwrap()
             .revision;
         let first = delivered
-            .entry((key, revision))
+            .entry((key.clone(), revision))
             .or_insert_with(|| bytes.clone());
         assert!(
             *first == bytes,
-            "two reports with one key and revision differ"
+            "two reports {key:?} revision {revision} differ"
         );
     }
     assert_eq!(delivered.len() as f64, reported);
@@ -855,8 +855,8 @@ fn caught_up(
             for (k, v) in m.iter().filter(|(k, _)| {
                 [
                     "_lag{",
-                    // every result: a record the test's producer wrote twice (a retry) while
-                    // its first copy was pending is a duplicate, not accepted
+                    // every result: a record written twice while its first copy was pending
+                    // would be a duplicate, a record behind the closed intervals late
                     "deflect_events_total{",
                     "_pending_events{",
                     "undelivered",
