@@ -2,7 +2,6 @@
 //! synthetic traffic. Within a minute `/metrics` shows deflection, containment and ASA series;
 //! Ctrl-C (SIGINT) stops it cleanly and removes the temporary state it made.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,18 +25,14 @@ fn demo_shows_business_series_within_a_minute_and_stops_on_ctrl_c() {
         .unwrap();
     let started = Instant::now();
     // its state directory, from what it prints ("deflect demo: state in DIR")
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if let Some(dir) = line.strip_prefix("deflect demo: state in ") {
-                let _ = tx.send(PathBuf::from(dir));
-            }
+    let lines = lines_of(child.stdout.take().unwrap());
+    let state = loop {
+        let line = (lines.recv_timeout(Duration::from_secs(30).saturating_sub(started.elapsed())))
+            .expect("state dir printed");
+        if let Some(dir) = line.strip_prefix("deflect demo: state in ") {
+            break PathBuf::from(dir);
         }
-    });
-    let state = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("state dir printed");
+    };
 
     let figures = |m: &std::collections::BTreeMap<String, f64>| {
         [

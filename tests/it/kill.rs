@@ -619,13 +619,7 @@ fn replay_names_the_partition_it_waits_for() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(child.stderr.take().unwrap());
     let started = Instant::now();
     let warning = loop {
         let line = lines

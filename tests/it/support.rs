@@ -316,3 +316,21 @@ pub fn traffic(
     let mut g = deflect::generate::Generator::new(params.clone()).unwrap();
     g.until(params.start_ms + span_ms)
 }
+
+/// The lines of a child's output (`stdout` or `stderr` taken from it), read on a thread of
+/// their own so that the child never blocks on a full pipe; the channel closes at its end.
+pub fn lines_of(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}

@@ -3,7 +3,6 @@
 //! that CA signed for 127.0.0.1). No TLS Kafka broker runs here, so the server is not Kafka: the
 //! test proves the handshake and the certificate check, not a Kafka session over TLS.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -160,13 +159,7 @@ fn s_server(d: &Path, port: u16) -> (std::process::Child, std::sync::mpsc::Recei
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = server.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(server.stdout.take().unwrap());
     loop {
         match lines.recv_timeout(Duration::from_secs(10)) {
             Ok(line) if line.contains("ACCEPT") => return (server, lines),
