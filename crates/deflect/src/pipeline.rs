@@ -686,11 +686,11 @@ impl Loop<'_> {
                     // A batch that spans more than a horizon (catching up) holds two revisions
                     // of one report: the earlier one is delivered before the later one is sent,
                     // so that a retry cannot put it last (a compacted topic keeps the last).
-                    if !report_keys.insert(key.clone()) {
+                    if report_keys.contains(&key) {
                         deliver(out, self.cancel)?;
                         report_keys.clear();
-                        report_keys.insert(key.clone());
                     }
+                    report_keys.insert(key.clone());
                     out.send(topic, Some(key.as_bytes()), &bytes, None, None)
                         .context("cannot send interval report")?;
                 }
