@@ -279,6 +279,87 @@ fn a_recreated_shorter_topic_is_an_error() {
     let _ = svc.shutdown();
 }
 
+/// A topic deleted and created again that already holds more records than the state had read
+/// (or a state directory pointed at another cluster) cannot be told by its offsets: the last
+/// record the state read is read again, and another record at its offset is an error. Before
+/// 2026-11-28's thirteenth session the first records of the new log were skipped as already
+/// counted, silently.
+#[test]
+fn a_recreated_longer_topic_is_an_error() {
+    let topic = "recreated-longer";
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedBroker::start(&[(topic, 2)]).unwrap();
+    send_all(&first.settings(), topic, &traffic(13, 200, 3));
+    let cfg = |b: &EmbeddedBroker| config(b.bootstrap_servers(), topic, dir.path(), "longer");
+    run_to_eof(cfg(&first));
+    // the same log again: checked, and nothing to do
+    run_to_eof(cfg(&first));
+    drop(first);
+
+    // other traffic, three times as long: every partition ends past the state's offsets
+    let second = EmbeddedBroker::start(&[(topic, 2)]).unwrap();
+    send_all(&second.settings(), topic, &traffic(14, 200, 9));
+    let mut svc = deflect::Service::start(cfg(&second), RunOptions { exit_at_eof: true }).unwrap();
+    let err = format!("{:#}", svc.wait_pipeline().unwrap_err());
+    assert!(
+        err.contains(&format!(
+            "of partition 0 of {topic} is not the one the stored state read there: the topic was \
+             deleted and created again, or the state directory belongs to another cluster or topic"
+        )),
+        "{err}"
+    );
+    let _ = svc.shutdown();
+}
+
+/// What a check of a restored partition's log finds at an offset: the record there with its
+/// fingerprint, the end of the log, or (past the end) the log's first record.
+#[test]
+fn records_are_read_again_at_their_offsets() {
+    let topic = "read-again";
+    let broker = EmbeddedBroker::start(&[(topic, 2)]).unwrap();
+    let settings = broker.settings();
+    let events = traffic(15, 50, 1);
+    send_all(&settings, topic, &events);
+    // every record by (partition, offset): key and value
+    let reader = deflect_kafka::reader(&settings, topic, 2).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut ended = 0;
+    while ended < 2 {
+        use deflect_kafka::Message;
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                let kv = (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+                seen.insert((m.partition(), m.offset()), kv);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+            other => panic!("reading {topic}: {other:?}"),
+        }
+    }
+    let ends: Vec<i64> = (0..2)
+        .map(|p| seen.keys().filter(|(q, _)| *q == p).count() as i64)
+        .collect();
+    assert!(ends.iter().all(|e| *e > 2), "{ends:?}");
+    let (key, value) = &seen[&(0, 1)];
+    let found = deflect_kafka::records_at(
+        &settings,
+        topic,
+        &[(0, 1), (1, ends[1])],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let fingerprint = deflect_kafka::fingerprint(key.as_deref(), value.as_deref());
+    assert_eq!(found[&0], deflect_kafka::At::Record(fingerprint));
+    assert_eq!(found[&1], deflect_kafka::At::End);
+    let past = deflect_kafka::records_at(
+        &settings,
+        topic,
+        &[(1, ends[1] + 5)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(past[&1], deflect_kafka::At::Elsewhere(0));
+}
+
 /// A state directory built with one interval length is refused with another (its intervals,
 /// heat map and cohorts follow the first), naming both; the first settings still start.
 #[test]

@@ -24,10 +24,12 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+pub use mark::{fingerprint, records_at, At};
 pub use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 pub use rdkafka::producer::BaseRecord;
 pub use read::{Record, Seen};
 
+mod mark;
 mod read;
 use read::Queue;
 

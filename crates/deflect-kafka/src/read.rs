@@ -214,6 +214,11 @@ impl<'c> Record<'c> {
         }
     }
 
+    /// A fingerprint of the record's key and value ([`crate::fingerprint`]).
+    pub fn fingerprint(&self) -> u64 {
+        crate::fingerprint(self.key(), self.payload())
+    }
+
     /// The record's headers in order: name and value (`None` for a null value). Parsed from the
     /// record on every call (librdkafka allocates the list the first time).
     pub fn headers(&self) -> Vec<(&str, Option<&[u8]>)> {

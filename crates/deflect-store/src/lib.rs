@@ -49,6 +49,10 @@ pub enum StoreError {
          deflect per state directory"
     )]
     InUse { path: String },
+    #[error(
+        "corrupt last-record mark of partition {partition} in state store ({len} bytes, not 16)"
+    )]
+    CorruptMark { partition: i32, len: usize },
     #[error("corrupt {what} in state store: {source}")]
     Corrupt {
         what: &'static str,
@@ -167,6 +171,44 @@ type KeyValue = (Box<[u8]>, Box<[u8]>);
 pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
     pub cohorts: Vec<CohortState>,
+    /// The last record the state read (`None` in a state written before 2026-11-28's
+    /// thirteenth session, until its next batch).
+    pub last_record: Option<RecordMark>,
+}
+
+/// A record a partition's state has read: its offset and a fingerprint of its key and value (the
+/// Kafka side computes it). A restart reads the record at that offset again: another one there
+/// means the log is not the one the state was built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordMark {
+    pub offset: i64,
+    pub fingerprint: u64,
+}
+
+impl RecordMark {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.offset.to_be_bytes());
+        b[8..].copy_from_slice(&self.fingerprint.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let (o, f) = b.split_at(8);
+        Some(RecordMark {
+            offset: i64::from_be_bytes(o.try_into().ok()?),
+            fingerprint: u64::from_be_bytes(f.try_into().ok()?),
+        })
+    }
+}
+
+/// The meta key of partition `p`'s [`RecordMark`] (its snapshot's key is the bare prefix).
+fn mark_key(p: i32) -> [u8; 15] {
+    let mut k = [0u8; 15];
+    k[..4].copy_from_slice(&prefix(p));
+    k[4..].copy_from_slice(b"last-record");
+    k
 }
 
 fn cohort_key(p: i32, start: Millis) -> [u8; 12] {
@@ -349,7 +391,22 @@ impl Store {
                 source,
             })?);
         }
-        Ok(Some(RestoredPartition { snapshot, cohorts }))
+        let last_record = match self
+            .db
+            .get_cf(self.cf(CF_META), mark_key(p))
+            .map_err(|e| self.err(e))?
+        {
+            None => None,
+            Some(b) => Some(RecordMark::from_bytes(&b).ok_or(StoreError::CorruptMark {
+                partition: p,
+                len: b.len(),
+            })?),
+        };
+        Ok(Some(RestoredPartition {
+            snapshot,
+            cohorts,
+            last_record,
+        }))
     }
 
     fn scan(
@@ -558,6 +615,12 @@ impl Batch<'_> {
             }
         }
         self.wb.put_cf(s.cf(CF_META), prefix(p), snap);
+    }
+
+    /// Partition `p`'s state has read up to the record `mark` (written with its snapshot).
+    pub fn last_record(&mut self, p: i32, mark: RecordMark) {
+        let meta = self.store.cf(CF_META);
+        self.wb.put_cf(meta, mark_key(p), mark.to_bytes());
     }
 
     pub fn len(&self) -> usize {

@@ -33,6 +33,11 @@ fn batch_round_trips_and_partitions_are_isolated() {
     };
     let mut b = store.batch();
     b.partition(3, &snap, &ch);
+    let mark = RecordMark {
+        offset: 41,
+        fingerprint: 0xfeed_0000_0000_beef,
+    };
+    b.last_record(3, mark);
     let other = StateChanges {
         timers_put: vec![(1, "c:x".into())],
         ..Default::default()
@@ -44,6 +49,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let r = store.load_partition(3).unwrap().unwrap();
     assert_eq!(r.snapshot, snap);
+    assert_eq!(r.last_record, Some(mark));
     let timers = |p: i32, from: Millis, to: Millis| store.journeys(p).timers(from, to);
     assert_eq!(
         timers(3, Millis::MIN, Millis::MAX),
@@ -63,6 +69,7 @@ fn batch_round_trips_and_partitions_are_isolated() {
     assert_eq!(store.journeys(4).load("c:u"), None);
     let r4 = store.load_partition(4).unwrap().unwrap();
     assert_eq!(r4.snapshot, PartitionSnapshot::default());
+    assert_eq!(r4.last_record, None, "partition 3's mark only");
     assert_eq!(timers(4, Millis::MIN, Millis::MAX), vec![(1, "c:x".into())]);
 
     let del = StateChanges {

@@ -18,13 +18,17 @@ use deflect_core::engine::{
 use deflect_core::event::Millis;
 use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
-    Assignment, GroupConsumer, Header, OutputProducer, OwnedHeaders, Record, Seen,
+    Assignment, At, GroupConsumer, Header, OutputProducer, OwnedHeaders, Record, Seen,
 };
-use deflect_store::{Store, StoreOptions};
+use deflect_store::{RecordMark, Store, StoreOptions};
 
 use crate::config::Config;
 use crate::os::process_cpu;
 use crate::telemetry;
+
+/// How long a start (or an assignment) waits for Kafka to return the last records the restored
+/// partitions' states read, to check their logs against them.
+const LOG_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Liveness and readiness, shared with the HTTP server.
 #[derive(Debug, Default)]
@@ -212,6 +216,10 @@ struct Loop<'a> {
     /// more than one partition), and whether a mismatch was warned about.
     check_keys: bool,
     key_warned: bool,
+    /// Connection settings (the check of restored partitions' logs reads with a consumer of its
+    /// own), and the partitions whose log was checked against their stored state.
+    settings: deflect_kafka::ClientSettings,
+    logs_checked: BTreeSet<i32>,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -350,6 +358,8 @@ fn run_loop(
         staffing: Default::default(),
         check_keys: input_partitions > 1,
         key_warned: false,
+        settings: settings.clone(),
+        logs_checked: BTreeSet::new(),
         workers: rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("deflect-work-{i}"))
             .build()
@@ -416,7 +426,9 @@ impl Loop<'_> {
             .collect()
     }
 
-    fn load(&self, p: i32) -> Result<Part> {
+    /// Loads partition `p`'s state; returns it with the last record the state read, if stored.
+    fn load(&self, p: i32) -> Result<(Part, Option<RecordMark>)> {
+        let mut mark = None;
         let engine = match self
             .store
             .load_partition(p)
@@ -430,15 +442,85 @@ impl Loop<'_> {
                     timers = r.snapshot.live_timers,
                     "partition state restored"
                 );
+                mark = r.last_record;
                 PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.cohorts)
             }
             None => PartitionEngine::new(self.engine_cfg.clone()),
         };
         telemetry::full_refresh(p, &engine);
-        Ok(Part {
+        let part = Part {
             engine,
             exported: Default::default(),
-        })
+        };
+        Ok((part, mark))
+    }
+
+    /// Loads the state of the partitions in `ps` that have no engine yet, then checks their
+    /// logs against it (once per partition and process).
+    fn load_all(&mut self, ps: impl IntoIterator<Item = i32>) -> Result<()> {
+        let mut marks = Vec::new();
+        for p in ps {
+            if self.engines.contains_key(&p) {
+                continue;
+            }
+            let (part, mark) = self.load(p)?;
+            self.engines.insert(p, part);
+            if let (Some(m), true) = (mark, self.logs_checked.insert(p)) {
+                marks.push((p, m));
+            }
+        }
+        self.check_logs(&marks)
+    }
+
+    /// Reads again, from Kafka, the last record each partition's stored state read: another
+    /// record at its offset means that the log is not the one the state was built from (the
+    /// topic was deleted and created again, or the state directory belongs to another cluster
+    /// or topic), whose records would be skipped as already counted: an error. A record no
+    /// longer there (retention, compaction, a shorter log) or no answer in time leaves the
+    /// partition unchecked (a shorter log is an error of its own, at its first record).
+    fn check_logs(&self, marks: &[(i32, RecordMark)]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let topic = &self.cfg.kafka.input_topic;
+        let at: Vec<(i32, i64)> = marks.iter().map(|(p, m)| (*p, m.offset)).collect();
+        let found = deflect_kafka::records_at(&self.settings, topic, &at, LOG_CHECK_TIMEOUT)
+            .context("cannot read the records the stored state last read")?;
+        for (p, m) in marks {
+            let (p, offset) = (*p, m.offset);
+            match found.get(&p).copied().unwrap_or(At::Unknown) {
+                At::Record(f) if f == m.fingerprint => {
+                    tracing::debug!(partition = p, offset, "log matches the stored state")
+                }
+                At::Record(_) => anyhow::bail!(
+                    "the record at offset {offset} of partition {p} of {topic} is not the one \
+                     the stored state read there: the topic was deleted and created again, or \
+                     the state directory belongs to another cluster or topic, and its records \
+                     would be skipped as already counted. Start with an empty state directory \
+                     (and, to read the topic from its beginning, a new kafka.group_id)"
+                ),
+                At::Elsewhere(first) => tracing::info!(
+                    partition = p,
+                    offset,
+                    first_offset = first,
+                    "the last record the stored state read is no longer in kafka; the log is not \
+                     checked against the state"
+                ),
+                At::End => tracing::debug!(
+                    partition = p,
+                    offset,
+                    "the log ends before the last record the stored state read"
+                ),
+                At::Unknown => tracing::warn!(
+                    partition = p,
+                    offset,
+                    timeout_s = LOG_CHECK_TIMEOUT.as_secs(),
+                    "the last record the stored state read could not be read again in time; the \
+                     log is not checked against the state"
+                ),
+            }
+        }
+        Ok(())
     }
 
     fn apply_assignments(&mut self) -> Result<()> {
@@ -451,13 +533,8 @@ impl Loop<'_> {
             match a {
                 Assignment::Assigned(ps) => {
                     self.health.restored.store(false, Ordering::Relaxed);
-                    for p in ps {
-                        self.assigned.insert(p);
-                        if !self.engines.contains_key(&p) {
-                            let e = self.load(p)?;
-                            self.engines.insert(p, e);
-                        }
-                    }
+                    self.assigned.extend(&ps);
+                    self.load_all(ps)?;
                 }
                 Assignment::Revoked(ps) => {
                     // Everything applied from these partitions was written by the last batch;
@@ -517,11 +594,8 @@ impl Loop<'_> {
         for (i, m) in msgs.iter().enumerate() {
             by_partition.entry(m.partition()).or_default().push(i);
         }
+        self.load_all(by_partition.keys().copied())?;
         for (p, records) in &by_partition {
-            if !self.engines.contains_key(p) {
-                let e = self.load(*p)?;
-                self.engines.insert(*p, e);
-            }
             let engine = &self.engines[p].engine;
             if let Some(start) = engine.expected_start() {
                 let first = msgs[records[0]].offset();
@@ -662,7 +736,12 @@ impl Loop<'_> {
             finished &= !a.more;
             self.staffing.add(&a.closed);
             if let Some((snapshot, ch)) = a.changes {
-                changes.push((p, snapshot, ch));
+                changes.push(PartWrite {
+                    partition: p,
+                    snapshot,
+                    changes: ch,
+                    last_record: a.last_record,
+                });
             }
             for (ev, detail) in a.rejected {
                 self.summary.rejected += 1;
@@ -1006,6 +1085,8 @@ struct Advanced {
     /// The encoded snapshot and state writes of a partition that consumed, closed or finalized
     /// something.
     changes: Option<(Vec<u8>, StateChanges)>,
+    /// The last record of the partition in this batch.
+    last_record: Option<RecordMark>,
 }
 
 /// A partition this instance owns: its engine, and what was last exported of it.
@@ -1532,6 +1613,12 @@ fn finish_advance(
             (deflect_core::codec::encode(e.snapshot()), ch)
         }),
         closed,
+        last_record: (input.by_partition.get(&p))
+            .and_then(|r| r.last())
+            .map(|&i| RecordMark {
+                offset: input.msgs[i].offset(),
+                fingerprint: input.msgs[i].fingerprint(),
+            }),
     };
     Ok((advanced, waited))
 }
@@ -1584,7 +1671,16 @@ impl deflect_core::engine::JourneyStore for Synced<'_> {
 
 /// A batch handed to the writer: per partition, its encoded snapshot and state changes.
 struct WriteJob {
-    parts: Vec<(i32, Vec<u8>, StateChanges)>,
+    parts: Vec<PartWrite>,
+}
+
+/// One partition's part of a batch: its encoded snapshot, its state changes, and the last record
+/// it read, if it read any.
+struct PartWrite {
+    partition: i32,
+    snapshot: Vec<u8>,
+    changes: StateChanges,
+    last_record: Option<RecordMark>,
 }
 
 /// The thread that writes each poll's state batch (one atomic RocksDB write) while the loop
@@ -1662,10 +1758,13 @@ impl Writer {
                 let _close = CloseOnExit(done.clone());
                 for job in rx {
                     let t = Instant::now();
-                    let mut batch =
-                        store.batch_for(job.parts.iter().map(|(_, s, ch)| (s.as_slice(), ch)));
-                    for (p, snap, ch) in &job.parts {
-                        batch.partition_encoded(*p, snap, ch);
+                    let mut batch = store
+                        .batch_for((job.parts.iter()).map(|w| (w.snapshot.as_slice(), &w.changes)));
+                    for w in &job.parts {
+                        batch.partition_encoded(w.partition, &w.snapshot, &w.changes);
+                        if let Some(m) = w.last_record {
+                            batch.last_record(w.partition, m);
+                        }
                     }
                     let ops = batch.len();
                     let r = batch.commit().map(|()| (t.elapsed(), Stamp::now(), ops));
@@ -1692,7 +1791,7 @@ impl Writer {
     /// Hands a batch to the writer (the previous one must have been waited for).
     fn submit(
         &mut self,
-        parts: Vec<(i32, Vec<u8>, StateChanges)>,
+        parts: Vec<PartWrite>,
         offsets: Vec<(i32, i64)>,
         records: usize,
     ) -> Result<()> {
