@@ -499,14 +499,15 @@ impl Loop<'_> {
                      would be skipped as already counted. Start with an empty state directory \
                      (and, to read the topic from its beginning, a new kafka.group_id)"
                 ),
-                At::Elsewhere(first) => tracing::info!(
+                At::Elsewhere(first) if first > offset => tracing::info!(
                     partition = p,
                     offset,
                     first_offset = first,
-                    "the last record the stored state read is no longer in kafka; the log is not \
-                     checked against the state"
+                    "the last record the stored state read is no longer in kafka (retention, \
+                     compaction); the log is not checked against the state"
                 ),
-                At::End => tracing::debug!(
+                // the offset is past the log's end: reading restarted at its beginning
+                At::Elsewhere(_) | At::End => tracing::debug!(
                     partition = p,
                     offset,
                     "the log ends before the last record the stored state read"
