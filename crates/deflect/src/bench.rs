@@ -108,6 +108,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn print_result(r: &BenchResult) {
     println!("events            {}", r.events);
+    // the affinity mask's size (`taskset`), as the pipeline's worker pool sizes itself
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "cores             {cores:>12} (the pipeline works partitions on a thread per core, the \
+         raw consumer reads on one: the ratio depends on the cores, see the README)"
+    );
     println!(
         "raw consumer      {:>12.0} events/s (batch reads, as the pipeline reads)",
         r.raw_per_sec
