@@ -68,14 +68,16 @@ pub fn records_at(
     }
     let wanted: BTreeMap<i32, i64> = at.iter().copied().collect();
     let mut c = settings.config();
+    consumer_defaults(&mut c);
+    settings.finish(&mut c);
+    // after the user's properties: this consumer must never commit (a `group.id` with
+    // `enable.auto.commit` there would move the pipeline's group), a record before the log's
+    // start must be answered by the first one after it, and the end of a partition is an answer
     c.set("group.id", "deflect-record-check")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    consumer_defaults(&mut c);
-    settings.finish(&mut c);
-    // after the user's properties: the end of a partition is an answer here
-    c.set("enable.partition.eof", "true");
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
     let consumer: BaseConsumer<ReaderContext> = c
         .create_with_context(ReaderContext)
         .map_err(Error::Config)?;
