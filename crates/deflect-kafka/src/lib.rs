@@ -679,18 +679,33 @@ pub fn reader(
     topic: &str,
     partitions: i32,
 ) -> Result<BaseConsumer<ReaderContext>, Error> {
+    let from: Vec<(i32, Offset)> = (0..partitions).map(|p| (p, Offset::Beginning)).collect();
+    reader_from(settings, topic, &from)
+}
+
+/// A consumer assigned `topic`'s partitions from the given offsets, not a group member. After
+/// the user's properties: it never commits (a `group.id` with `enable.auto.commit` there would
+/// move another group's offsets), an offset before the log's start reads from the start, and
+/// reaching the end of a partition is reported.
+fn reader_from(
+    settings: &ClientSettings,
+    topic: &str,
+    from: &[(i32, Offset)],
+) -> Result<BaseConsumer<ReaderContext>, Error> {
     let mut c = settings.config();
-    c.set("group.id", "deflect-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
     consumer_defaults(&mut c);
     settings.finish(&mut c);
+    c.set("group.id", "deflect-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
     let consumer: BaseConsumer<ReaderContext> = c
         .create_with_context(ReaderContext)
         .map_err(Error::Config)?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    for (p, o) in from {
+        tpl.add_partition_offset(topic, *p, *o)?;
     }
     consumer.assign(&tpl)?;
     Ok(consumer)

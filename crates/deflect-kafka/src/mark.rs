@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::{consumer_defaults, ClientSettings, Error, ReaderContext};
+use crate::{reader_from, ClientSettings, Error};
 
 /// FNV-1a's 64-bit offset basis and prime.
 const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -67,25 +67,8 @@ pub fn records_at(
         return Ok(found);
     }
     let wanted: BTreeMap<i32, i64> = at.iter().copied().collect();
-    let mut c = settings.config();
-    consumer_defaults(&mut c);
-    settings.finish(&mut c);
-    // after the user's properties: this consumer must never commit (a `group.id` with
-    // `enable.auto.commit` there would move the pipeline's group), a record before the log's
-    // start must be answered by the first one after it, and the end of a partition is an answer
-    c.set("group.id", "deflect-record-check")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ReaderContext> = c
-        .create_with_context(ReaderContext)
-        .map_err(Error::Config)?;
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in &wanted {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
-    }
-    consumer.assign(&tpl)?;
+    let from: Vec<(i32, Offset)> = at.iter().map(|(p, o)| (*p, Offset::Offset(*o))).collect();
+    let consumer = reader_from(settings, topic, &from)?;
     let deadline = Instant::now() + timeout;
     let mut open = wanted.len();
     while open > 0 {

@@ -216,9 +216,7 @@ struct Loop<'a> {
     /// more than one partition), and whether a mismatch was warned about.
     check_keys: bool,
     key_warned: bool,
-    /// Connection settings (the check of restored partitions' logs reads with a consumer of its
-    /// own), and the partitions whose log was checked against their stored state.
-    settings: deflect_kafka::ClientSettings,
+    /// The partitions whose log was checked against their stored state.
     logs_checked: BTreeSet<i32>,
 }
 
@@ -358,7 +356,6 @@ fn run_loop(
         staffing: Default::default(),
         check_keys: input_partitions > 1,
         key_warned: false,
-        settings: settings.clone(),
         logs_checked: BTreeSet::new(),
         workers: rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("deflect-work-{i}"))
@@ -428,8 +425,7 @@ impl Loop<'_> {
 
     /// Loads partition `p`'s state; returns it with the last record the state read, if stored.
     fn load(&self, p: i32) -> Result<(Part, Option<RecordMark>)> {
-        let mut mark = None;
-        let engine = match self
+        let (engine, mark) = match self
             .store
             .load_partition(p)
             .with_context(|| format!("cannot restore state of partition {p}"))?
@@ -442,10 +438,11 @@ impl Loop<'_> {
                     timers = r.snapshot.live_timers,
                     "partition state restored"
                 );
-                mark = r.last_record;
-                PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.cohorts)
+                let engine =
+                    PartitionEngine::restore(self.engine_cfg.clone(), r.snapshot, r.cohorts);
+                (engine, r.last_record)
             }
-            None => PartitionEngine::new(self.engine_cfg.clone()),
+            None => (PartitionEngine::new(self.engine_cfg.clone()), None),
         };
         telemetry::full_refresh(p, &engine);
         let part = Part {
@@ -484,7 +481,8 @@ impl Loop<'_> {
         }
         let topic = &self.cfg.kafka.input_topic;
         let at: Vec<(i32, i64)> = marks.iter().map(|(p, m)| (*p, m.offset)).collect();
-        let found = deflect_kafka::records_at(&self.settings, topic, &at, LOG_CHECK_TIMEOUT)
+        let settings = self.cfg.client_settings();
+        let found = deflect_kafka::records_at(&settings, topic, &at, LOG_CHECK_TIMEOUT)
             .context("cannot read the records the stored state last read")?;
         for (p, m) in marks {
             let (p, offset) = (*p, m.offset);
@@ -736,14 +734,7 @@ impl Loop<'_> {
             let p = a.partition;
             finished &= !a.more;
             self.staffing.add(&a.closed);
-            if let Some((snapshot, ch)) = a.changes {
-                changes.push(PartWrite {
-                    partition: p,
-                    snapshot,
-                    changes: ch,
-                    last_record: a.last_record,
-                });
-            }
+            changes.extend(a.write);
             for (ev, detail) in a.rejected {
                 self.summary.rejected += 1;
                 telemetry::rejected(deflect_proto::RejectReason::JourneyOrder.as_str());
@@ -1083,11 +1074,8 @@ struct Advanced {
     more: bool,
     rejected: Vec<(deflect_core::event::Event, &'static str)>,
     reports: Vec<deflect_core::engine::Report>,
-    /// The encoded snapshot and state writes of a partition that consumed, closed or finalized
-    /// something.
-    changes: Option<(Vec<u8>, StateChanges)>,
-    /// The last record of the partition in this batch.
-    last_record: Option<RecordMark>,
+    /// What a partition that consumed, closed or finalized something writes.
+    write: Option<PartWrite>,
 }
 
 /// A partition this instance owns: its engine, and what was last exported of it.
@@ -1609,17 +1597,21 @@ fn finish_advance(
         more,
         rejected: e.take_rejected(),
         reports: e.take_reports(),
-        changes: write.then(|| {
-            let ch = e.take_changes(input.keep_cached);
-            (deflect_core::codec::encode(e.snapshot()), ch)
+        write: write.then(|| {
+            let changes = e.take_changes(input.keep_cached);
+            PartWrite {
+                partition: p,
+                snapshot: deflect_core::codec::encode(e.snapshot()),
+                changes,
+                last_record: (input.by_partition.get(&p))
+                    .and_then(|r| r.last())
+                    .map(|&i| RecordMark {
+                        offset: input.msgs[i].offset(),
+                        fingerprint: input.msgs[i].fingerprint(),
+                    }),
+            }
         }),
         closed,
-        last_record: (input.by_partition.get(&p))
-            .and_then(|r| r.last())
-            .map(|&i| RecordMark {
-                offset: input.msgs[i].offset(),
-                fingerprint: input.msgs[i].fingerprint(),
-            }),
     };
     Ok((advanced, waited))
 }
