@@ -899,7 +899,11 @@ fn settled(svc: &deflect::Service, after: &str) -> std::collections::BTreeMap<St
         let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
         let now = moving(&m);
         let quiet = sum(&m, "deflect_output_undelivered_records", &[]) == 0.0;
-        same = if quiet && last == Some(now) { same + 1 } else { 0 };
+        same = if quiet && last == Some(now) {
+            same + 1
+        } else {
+            0
+        };
         if same == 2 {
             return m;
         }
