@@ -1768,7 +1768,11 @@ mod tests {
     type ReportSums = BTreeMap<(Millis, &'static str, u32), Counters>;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        // half of proptest's cases (256, or PROPTEST_CASES for a longer run): each is a pipeline
+        #![proptest_config(ProptestConfig {
+            cases: ProptestConfig::default().cases / 2,
+            ..ProptestConfig::default()
+        })]
 
         /// Arrival order within the grace period, batching (several advances per write
         /// included), cache trimming, the split across partitions and crashes (restore from the

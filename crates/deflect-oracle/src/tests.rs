@@ -344,7 +344,8 @@ fn arb_events() -> impl Strategy<Value = Vec<Event>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases, or PROPTEST_CASES for a longer run
+    #![proptest_config(ProptestConfig::default())]
 
     /// Random scenarios of every event type across London's 2024 DST change, delivered out of
     /// order within the grace period (with duplicates), split across partitions and closed at
