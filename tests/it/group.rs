@@ -39,7 +39,7 @@ struct Member {
 impl Member {
     fn join(settings: &ClientSettings) -> Member {
         Member {
-            consumer: GroupConsumer::new(settings, "group-moves", TOPIC, true).unwrap(),
+            consumer: GroupConsumer::new(settings, "group-moves", TOPIC, true, &[]).unwrap(),
             at_end: BTreeSet::new(),
             assigned: BTreeSet::new(),
             revoked: BTreeSet::new(),

@@ -297,38 +297,7 @@ fn assert_state_matches(cfg: deflect::Config, oracle: &Counters) {
     ));
     svc.shutdown().unwrap();
 
-    let mut compared = 0;
-    for (k, v) in &oracle.0 {
-        if k.metric == Metric::QueueWaitBucket {
-            continue; // cumulative on /metrics; checked through +Inf below
-        }
-        let mut labels: Vec<String> = k
-            .metric
-            .labels()
-            .iter()
-            .zip(k.labels.iter())
-            .map(|(l, v)| format!("{l}=\"{v}\""))
-            .collect();
-        labels.sort();
-        let series = format!("{}{{{}}}", k.metric.name(), labels.join(","));
-        assert_eq!(m.get(&series).copied(), Some(*v as f64), "{series}");
-        compared += 1;
-    }
-    for metric in Metric::ALL
-        .iter()
-        .filter(|m| **m != Metric::QueueWaitBucket)
-    {
-        assert_eq!(
-            sum(&m, metric.name(), &[]),
-            oracle.total(*metric) as f64,
-            "{}",
-            metric.name()
-        );
-    }
-    assert_eq!(
-        sum(&m, Metric::QueueWaitBucket.name(), &[("le", "+Inf")]),
-        oracle.total(Metric::QueueAnswered) as f64
-    );
+    let compared = assert_figures_match(&m, oracle);
     assert!(compared > 50, "compared {compared} series");
     assert!(oracle.total(Metric::PotentialCalls) > 10_000);
 }

@@ -13,6 +13,7 @@ mod deploy;
 mod generate;
 mod group;
 mod kill;
+mod partitions;
 mod reports;
 mod restart;
 mod scenario;

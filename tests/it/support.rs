@@ -334,3 +334,45 @@ pub fn lines_of(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver
     });
     lines
 }
+
+/// Compares every business series of `m` (summed over partitions, [`without_partition`]) with
+/// the oracle's figures, and each metric's total; returns how many series it compared.
+pub fn assert_figures_match(
+    m: &BTreeMap<String, f64>,
+    oracle: &deflect_core::metrics::Counters,
+) -> usize {
+    use deflect_core::metrics::Metric;
+    let mut compared = 0;
+    for (k, v) in &oracle.0 {
+        if k.metric == Metric::QueueWaitBucket {
+            continue; // cumulative on /metrics; checked through +Inf below
+        }
+        let mut labels: Vec<String> = k
+            .metric
+            .labels()
+            .iter()
+            .zip(k.labels.iter())
+            .map(|(l, v)| format!("{l}=\"{v}\""))
+            .collect();
+        labels.sort();
+        let series = format!("{}{{{}}}", k.metric.name(), labels.join(","));
+        assert_eq!(m.get(&series).copied(), Some(*v as f64), "{series}");
+        compared += 1;
+    }
+    for metric in Metric::ALL
+        .iter()
+        .filter(|m| **m != Metric::QueueWaitBucket)
+    {
+        assert_eq!(
+            sum(m, metric.name(), &[]),
+            oracle.total(*metric) as f64,
+            "{}",
+            metric.name()
+        );
+    }
+    assert_eq!(
+        sum(m, Metric::QueueWaitBucket.name(), &[("le", "+Inf")]),
+        oracle.total(Metric::QueueAnswered) as f64
+    );
+    compared
+}

@@ -333,11 +333,16 @@ impl GroupConsumer {
     /// past the end (librdkafka issue 4844, fixed after 2.12), and a rebalance, which pauses and
     /// resumes the partitions it keeps, then fetches from there: a record skipped, or the
     /// partition read again from the start.
+    ///
+    /// With `partitions` listed, the consumer does not join the group: it is assigned those
+    /// partitions for good (reported once, as an [`Assignment::Assigned`]), reads each from the
+    /// group's committed offset (else the beginning) and commits under the group as a member does.
     pub fn new(
         settings: &ClientSettings,
         group: &str,
         topic: &str,
         ends: bool,
+        partitions: &[i32],
     ) -> Result<Self, Error> {
         let mut c = settings.config();
         c.set("group.id", group)
@@ -364,12 +369,26 @@ impl GroupConsumer {
         };
         let consumer: BaseConsumer<GroupContext> =
             c.create_with_context(ctx).map_err(Error::Config)?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|source| Error::Subscribe {
-                topic: topic.to_string(),
-                source,
-            })?;
+        if partitions.is_empty() {
+            consumer
+                .subscribe(&[topic])
+                .map_err(|source| Error::Subscribe {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+        } else {
+            let ctx = consumer.context();
+            // as a rebalance does it: queues split off before fetching starts
+            ctx.split(&consumer, partitions);
+            let mut tpl = TopicPartitionList::new();
+            for &p in partitions {
+                // no offset: the group's committed one, else `auto.offset.reset`
+                tpl.add_partition(topic, p);
+            }
+            consumer.assign(&tpl)?;
+            tracing::info!(partitions = ?partitions, "partitions assigned by configuration");
+            ctx.push(Assignment::Assigned(partitions.to_vec()));
+        }
         let events = consumer_queue(&consumer)?;
         Ok(GroupConsumer {
             events,

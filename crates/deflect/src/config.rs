@@ -83,6 +83,9 @@ pub struct KafkaConfig {
     pub input_format: String,
     /// Consumer group.
     pub group_id: String,
+    /// Partitions of the input topic this instance reads, assigned to it (no group membership,
+    /// no rebalances; offsets still committed under `group_id`). Empty: the group assigns them.
+    pub partitions: Vec<i32>,
     /// Where records that cannot be used go, with the reason in headers; empty disables it.
     pub dead_letter_topic: String,
     /// Where events that arrive after their interval closed go (original bytes, reason in
@@ -103,6 +106,7 @@ impl Default for KafkaConfig {
             input_topic: "contact-events".into(),
             input_format: "auto".into(),
             group_id: "deflect".into(),
+            partitions: Vec::new(),
             dead_letter_topic: "deflect-dead-letter".into(),
             late_topic: "deflect-late-events".into(),
             output_topic: "deflect-interval-reports".into(),
@@ -400,6 +404,19 @@ impl Config {
             "kafka.group_id",
             "must not be empty".into(),
         );
+        let mut listed = std::collections::BTreeSet::new();
+        for &p in &self.kafka.partitions {
+            check(
+                p >= 0,
+                "kafka.partitions",
+                format!("{p} is not a partition (partitions count from 0)"),
+            );
+            check(
+                listed.insert(p),
+                "kafka.partitions",
+                format!("partition {p} is listed twice"),
+            );
+        }
         check(
             deflect_proto::Format::parse(&self.kafka.input_format).is_some(),
             "kafka.input_format",
@@ -653,6 +670,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    /// Static partitions: from the file or the environment (a TOML array), each a partition
+    /// number listed once.
+    #[test]
+    fn static_partitions_are_checked() {
+        let c = load("[kafka]\npartitions = [3, 1]\n", &[]).unwrap();
+        assert_eq!(c.kafka.partitions, [3, 1]);
+        let c = load("", &[("DEFLECT__KAFKA__PARTITIONS", "[0, 2]")]).unwrap();
+        assert_eq!(c.kafka.partitions, [0, 2]);
+        assert!(Config::default().kafka.partitions.is_empty());
+        let e = load("[kafka]\npartitions = [1, -1, 1]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kafka.partitions: -1 is not a partition")
+                && e.contains("kafka.partitions: partition 1 is listed twice"),
+            "{e}"
+        );
     }
 
     /// librdkafka properties from the environment (a Kubernetes Secret): underscores and `__`

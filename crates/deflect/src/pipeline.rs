@@ -284,6 +284,14 @@ fn run_loop(
                     cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
                 )
             })?;
+    if let Some(p) = (cfg.kafka.partitions.iter()).find(|p| **p >= input_partitions) {
+        anyhow::bail!(
+            "config key kafka.partitions: partition {p} is not in topic {:?}, which has \
+             {input_partitions} (0 to {})",
+            cfg.kafka.input_topic,
+            input_partitions - 1
+        );
+    }
     // the topics records are written to: a missing one fails only when a record goes there,
     // unless the brokers create topics on first write
     for (key, topic) in [
@@ -310,6 +318,7 @@ fn run_loop(
         &cfg.kafka.group_id,
         &cfg.kafka.input_topic,
         opts.exit_at_eof,
+        &cfg.kafka.partitions,
     )
     .context("cannot create Kafka consumer")?;
     let consumer = &consumer;
@@ -323,6 +332,7 @@ fn run_loop(
     tracing::info!(
         topic = %cfg.kafka.input_topic,
         group = %cfg.kafka.group_id,
+        partitions = ?cfg.kafka.partitions,
         state = %cfg.state.dir.display(),
         time_zone = %cfg.site.time_zone,
         interval_minutes = cfg.site.interval_minutes,
