@@ -34,6 +34,41 @@ fn shipped_configurations_are_valid() {
     assert!(body.len() > 10, "configmap block not found");
     let c = load(&body.join("\n"));
     assert_eq!(c.journey.high_stakes_intents, ["dispute"]);
+
+    // with the StatefulSet's DEFLECT__ variables (the pod index taken from its label: 0), and
+    // one instance per replica
+    let sts = std::fs::read_to_string(repo().join("deploy/k8s/statefulset.yaml")).unwrap();
+    let lines: Vec<&str> = sts.lines().map(str::trim).collect();
+    let mut env = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(name) = l.strip_prefix("- name: DEFLECT__") else {
+            continue;
+        };
+        let value = match lines[i + 1].strip_prefix("value: ") {
+            Some(v) => v.trim_matches('"').to_string(),
+            None => {
+                assert!(
+                    lines[i + 2].contains("apps.kubernetes.io/pod-index"),
+                    "{name}"
+                );
+                "0".to_string()
+            }
+        };
+        env.push((format!("DEFLECT__{name}"), value));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("deflect.toml");
+    std::fs::write(&f, body.join("\n")).unwrap();
+    let c = deflect::Config::load(Some(&f), env.clone())
+        .unwrap_or_else(|e| panic!("the StatefulSet's configuration is invalid: {e} ({env:?})"));
+    let replicas: u32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("replicas: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(c.kafka.instances, replicas, "DEFLECT__KAFKA__INSTANCES");
+    assert_eq!(c.state.dir, Path::new("/var/lib/deflect/state"));
 }
 
 #[test]

@@ -34,7 +34,8 @@ fn partitions_of(m: &BTreeMap<String, f64>) -> BTreeSet<String> {
         .collect()
 }
 
-/// Two instances under one `group_id`, partitions [0, 2] and [1, 3] of a 4-partition topic,
+/// Two instances under one `group_id`, partitions [0, 2] (`kafka.partitions`) and [1, 3]
+/// (`kafka.instances = 2`, `instance_index = 1`) of a 4-partition topic,
 /// each with its own state directory: each is stopped midway and started again, both running
 /// at once. Each reads its partitions only; together they read every record once, their figures
 /// summed equal the batch oracle's, and the group's committed offsets end at every partition's
@@ -52,7 +53,13 @@ fn two_instances_split_the_partitions_by_configuration() {
     let owned = [vec![0, 2], vec![1, 3]];
     let config = |i: usize| {
         let mut c = config(bootstrap, topic, dirs[i].path(), "static-split");
-        c.kafka.partitions = owned[i].clone();
+        if i == 0 {
+            c.kafka.partitions = owned[i].clone();
+        } else {
+            // the second instance's share by number: partitions 1 and 3 of 4
+            c.kafka.instances = 2;
+            c.kafka.instance_index = 1;
+        }
         c.pipeline.max_batch = 200;
         c
     };
@@ -112,8 +119,8 @@ fn two_instances_split_the_partitions_by_configuration() {
     );
 }
 
-/// A listed partition the topic does not have stops the pipeline at its start with an error
-/// naming the key, the partition and the topic's partitions.
+/// A listed partition the topic does not have, or an instance whose share is empty, stops the
+/// pipeline at its start with an error naming the key and the topic's partitions.
 #[test]
 fn a_partition_the_topic_lacks_is_refused() {
     let topic = "static-missing";
@@ -132,6 +139,25 @@ fn a_partition_the_topic_lacks_is_refused() {
         e.contains(
             "config key kafka.partitions: partition 2 is not in topic \"static-missing\", which \
              has 2 (0 to 1)"
+        ),
+        "{e}"
+    );
+    let _ = svc.shutdown();
+
+    let mut cfg = config(
+        broker.bootstrap_servers(),
+        topic,
+        dir.path(),
+        "static-missing",
+    );
+    cfg.kafka.instances = 3;
+    cfg.kafka.instance_index = 2;
+    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+    let e = svc.wait_pipeline().unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "config key kafka.instance_index: instance 2 of 3 has no partition of topic \
+             \"static-missing\", which has 2: run at most 2 instances"
         ),
         "{e}"
     );

@@ -84,8 +84,15 @@ pub struct KafkaConfig {
     /// Consumer group.
     pub group_id: String,
     /// Partitions of the input topic this instance reads, assigned to it (no group membership,
-    /// no rebalances; offsets still committed under `group_id`). Empty: the group assigns them.
+    /// no rebalances; offsets still committed under `group_id`). Empty: the group assigns them
+    /// (or `instances` does).
     pub partitions: Vec<i32>,
+    /// With `instance_index`: this instance is one of `instances` that share the input's
+    /// partitions by number (those where `partition % instances == instance_index`), each
+    /// assigned them as with `partitions`. 0: off.
+    pub instances: u32,
+    /// This instance's number among `instances`, from 0 (a StatefulSet pod's index).
+    pub instance_index: u32,
     /// Where records that cannot be used go, with the reason in headers; empty disables it.
     pub dead_letter_topic: String,
     /// Where events that arrive after their interval closed go (original bytes, reason in
@@ -99,6 +106,20 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// The partitions of an input topic of `count` partitions this instance is assigned by
+    /// configuration (`partitions`, or its share under `instances`); empty: the group assigns
+    /// them.
+    pub fn static_partitions(&self, count: i32) -> Vec<i32> {
+        if self.instances == 0 {
+            return self.partitions.clone();
+        }
+        (0..count)
+            .filter(|p| *p as u32 % self.instances == self.instance_index)
+            .collect()
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -107,6 +128,8 @@ impl Default for KafkaConfig {
             input_format: "auto".into(),
             group_id: "deflect".into(),
             partitions: Vec::new(),
+            instances: 0,
+            instance_index: 0,
             dead_letter_topic: "deflect-dead-letter".into(),
             late_topic: "deflect-late-events".into(),
             output_topic: "deflect-interval-reports".into(),
@@ -418,6 +441,24 @@ impl Config {
             );
         }
         check(
+            self.kafka.instances == 0 || self.kafka.partitions.is_empty(),
+            "kafka.instances",
+            "set kafka.partitions or kafka.instances, not both".into(),
+        );
+        check(
+            self.kafka.instances > 0 || self.kafka.instance_index == 0,
+            "kafka.instance_index",
+            "needs kafka.instances".into(),
+        );
+        check(
+            self.kafka.instances == 0 || self.kafka.instance_index < self.kafka.instances,
+            "kafka.instance_index",
+            format!(
+                "must be below kafka.instances ({}), got {}",
+                self.kafka.instances, self.kafka.instance_index
+            ),
+        );
+        check(
             deflect_proto::Format::parse(&self.kafka.input_format).is_some(),
             "kafka.input_format",
             format!(
@@ -687,6 +728,40 @@ mod tests {
         assert!(
             e.contains("kafka.partitions: -1 is not a partition")
                 && e.contains("kafka.partitions: partition 1 is listed twice"),
+            "{e}"
+        );
+    }
+
+    /// `instances` shares the partitions by number; with `partitions`, or an index out of
+    /// range, it is refused naming the key.
+    #[test]
+    fn instances_share_the_partitions() {
+        let c = load(
+            "[kafka]\ninstances = 3\n",
+            &[("DEFLECT__KAFKA__INSTANCE_INDEX", "1")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.static_partitions(8), [1, 4, 7]);
+        assert_eq!(c.kafka.static_partitions(1), Vec::<i32>::new());
+        let c = load("[kafka]\npartitions = [5, 2]\n", &[]).unwrap();
+        assert_eq!(c.kafka.static_partitions(8), [5, 2]);
+        assert!(Config::default().kafka.static_partitions(8).is_empty());
+        let e = load(
+            "[kafka]\ninstances = 2\ninstance_index = 2\npartitions = [0]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("kafka.instances: set kafka.partitions or kafka.instances, not both")
+                && e.contains("kafka.instance_index: must be below kafka.instances (2), got 2"),
+            "{e}"
+        );
+        let e = load("[kafka]\ninstance_index = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kafka.instance_index: needs kafka.instances"),
             "{e}"
         );
     }

@@ -292,6 +292,16 @@ fn run_loop(
             input_partitions - 1
         );
     }
+    let partitions = cfg.kafka.static_partitions(input_partitions);
+    if cfg.kafka.instances > 0 && partitions.is_empty() {
+        anyhow::bail!(
+            "config key kafka.instance_index: instance {} of {} has no partition of topic {:?}, \
+             which has {input_partitions}: run at most {input_partitions} instances",
+            cfg.kafka.instance_index,
+            cfg.kafka.instances,
+            cfg.kafka.input_topic
+        );
+    }
     // the topics records are written to: a missing one fails only when a record goes there,
     // unless the brokers create topics on first write
     for (key, topic) in [
@@ -318,7 +328,7 @@ fn run_loop(
         &cfg.kafka.group_id,
         &cfg.kafka.input_topic,
         opts.exit_at_eof,
-        &cfg.kafka.partitions,
+        &partitions,
     )
     .context("cannot create Kafka consumer")?;
     let consumer = &consumer;
@@ -332,7 +342,7 @@ fn run_loop(
     tracing::info!(
         topic = %cfg.kafka.input_topic,
         group = %cfg.kafka.group_id,
-        partitions = ?cfg.kafka.partitions,
+        partitions = ?partitions,
         state = %cfg.state.dir.display(),
         time_zone = %cfg.site.time_zone,
         interval_minutes = cfg.site.interval_minutes,
