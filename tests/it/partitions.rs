@@ -126,15 +126,16 @@ fn a_partition_the_topic_lacks_is_refused() {
     let topic = "static-missing";
     let broker = EmbeddedBroker::start(&[(topic, 2)]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        broker.bootstrap_servers(),
-        topic,
-        dir.path(),
-        "static-missing",
-    );
-    cfg.kafka.partitions = vec![1, 2];
-    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
-    let e = svc.wait_pipeline().unwrap_err().to_string();
+    // the error the pipeline stops with, under `set`'s configuration
+    let start_error = |set: &dyn Fn(&mut deflect::Config)| {
+        let mut cfg = config(broker.bootstrap_servers(), topic, dir.path(), topic);
+        set(&mut cfg);
+        let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
+        let e = svc.wait_pipeline().unwrap_err().to_string();
+        let _ = svc.shutdown();
+        e
+    };
+    let e = start_error(&|c| c.kafka.partitions = vec![1, 2]);
     assert!(
         e.contains(
             "config key kafka.partitions: partition 2 is not in topic \"static-missing\", which \
@@ -142,18 +143,10 @@ fn a_partition_the_topic_lacks_is_refused() {
         ),
         "{e}"
     );
-    let _ = svc.shutdown();
-
-    let mut cfg = config(
-        broker.bootstrap_servers(),
-        topic,
-        dir.path(),
-        "static-missing",
-    );
-    cfg.kafka.instances = 3;
-    cfg.kafka.instance_index = 2;
-    let mut svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: true }).unwrap();
-    let e = svc.wait_pipeline().unwrap_err().to_string();
+    let e = start_error(&|c| {
+        c.kafka.instances = 3;
+        c.kafka.instance_index = 2;
+    });
     assert!(
         e.contains(
             "config key kafka.instance_index: instance 2 of 3 has no partition of topic \
@@ -161,5 +154,4 @@ fn a_partition_the_topic_lacks_is_refused() {
         ),
         "{e}"
     );
-    let _ = svc.shutdown();
 }
