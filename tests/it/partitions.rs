@@ -155,3 +155,77 @@ fn a_partition_the_topic_lacks_is_refused() {
         "{e}"
     );
 }
+
+/// An instance assigned its partitions by configuration whose offset commits Kafka refuses
+/// (injected `GROUP_AUTHORIZATION_FAILED` answers, as a group with members would answer
+/// `UNKNOWN_MEMBER_ID`): it counts them in `deflect_offset_commit_failures_total` while it runs,
+/// and a restart resumes from its stored state although nothing was committed: every record read
+/// again is skipped as already applied or replayed as pending, and the figures are the batch
+/// oracle's.
+#[test]
+fn refused_offset_commits_are_counted() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    test_log();
+    let topic = "static-refused";
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(topic, 2, 1).unwrap();
+    let settings = deflect_kafka::ClientSettings::new(cluster.bootstrap_servers());
+    let events = traffic(300.0, 500, 15, 6 * 3_600_000);
+    let (first, second) = events.split_at(events.len() / 2);
+    send_all(&settings, topic, first);
+    let n = events.len() as f64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster.bootstrap_servers(), topic, dir.path(), topic);
+    cfg.kafka.partitions = vec![0, 1];
+    cfg.pipeline.max_batch = 500;
+    // every commit of the test refused
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 10_000],
+    );
+
+    // running: the refusals of its asynchronous commits are counted (at the 10 s refresh); it
+    // commits at most once a second, after a batch is written: the second half comes later
+    let svc = deflect::Service::start(cfg.clone(), RunOptions::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let read = |svc: &deflect::Service| {
+        let m = parse_metrics(&svc.render(), "deflect_");
+        let accepted = sum(&m, "deflect_events_total", &[("result", "accepted")]);
+        (
+            accepted,
+            sum(&m, "deflect_offset_commit_failures_total", &[]),
+        )
+    };
+    while read(&svc).0 < first.len() as f64 {
+        assert!(Instant::now() < deadline, "the first half was not read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    send_all(&settings, topic, second);
+    loop {
+        let (accepted, failures) = read(&svc);
+        if accepted == n && failures > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{accepted} of {n} events, {failures} commit failures counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    svc.shutdown().unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    assert_eq!(committed_offsets(&bootstrap, topic, topic, 2), [0, 0]);
+
+    // again: read from the beginning (nothing committed), resumed from the state
+    let m = run_to_eof(cfg);
+    // every record read again: applied to the state (skipped) or pending in it (replayed)
+    let skipped = sum(&m, "deflect_records_already_applied_total", &[]);
+    assert_eq!(skipped + sum(&m, "deflect_records_replayed_total", &[]), n);
+    assert!(skipped > 0.0);
+    assert_eq!(sum(&m, "deflect_records_missed_total", &[]), 0.0);
+    // its final commit, refused too
+    assert!(sum(&m, "deflect_offset_commit_failures_total", &[]) >= 1.0);
+    assert_figures_match(&without_partition(&m), &batch_oracle(&events));
+}

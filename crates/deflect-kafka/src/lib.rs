@@ -98,6 +98,8 @@ pub struct GroupContext {
     /// The queue of each assigned partition, split off the consumer's queue before the partition
     /// is assigned, so that its records are read in batches ([`GroupConsumer::read`]).
     queues: Mutex<BTreeMap<i32, Split>>,
+    /// Offset commits that failed ([`GroupConsumer::commit_failures`]).
+    commit_failures: std::sync::atomic::AtomicU64,
 }
 
 /// An assigned partition's own queue, and where its reading started.
@@ -293,6 +295,15 @@ pub struct GroupConsumer {
     /// The consumer's own queue (rebalances, commits, statistics, errors): only its length is
     /// read here. Dropped before the consumer (fields drop in order).
     events: Queue,
+    /// Where the results of asynchronous offset commits come (read by
+    /// [`GroupConsumer::commit_failures`]): rust-rdkafka's commit callback is not called for
+    /// them. Dropped before the consumer.
+    commit_results: Queue,
+    /// Whether the partitions were assigned by configuration (no rebalance explains a failed
+    /// commit: warned).
+    by_config: bool,
+    /// When a failed commit was last logged as a warning.
+    commit_warned: Mutex<Option<std::time::Instant>>,
     /// Where the next read starts among the partitions' queues.
     next: std::sync::atomic::AtomicUsize,
     /// Whether reads report the ends of partitions ([`Seen::End`]).
@@ -390,8 +401,22 @@ impl GroupConsumer {
             ctx.push(Assignment::Assigned(partitions.to_vec()));
         }
         let events = consumer_queue(&consumer)?;
+        // SAFETY: the client is alive, and outlives the handle (field order)
+        let commit_results = unsafe {
+            Queue::from_ptr(rdkafka::bindings::rd_kafka_queue_new(
+                consumer.client().native_ptr(),
+            ))
+        }
+        .ok_or_else(|| {
+            Error::Config(KafkaError::ClientCreation(
+                "cannot create a queue for commit results".into(),
+            ))
+        })?;
         Ok(GroupConsumer {
             events,
+            commit_results,
+            by_config: !partitions.is_empty(),
+            commit_warned: Mutex::new(None),
             next: Default::default(),
             ends,
             consumer,
@@ -664,25 +689,90 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self
-            .consumer
-            .commit(&self.offset_list(offsets)?, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
-        }
+        let tpl = self.offset_list(offsets)?;
+        // SAFETY: live client, list and queue; no callback (the result is read as an event)
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_commit_queue(
+                self.consumer.client().native_ptr(),
+                tpl.ptr(),
+                self.commit_results.ptr(),
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        self.commit_result(err);
+        self.commit_failures();
         Ok(())
     }
 
-    /// Commits synchronously (shutdown).
+    /// Offset commits that failed so far (refused by Kafka, or not answered), commits with
+    /// nothing to commit aside; takes the results of asynchronous commits that came meanwhile.
+    pub fn commit_failures(&self) -> u64 {
+        loop {
+            // SAFETY: a live queue; the event is ours and destroyed once
+            let ev =
+                unsafe { rdkafka::bindings::rd_kafka_queue_poll(self.commit_results.ptr(), 0) };
+            if ev.is_null() {
+                break;
+            }
+            let err = unsafe { rdkafka::bindings::rd_kafka_event_error(ev) };
+            unsafe { rdkafka::bindings::rd_kafka_event_destroy(ev) };
+            self.commit_result(err);
+        }
+        let ctx = self.consumer.context();
+        ctx.commit_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed commit; logs it as a warning (once a minute) when the partitions were
+    /// assigned by configuration, where no rebalance explains it.
+    fn commit_result(&self, err: rdkafka::bindings::rd_kafka_resp_err_t) {
+        use rdkafka::bindings::rd_kafka_resp_err_t as E;
+        // nothing to commit: not a failure
+        if matches!(
+            err,
+            E::RD_KAFKA_RESP_ERR_NO_ERROR | E::RD_KAFKA_RESP_ERR__NO_OFFSET
+        ) {
+            return;
+        }
+        let e = KafkaError::ConsumerCommit(err.into());
+        let ctx = self.consumer.context();
+        let n = ctx.commit_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.by_config {
+            // a member's commit fails around rebalances: Kafka's answer to a partition moving
+            tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
+            return;
+        }
+        let mut warned = self.commit_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|t| t.elapsed() >= COMMIT_WARN_EVERY) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                error = %e,
+                failures = n,
+                "offset commit failed: the group's committed offsets (and lag measured from \
+                 them) stay behind; restarts still resume from the stored state. Does an \
+                 instance that joins the group use this group id? (warned once a minute)"
+            );
+        }
+    }
+
+    /// Commits synchronously (shutdown); a failure is counted in [`Self::commit_failures`] and
+    /// returned, not logged.
     pub fn commit_sync(&self, offsets: &[(i32, i64)]) -> Result<(), Error> {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.consumer
-            .commit(&self.offset_list(offsets)?, CommitMode::Sync)?;
-        Ok(())
+        let committed = self
+            .consumer
+            .commit(&self.offset_list(offsets)?, CommitMode::Sync);
+        if committed.is_err() {
+            (self.consumer.context().commit_failures).fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(committed?)
     }
 }
+
+/// How often a failing offset commit is logged as a warning at the most.
+const COMMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Fetch settings of every consumer deflect creates (`kafka.properties` may override them).
 fn consumer_defaults(c: &mut ClientConfig) {

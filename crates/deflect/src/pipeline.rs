@@ -404,6 +404,7 @@ fn run_loop(
     if let Err(e) = consumer.commit_sync(&l.resume_offsets()) {
         tracing::warn!(error = %e, "final offset commit failed; the state store keeps the offsets");
     }
+    telemetry::commit_failures(consumer.commit_failures());
     l.summary.partitions = l.engines.len();
     if let Some(first) = l.poller.first_record {
         (l.summary.busy, l.summary.cpu) = Stamp::now().since(first);
@@ -825,6 +826,7 @@ impl Loop<'_> {
             telemetry::full_refresh(*p, &e.engine);
         }
         telemetry::keep_process_counters();
+        telemetry::commit_failures(self.poller.consumer.commit_failures());
         let t1 = t0.elapsed();
         // records not read yet, those a restart reads again included (Kafka's committed offset
         // trails by the pending events)

@@ -46,6 +46,7 @@ pub const STAFFING_LOAD: &str = "deflect_staffing_offered_load_erlangs";
 pub const CALLBACK_BACKLOG: &str = "deflect_callback_backlog";
 pub const CALLBACK_OLDEST: &str = "deflect_callback_oldest_pending_seconds";
 pub const OUTPUT_UNDELIVERED: &str = "deflect_output_undelivered_records";
+pub const COMMIT_FAILURES: &str = "deflect_offset_commit_failures_total";
 
 const BATCH_SECONDS_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -101,6 +102,7 @@ pub fn keep_process_counters() {
     counter!(RECORDS_REPLAYED).increment(0);
     counter!(RECORDS_MISSED).increment(0);
     counter!(RECORDS_MIS_KEYED).increment(0);
+    counter!(COMMIT_FAILURES).increment(0);
     // not waiting when this runs (the loop thread does both)
     gauge!(OUTPUT_UNDELIVERED).set(0.0);
 }
@@ -142,6 +144,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS_MIS_KEYED,
         "Records whose Kafka key is not their event's customer_id (contact_id without one), on a topic of several partitions: a customer's journey may be split over partitions."
+    );
+    describe_counter!(
+        COMMIT_FAILURES,
+        "Offset commits to the consumer group that failed (the committed offsets trail; restarts resume from the stored state)."
     );
     describe_counter!(
         RECORDS_MISSED,
@@ -505,6 +511,11 @@ pub fn already_applied(n: u64) {
 
 pub fn replayed(n: u64) {
     counter!(RECORDS_REPLAYED).increment(n);
+}
+
+/// Offset commits that failed in this process so far.
+pub fn commit_failures(n: u64) {
+    counter!(COMMIT_FAILURES).absolute(n);
 }
 
 pub fn missed(n: u64) {
