@@ -98,8 +98,6 @@ pub struct GroupContext {
     /// The queue of each assigned partition, split off the consumer's queue before the partition
     /// is assigned, so that its records are read in batches ([`GroupConsumer::read`]).
     queues: Mutex<BTreeMap<i32, Split>>,
-    /// Offset commits that failed ([`GroupConsumer::commit_failures`]).
-    commit_failures: std::sync::atomic::AtomicU64,
 }
 
 /// An assigned partition's own queue, and where its reading started.
@@ -302,6 +300,8 @@ pub struct GroupConsumer {
     /// Whether the partitions were assigned by configuration (no rebalance explains a failed
     /// commit: warned).
     by_config: bool,
+    /// Offset commits that failed ([`GroupConsumer::commit_failures`]).
+    commit_failures: std::sync::atomic::AtomicU64,
     /// When a failed commit was last logged as a warning.
     commit_warned: Mutex<Option<std::time::Instant>>,
     /// Where the next read starts among the partitions' queues.
@@ -416,6 +416,7 @@ impl GroupConsumer {
             events,
             commit_results,
             by_config: !partitions.is_empty(),
+            commit_failures: Default::default(),
             commit_warned: Mutex::new(None),
             next: Default::default(),
             ends,
@@ -715,12 +716,12 @@ impl GroupConsumer {
             if ev.is_null() {
                 break;
             }
+            // SAFETY: a live event, destroyed after its error is read
             let err = unsafe { rdkafka::bindings::rd_kafka_event_error(ev) };
             unsafe { rdkafka::bindings::rd_kafka_event_destroy(ev) };
             self.commit_result(err);
         }
-        let ctx = self.consumer.context();
-        ctx.commit_failures.load(Ordering::Relaxed)
+        self.commit_failures.load(Ordering::Relaxed)
     }
 
     /// Counts a failed commit; logs it as a warning (once a minute) when the partitions were
@@ -735,8 +736,7 @@ impl GroupConsumer {
             return;
         }
         let e = KafkaError::ConsumerCommit(err.into());
-        let ctx = self.consumer.context();
-        let n = ctx.commit_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.commit_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if !self.by_config {
             // a member's commit fails around rebalances: Kafka's answer to a partition moving
             tracing::debug!(error = %e, "offset commit failed (partition likely revoked)");
@@ -765,7 +765,7 @@ impl GroupConsumer {
             .consumer
             .commit(&self.offset_list(offsets)?, CommitMode::Sync);
         if committed.is_err() {
-            (self.consumer.context().commit_failures).fetch_add(1, Ordering::Relaxed);
+            self.commit_failures.fetch_add(1, Ordering::Relaxed);
         }
         Ok(committed?)
     }
