@@ -107,16 +107,41 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// The partitions of an input topic of `count` partitions this instance is assigned by
+    /// The partitions of `topic`, an input of `count` partitions, this instance is assigned by
     /// configuration (`partitions`, or its share under `instances`); empty: the group assigns
-    /// them.
-    pub fn static_partitions(&self, count: i32) -> Vec<i32> {
+    /// them. A listed partition the topic lacks, or an empty share, is an error naming the key.
+    pub fn static_partitions(&self, count: i32) -> Result<Vec<i32>, ConfigError> {
+        let key = |key: &str, message: String| ConfigError::Key {
+            key: key.into(),
+            message,
+        };
         if self.instances == 0 {
-            return self.partitions.clone();
+            return match self.partitions.iter().find(|p| **p >= count) {
+                Some(p) => Err(key(
+                    "kafka.partitions",
+                    format!(
+                        "partition {p} is not in topic {:?}, which has {count} (0 to {})",
+                        self.input_topic,
+                        count - 1
+                    ),
+                )),
+                None => Ok(self.partitions.clone()),
+            };
         }
-        (0..count)
+        let share: Vec<i32> = (0..count)
             .filter(|p| *p as u32 % self.instances == self.instance_index)
-            .collect()
+            .collect();
+        if share.is_empty() {
+            return Err(key(
+                "kafka.instance_index",
+                format!(
+                    "instance {} of {} has no partition of topic {:?}, which has {count}: run at \
+                     most {count} instances",
+                    self.instance_index, self.instances, self.input_topic
+                ),
+            ));
+        }
+        Ok(share)
     }
 }
 
@@ -741,11 +766,24 @@ mod tests {
             &[("DEFLECT__KAFKA__INSTANCE_INDEX", "1")],
         )
         .unwrap();
-        assert_eq!(c.kafka.static_partitions(8), [1, 4, 7]);
-        assert_eq!(c.kafka.static_partitions(1), Vec::<i32>::new());
+        assert_eq!(c.kafka.static_partitions(8).unwrap(), [1, 4, 7]);
+        assert_eq!(
+            c.kafka.static_partitions(1).unwrap_err().to_string(),
+            "config key kafka.instance_index: instance 1 of 3 has no partition of topic \
+             \"contact-events\", which has 1: run at most 1 instances"
+        );
         let c = load("[kafka]\npartitions = [5, 2]\n", &[]).unwrap();
-        assert_eq!(c.kafka.static_partitions(8), [5, 2]);
-        assert!(Config::default().kafka.static_partitions(8).is_empty());
+        assert_eq!(c.kafka.static_partitions(8).unwrap(), [5, 2]);
+        assert_eq!(
+            c.kafka.static_partitions(5).unwrap_err().to_string(),
+            "config key kafka.partitions: partition 5 is not in topic \"contact-events\", which \
+             has 5 (0 to 4)"
+        );
+        assert!(Config::default()
+            .kafka
+            .static_partitions(8)
+            .unwrap()
+            .is_empty());
         let e = load(
             "[kafka]\ninstances = 2\ninstance_index = 2\npartitions = [0]\n",
             &[],

@@ -284,24 +284,7 @@ fn run_loop(
                     cfg.kafka.input_topic, cfg.kafka.bootstrap_servers
                 )
             })?;
-    if let Some(p) = (cfg.kafka.partitions.iter()).find(|p| **p >= input_partitions) {
-        anyhow::bail!(
-            "config key kafka.partitions: partition {p} is not in topic {:?}, which has \
-             {input_partitions} (0 to {})",
-            cfg.kafka.input_topic,
-            input_partitions - 1
-        );
-    }
-    let partitions = cfg.kafka.static_partitions(input_partitions);
-    if cfg.kafka.instances > 0 && partitions.is_empty() {
-        anyhow::bail!(
-            "config key kafka.instance_index: instance {} of {} has no partition of topic {:?}, \
-             which has {input_partitions}: run at most {input_partitions} instances",
-            cfg.kafka.instance_index,
-            cfg.kafka.instances,
-            cfg.kafka.input_topic
-        );
-    }
+    let partitions = cfg.kafka.static_partitions(input_partitions)?;
     // the topics records are written to: a missing one fails only when a record goes there,
     // unless the brokers create topics on first write
     for (key, topic) in [
