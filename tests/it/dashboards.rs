@@ -41,10 +41,15 @@ fn free_port() -> u16 {
 
 /// GET `path` from Prometheus's API as JSON.
 fn api(port: u16, path: &str) -> Value {
-    let (status, body) = http_get(format!("127.0.0.1:{port}").parse().unwrap(), path);
-    let v: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}), status {status}: {body}"));
-    v
+    try_api(port, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`api`], with no Prometheus listening (yet) or an answer that is not JSON as an error.
+fn try_api(port: u16, path: &str) -> Result<Value, String> {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, body) = try_http_get(addr, path).map_err(|e| format!("GET {path}: {e}"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("{path}: not JSON ({e}), status {status}: {body}"))
 }
 
 fn urlencode(s: &str) -> String {
@@ -62,7 +67,7 @@ fn urlencode(s: &str) -> String {
 
 /// Runs an instant query; `Err` with Prometheus's message when it does not parse or fails.
 fn query(port: u16, expr: &str) -> Result<Vec<Value>, String> {
-    let v = api(port, &format!("/api/v1/query?query={}", urlencode(expr)));
+    let v = try_api(port, &format!("/api/v1/query?query={}", urlencode(expr)))?;
     if v["status"] != "success" {
         return Err(format!("{}: {}", v["errorType"], v["error"]));
     }
@@ -207,10 +212,8 @@ fn dashboard_and_rules_work_on_a_real_prometheus() {
     let t0 = Instant::now();
     let mut first_up: Option<Instant> = None;
     loop {
-        let ok = std::panic::catch_unwind(|| query(port, "up{job=\"deflect\"} == 1"))
-            .ok()
-            .and_then(|r| r.ok())
-            .is_some_and(|r| !r.is_empty());
+        // an error until Prometheus listens
+        let ok = query(port, "up{job=\"deflect\"} == 1").is_ok_and(|r| !r.is_empty());
         if ok && first_up.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(6) {
             break;
         }
