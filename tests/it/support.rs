@@ -258,6 +258,22 @@ pub fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: 
         .collect()
 }
 
+/// Commits `offsets` (one per partition, from 0) for `group`, as a consumer outside the group.
+pub fn commit_offsets(bootstrap: &str, topic: &str, group: &str, offsets: &[i64]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in offsets.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Offset(*o))
+            .unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
 /// The end (high watermark) of each of the first `partitions` partitions of `topic`.
 pub fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};

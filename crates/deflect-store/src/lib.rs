@@ -64,6 +64,41 @@ pub enum StoreError {
          from its beginning)"
     )]
     Format { path: String, found: String },
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} cannot be imported: {reason}")]
+    ExportFile { path: String, reason: String },
+    #[error(
+        "state store at {path} holds no state of partitions {partitions:?} (it holds {held:?})"
+    )]
+    NotHeld {
+        path: String,
+        partitions: Vec<i32>,
+        held: Vec<i32>,
+    },
+    #[error(
+        "state store at {path} already holds partitions {partitions:?}: import with --replace to \
+         overwrite their state, or drop them there first"
+    )]
+    Held { path: String, partitions: Vec<i32> },
+    #[error(
+        "state store at {path} was built with {ours}, the exported state with {file}: their \
+         intervals, heat maps and cohorts do not add up; import into a store built with the \
+         same settings, or into an empty state directory"
+    )]
+    ImportSettings {
+        path: String,
+        ours: String,
+        file: String,
+    },
+    #[error(
+        "the import of partition {partition} into the state store at {path} did not finish: run \
+         `deflect state import --replace` with the same file again, or `deflect state drop` it"
+    )]
+    ImportUnfinished { path: String, partition: i32 },
     #[error(
         "state store at {path} was built with {stored}, the configuration says {configured}: \
          its intervals, heat map and cohorts follow the first. Put those settings back, or \
@@ -371,6 +406,14 @@ impl Store {
 
     /// Loads a partition's state, or `None` when this store has never seen the partition.
     pub fn load_partition(&self, p: i32) -> Result<Option<RestoredPartition>, StoreError> {
+        let meta = self.cf(CF_META);
+        let unfinished = (self.db).get_pinned_cf(meta, handoff::unfinished_key(p));
+        if unfinished.map_err(|e| self.err(e))?.is_some() {
+            return Err(StoreError::ImportUnfinished {
+                path: self.path.clone(),
+                partition: p,
+            });
+        }
         let Some(meta) = self
             .db
             .get_cf(self.cf(CF_META), prefix(p))
@@ -641,6 +684,9 @@ impl Batch<'_> {
             .map_err(|e| self.store.err(e))
     }
 }
+
+mod handoff;
+pub use handoff::{Held, Moved};
 
 #[cfg(test)]
 mod tests;

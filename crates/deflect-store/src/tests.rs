@@ -238,3 +238,230 @@ fn a_store_open_elsewhere_is_named_in_use() {
         "{err}"
     );
 }
+
+/// Every key and value of the store, in every column family.
+fn dump(store: &Store) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for cf in CFS {
+        for item in store.db.iterator_cf(store.cf(cf), IteratorMode::Start) {
+            let (k, v) = item.unwrap();
+            out.push((cf, k.to_vec(), v.to_vec()));
+        }
+    }
+    out
+}
+
+/// Partitions 1, 2 and 5 with journeys, timers, cohorts, snapshots and marks.
+fn store_with_three_partitions(dir: &Path, settings: &str) -> Store {
+    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    store.check_settings(settings).unwrap();
+    let mut b = store.batch();
+    for p in [1, 2, 5] {
+        let snap = PartitionSnapshot {
+            next_offset: 100 + p as i64,
+            resume_offset: 50 + p as i64,
+            ..Default::default()
+        };
+        let ch = StateChanges {
+            timers_put: vec![(99, format!("c:u{p}").into()), (-4, "c:v".into())],
+            journeys: vec![
+                (format!("c:u{p}").into(), Some(codec::encode(&stored()))),
+                ("c:v".into(), Some(vec![p as u8; 300])),
+            ],
+            cohorts: vec![(
+                900_000,
+                Some(codec::encode(&CohortState {
+                    start: 900_000,
+                    end: 1_800_000,
+                    emitted: p as u32,
+                    ..Default::default()
+                })),
+            )],
+            ..Default::default()
+        };
+        b.partition(p, &snap, &ch);
+        b.last_record(
+            p,
+            RecordMark {
+                offset: 99 + p as i64,
+                fingerprint: p as u64,
+            },
+        );
+    }
+    b.commit().unwrap();
+    store
+}
+
+#[test]
+fn exported_partitions_import_key_for_key_and_drop_leaves_the_others() {
+    let settings = "site.time_zone=UTC site.interval_minutes=15";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = store_with_three_partitions(a.path(), settings);
+    let held: Vec<i32> = src
+        .partitions()
+        .unwrap()
+        .iter()
+        .map(|h| h.partition)
+        .collect();
+    assert_eq!(held, [1, 2, 5]);
+    assert_eq!(
+        src.partitions().unwrap()[1],
+        Held {
+            partition: 2,
+            next_offset: 102,
+            resume_offset: 52,
+            journeys: 2
+        }
+    );
+    let before = dump(&src);
+    let file = a.path().join("p2-p5.state");
+    let moved = src.export(&[2, 5], &file).unwrap();
+    assert_eq!(
+        moved.iter().map(|m| m.partition).collect::<Vec<_>>(),
+        [2, 5]
+    );
+    // per partition: 2 journeys, 2 timers, 1 cohort, snapshot and mark
+    assert!(
+        moved.iter().all(|m| m.journeys == 2 && m.keys == 7),
+        "{moved:?}"
+    );
+
+    let dst = Store::open(b.path(), StoreOptions::default()).unwrap();
+    assert_eq!(dst.import(&file, false).unwrap(), moved);
+    assert_eq!(dst.settings().unwrap().as_deref(), Some(settings));
+    let of = |d: &[(&str, Vec<u8>, Vec<u8>)], ps: &[i32]| -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        d.iter()
+            .filter(|(cf, k, _)| {
+                let partition_key = *cf != CF_META || k.len() <= 4 || k[4..] == *b"last-record";
+                partition_key
+                    && k.len() >= 4
+                    && ps.contains(&i32::from_be_bytes(k[..4].try_into().unwrap()))
+            })
+            .map(|(cf, k, v)| (cf.to_string(), k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(of(&dump(&dst), &[1, 2, 5]), of(&before, &[2, 5]));
+    for p in [2, 5] {
+        let (x, y) = (
+            src.load_partition(p).unwrap().unwrap(),
+            dst.load_partition(p).unwrap().unwrap(),
+        );
+        assert_eq!(
+            (x.snapshot, x.cohorts, x.last_record),
+            (y.snapshot, y.cohorts, y.last_record)
+        );
+    }
+    assert_eq!(dst.journeys(5).load("c:u5"), Some(stored()));
+
+    // the source still holds them until they are dropped; then only partition 1 is left
+    src.drop_partitions(&[2, 5]).unwrap();
+    assert_eq!(of(&dump(&src), &[1, 2, 5]), of(&before, &[1]));
+    assert!(src.load_partition(2).unwrap().is_none());
+    assert_eq!(src.partitions().unwrap().len(), 1);
+}
+
+#[test]
+fn imports_refuse_held_partitions_other_settings_and_damaged_files() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = store_with_three_partitions(a.path(), "s1");
+    let file = a.path().join("x.state");
+    let err = src.export(&[2, 7], &file).unwrap_err().to_string();
+    assert!(
+        err.ends_with("holds no state of partitions [7] (it holds [1, 2, 5])"),
+        "{err}"
+    );
+    src.export(&[2], &file).unwrap();
+
+    // a store that holds partition 2 refuses it, unless replaced
+    let dst = store_with_three_partitions(b.path(), "s1");
+    let err = dst.import(&file, false).unwrap_err().to_string();
+    assert!(
+        err.contains("already holds partitions [2]: import with --replace"),
+        "{err}"
+    );
+    let mut b2 = dst.batch();
+    b2.partition(
+        2,
+        &PartitionSnapshot {
+            next_offset: 1,
+            ..Default::default()
+        },
+        &StateChanges {
+            journeys: vec![("c:only-here".into(), Some(vec![1]))],
+            ..Default::default()
+        },
+    );
+    b2.commit().unwrap();
+    dst.import(&file, true).unwrap();
+    assert_eq!(
+        dst.load_partition(2).unwrap().unwrap().snapshot.next_offset,
+        102
+    );
+    assert_eq!(
+        dst.journeys(2).load("c:only-here"),
+        None,
+        "replaced, not merged"
+    );
+
+    // other settings
+    let c = tempfile::tempdir().unwrap();
+    let other = Store::open(c.path(), StoreOptions::default()).unwrap();
+    other.check_settings("s2").unwrap();
+    let err = other.import(&file, false).unwrap_err().to_string();
+    assert!(
+        err.contains("was built with s2, the exported state with s1"),
+        "{err}"
+    );
+    assert!(other.partitions().unwrap().is_empty());
+
+    // a damaged or cut file writes nothing
+    let bytes = std::fs::read(&file).unwrap();
+    for (name, damaged) in [
+        ("flipped", {
+            let mut d = bytes.clone();
+            d[bytes.len() / 2] ^= 1;
+            d
+        }),
+        ("cut", bytes[..bytes.len() - 10].to_vec()),
+        ("other", b"PAR1 not ours at all, but long enough".to_vec()),
+    ] {
+        let f = c.path().join(name);
+        std::fs::write(&f, damaged).unwrap();
+        let err = other.import(&f, false).unwrap_err().to_string();
+        assert!(err.contains("cannot be imported"), "{name}: {err}");
+        assert!(other.partitions().unwrap().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn an_import_that_stopped_part_way_is_refused_until_replaced() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = store_with_three_partitions(a.path(), "s1");
+    let file = a.path().join("x.state");
+    src.export(&[5], &file).unwrap();
+    let dst = Store::open(b.path(), StoreOptions::default()).unwrap();
+    dst.import(&file, false).unwrap();
+    // as an import leaves it when it stops after its first write: marked, snapshot not there
+    dst.db
+        .put_cf(dst.cf(CF_META), handoff::unfinished_key(5), [])
+        .unwrap();
+    dst.db.delete_cf(dst.cf(CF_META), prefix(5)).unwrap();
+    let err = dst.load_partition(5).err().expect("refused").to_string();
+    assert!(
+        err.contains("the import of partition 5 into the state store at"),
+        "{err}"
+    );
+    let err = dst.import(&file, false).unwrap_err().to_string();
+    assert!(err.contains("already holds partitions [5]"), "{err}");
+    dst.import(&file, true).unwrap();
+    assert_eq!(
+        dst.load_partition(5).unwrap().unwrap().snapshot.next_offset,
+        105
+    );
+    // a drop clears the mark too
+    dst.db
+        .put_cf(dst.cf(CF_META), handoff::unfinished_key(5), [])
+        .unwrap();
+    dst.drop_partitions(&[5]).unwrap();
+    assert!(dst.load_partition(5).unwrap().is_none());
+}

@@ -55,6 +55,10 @@ impl From<FormatArg> for WireFormat {
 enum Command {
     /// Erlang C / Erlang A staffing for one interval's demand.
     Staffing(crate::staffing::StaffingArgs),
+    /// A state directory's partitions; move partitions' state to another instance's directory
+    /// (export, import, drop), with no deflect running on either.
+    #[command(subcommand)]
+    State(crate::state::StateCommand),
     /// Run the pipeline against Kafka brokers.
     Run {
         /// TOML configuration (every key optional; `DEFLECT__SECTION__KEY` overrides).
@@ -251,6 +255,10 @@ fn dispatch(c: Command) -> Result<()> {
         Command::BenchState(args) => crate::bench_state::run(args),
         Command::Staffing(args) => {
             print!("{}", crate::staffing::report(&args)?);
+            Ok(())
+        }
+        Command::State(c) => {
+            print!("{}", crate::state::run(&c)?);
             Ok(())
         }
         Command::Broker { topics } => broker(&topics),

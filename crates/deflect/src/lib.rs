@@ -16,6 +16,7 @@ pub mod produce;
 pub mod replay;
 pub mod service;
 pub mod staffing;
+pub mod state;
 pub mod telemetry;
 
 pub use config::Config;
