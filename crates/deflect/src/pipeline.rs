@@ -1508,9 +1508,9 @@ fn check_start(
             first_offset = first,
             log_start,
             "records after the stored state were skipped: the group's committed offset is past \
-             it (another instance of the group consumed them; state hand-off is not \
-             implemented, run one instance per group), or the broker did not return them; \
-             their events are missing"
+             it (another instance of the group consumed them: move a partition's state with \
+             `deflect state export` and `import`, or assign partitions by kafka.instances), or \
+             the broker did not return them; their events are missing"
         ),
         ExpectedStart::LogStart => tracing::warn!(
             partition = p,
