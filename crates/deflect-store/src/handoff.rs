@@ -65,6 +65,9 @@ pub struct Held {
     /// Where a restart resumes reading (pending events are read again from there).
     pub resume_offset: i64,
     pub journeys: u64,
+    /// Every key of the partition (what an export writes), and their keys' and values' bytes.
+    pub keys: u64,
+    pub bytes: u64,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -97,7 +100,7 @@ fn unfinished(store: &Store) -> Result<Vec<i32>, StoreError> {
 }
 
 impl Store {
-    /// The partitions this store holds a state for, in order.
+    /// The partitions this store holds a state for, in order (every key read once).
     pub fn partitions(&self) -> Result<Vec<Held>, StoreError> {
         let mut out = Vec::new();
         for item in (self.db).iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::Start) {
@@ -112,23 +115,25 @@ impl Store {
                     what: "partition snapshot",
                     source,
                 })?;
-            out.push(Held {
+            let mut held = Held {
                 partition: p,
                 next_offset: snapshot.next_offset,
                 resume_offset: snapshot.resume_offset,
-                journeys: self.count(crate::CF_JOURNEYS, p)?,
-            });
+                journeys: 0,
+                keys: 0,
+                bytes: 0,
+            };
+            for cf in CFS {
+                for item in self.scan(cf, p) {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    held.keys += 1;
+                    held.bytes += (k.len() + v.len()) as u64;
+                    held.journeys += u64::from(cf == crate::CF_JOURNEYS);
+                }
+            }
+            out.push(held);
         }
         Ok(out)
-    }
-
-    fn count(&self, cf: &str, p: i32) -> Result<u64, StoreError> {
-        let mut n = 0;
-        for item in self.scan(cf, p) {
-            item.map_err(|e| self.err(e))?;
-            n += 1;
-        }
-        Ok(n)
     }
 
     /// The settings the state was built with ([`Store::check_settings`]), if recorded.

@@ -297,6 +297,7 @@ fn exported_partitions_import_key_for_key_and_drop_leaves_the_others() {
     let settings = "site.time_zone=UTC site.interval_minutes=15";
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let src = store_with_three_partitions(a.path(), settings);
+    let before = dump(&src);
     let held: Vec<i32> = src
         .partitions()
         .unwrap()
@@ -310,10 +311,14 @@ fn exported_partitions_import_key_for_key_and_drop_leaves_the_others() {
             partition: 2,
             next_offset: 102,
             resume_offset: 52,
-            journeys: 2
+            journeys: 2,
+            keys: 7,
+            bytes: (before.iter())
+                .filter(|(_, k, _)| k.len() >= 4 && k[..4] == prefix(2))
+                .map(|(_, k, v)| (k.len() + v.len()) as u64)
+                .sum(),
         }
     );
-    let before = dump(&src);
     let file = a.path().join("p2-p5.state");
     let moved = src.export(&[2, 5], &file).unwrap();
     assert_eq!(

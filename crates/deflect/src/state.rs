@@ -10,7 +10,7 @@ use deflect_store::{Moved, Store, StoreOptions};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum StateCommand {
-    /// The partitions a state directory holds: offsets and journeys.
+    /// The partitions a state directory holds: offsets, journeys, keys and bytes.
     List { dir: PathBuf },
     /// Write partitions' state to a file (the directory keeps it until `drop`).
     Export {
@@ -45,12 +45,15 @@ pub fn run(c: &StateCommand) -> Result<String> {
         StateCommand::List { dir } => {
             let store = open_existing(dir)?;
             let held = store.partitions()?;
-            writeln!(out, "partition  next_offset  resume_offset  journeys")?;
+            writeln!(
+                out,
+                "partition  next_offset  resume_offset  journeys      keys       bytes"
+            )?;
             for h in &held {
                 writeln!(
                     out,
-                    "{:>9}  {:>11}  {:>13}  {:>8}",
-                    h.partition, h.next_offset, h.resume_offset, h.journeys
+                    "{:>9}  {:>11}  {:>13}  {:>8}  {:>8}  {:>10}",
+                    h.partition, h.next_offset, h.resume_offset, h.journeys, h.keys, h.bytes
                 )?;
             }
             if held.is_empty() {
