@@ -164,6 +164,14 @@ fn scaling_down_moves_the_state_with_its_partitions() {
                 .unwrap()
         })
         .collect();
+    // a running instance's directory is refused
+    let (code, _, err) = state_cmd(&["list".as_ref(), dirs[0].path().as_os_str()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is open in another process")
+            && err.contains("stop the deflect that runs on it first"),
+        "{err}"
+    );
     for svc in first {
         stop_after(svc, n / 4.0);
     }

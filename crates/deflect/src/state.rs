@@ -71,7 +71,7 @@ pub fn run(c: &StateCommand) -> Result<String> {
             summary(&mut out, "exported", &moved, file)?;
         }
         StateCommand::Import { dir, file, replace } => {
-            let store = Store::open(dir, StoreOptions::default())?;
+            let store = open(dir)?;
             let moved = (store.import(file, *replace))
                 .with_context(|| format!("cannot import into {}", dir.display()))?;
             summary(&mut out, "imported", &moved, file)?;
@@ -106,7 +106,16 @@ fn open_existing(dir: &Path) -> Result<Store> {
         "{} is not a deflect state directory (no RocksDB there)",
         dir.display()
     );
-    Ok(Store::open(dir, StoreOptions::default())?)
+    open(dir)
+}
+
+/// Opens a state directory for a `deflect state` command, which needs it closed.
+fn open(dir: &Path) -> Result<Store> {
+    Store::open(dir, StoreOptions::default()).map_err(|e| match e {
+        deflect_store::StoreError::InUse { .. } => anyhow::Error::new(e)
+            .context("stop the deflect that runs on it first (deflect state needs it closed)"),
+        e => e.into(),
+    })
 }
 
 fn summary(out: &mut String, verb: &str, moved: &[Moved], file: &Path) -> Result<()> {
