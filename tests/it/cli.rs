@@ -1,23 +1,10 @@
 //! `deflect check-config` as a user runs it: the effective configuration with the environment's
 //! overrides, and a bad configuration refused with exit status 2, a line naming each bad key.
 
-use std::process::{Command, Stdio};
-
 use crate::support::*;
 
 fn check_config(file: &std::path::Path, env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(deflect_bin())
-        .arg("check-config")
-        .arg(file)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_deflect(&["check-config".as_ref(), file.as_os_str()], env)
 }
 
 #[test]

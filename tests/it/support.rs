@@ -185,6 +185,24 @@ pub fn run_to_eof(cfg: Config) -> BTreeMap<String, f64> {
     m
 }
 
+/// `deflect ARGS…` as its own process, with `env` added: (exit code, stdout, stderr).
+pub fn run_deflect<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = Command::new(deflect_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The `deflect` binary of this build (run as its own process).
 pub fn deflect_bin() -> PathBuf {
     // target/<profile>/deps/it-… -> target/<profile>/deflect
@@ -234,15 +252,20 @@ pub fn send_all(
     p.flush().unwrap();
 }
 
-/// The group's committed offset of each of the first `partitions` partitions of `topic` (0
-/// when none is committed).
-pub fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// A consumer of `group` that joins nothing: for reading and committing the group's offsets.
+fn group_client(bootstrap: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// The group's committed offset of each of the first `partitions` partitions of `topic` (0
+/// when none is committed).
+pub fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::Consumer;
+    let consumer = group_client(bootstrap, group);
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -260,12 +283,8 @@ pub fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: 
 
 /// Commits `offsets` (one per partition, from 0) for `group`, as a consumer outside the group.
 pub fn commit_offsets(bootstrap: &str, topic: &str, group: &str, offsets: &[i64]) {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let consumer = group_client(bootstrap, group);
     let mut tpl = rdkafka::TopicPartitionList::new();
     for (p, o) in offsets.iter().enumerate() {
         tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Offset(*o))
