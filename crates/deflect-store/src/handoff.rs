@@ -168,6 +168,9 @@ impl Store {
 
     /// Writes the state of `partitions` (each held by this store) to `file`.
     pub fn export(&self, partitions: &[i32], file: &Path) -> Result<Vec<Moved>, StoreError> {
+        let mut partitions = partitions.to_vec();
+        partitions.sort_unstable();
+        partitions.dedup();
         let held: Vec<i32> = self.partitions()?.iter().map(|h| h.partition).collect();
         let missing: Vec<i32> = (partitions.iter())
             .filter(|p| !held.contains(p))
@@ -192,12 +195,12 @@ impl Store {
         w.write_all(settings.as_bytes()).map_err(&io)?;
         w.write_all(&(partitions.len() as u32).to_be_bytes())
             .map_err(&io)?;
-        for p in partitions {
+        for p in &partitions {
             w.write_all(&p.to_be_bytes()).map_err(&io)?;
         }
         let mut records = 0u64;
         let mut out = Vec::new();
-        for &p in partitions {
+        for &p in &partitions {
             let mut moved = Moved {
                 partition: p,
                 ..Moved::default()
