@@ -641,6 +641,7 @@ impl Loop<'_> {
         // the previous batch's outcome: a failed write stops here, before anything this batch
         // produced leaves the process
         self.writer.wait(self.poller.consumer)?;
+        let t_written = Instant::now();
         let mut busy = [Duration::ZERO; 3];
         let (mut ingested, mut advanced) = (Vec::new(), Vec::new());
         for (i, a, d) in done {
@@ -792,6 +793,7 @@ impl Loop<'_> {
             wait_write_busy_us = wait_write_busy.as_micros() as u64,
             advance_busy_us = advance_busy.as_micros() as u64,
             hand_off_us = (t_submitted - t_worked).as_micros() as u64,
+            wait_writer_us = (t_written - t_worked).as_micros() as u64,
             "batch"
         );
         if n > 0 {
