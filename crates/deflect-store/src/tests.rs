@@ -470,3 +470,142 @@ fn an_import_that_stopped_part_way_is_refused_until_replaced() {
     dst.drop_partitions(&[5]).unwrap();
     assert!(dst.load_partition(5).unwrap().is_none());
 }
+
+mod moving {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One partition's writes: journeys (key, value bytes), timers, cohorts, its snapshot's
+    /// next offset.
+    type Writes = (
+        Vec<(String, Vec<u8>)>,
+        Vec<(Millis, String)>,
+        Vec<Millis>,
+        i64,
+    );
+
+    fn writes() -> impl Strategy<Value = Writes> {
+        (
+            proptest::collection::vec(
+                (
+                    "c:[a-z0-9]{1,12}",
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                ),
+                0..12,
+            ),
+            proptest::collection::vec((-1_000i64..1_000, "c:[a-z]{1,6}"), 0..8),
+            proptest::collection::vec(0i64..50, 0..4),
+            0i64..1_000_000,
+        )
+    }
+
+    fn write(store: &Store, p: i32, w: &Writes) {
+        let (journeys, timers, cohorts, next) = w;
+        let ch = StateChanges {
+            journeys: (journeys.iter())
+                .map(|(k, v)| (k.as_str().into(), Some(v.clone())))
+                .collect(),
+            timers_put: (timers.iter())
+                .map(|(t, k)| (*t, k.as_str().into()))
+                .collect(),
+            cohorts: (cohorts.iter())
+                .map(|i| {
+                    let c = CohortState {
+                        start: i * 900_000,
+                        end: (i + 1) * 900_000,
+                        ..Default::default()
+                    };
+                    (c.start, Some(codec::encode(&c)))
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let snap = PartitionSnapshot {
+            next_offset: *next,
+            ..Default::default()
+        };
+        let mut b = store.batch();
+        b.partition(p, &snap, &ch);
+        b.last_record(
+            p,
+            RecordMark {
+                offset: next - 1,
+                fingerprint: *next as u64,
+            },
+        );
+        b.commit().unwrap();
+    }
+
+    /// The keys and values of partitions `ps`, every column family.
+    fn of(store: &Store, ps: &[i32]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        dump(store)
+            .into_iter()
+            .filter(|(_, k, _)| {
+                k.len() >= 4 && ps.contains(&i32::from_be_bytes(k[..4].try_into().unwrap()))
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+        ))]
+        /// Partitions written to one store and moved (export, import, drop) to another that holds
+        /// other partitions: the destination then holds exactly the moved partitions' keys and
+        /// values besides its own, unchanged, and the source exactly its others.
+        #[test]
+        fn moved_partitions_arrive_key_for_key(
+            src_parts in proptest::collection::btree_map(0i32..6, writes(), 1..5),
+            dst_parts in proptest::collection::btree_map(6i32..9, writes(), 0..3),
+            pick in any::<u64>(),
+        ) {
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (src, dst) = (
+                Store::open(a.path(), StoreOptions::default()).unwrap(),
+                Store::open(b.path(), StoreOptions::default()).unwrap(),
+            );
+            for (p, w) in &src_parts {
+                write(&src, *p, w);
+            }
+            for (p, w) in &dst_parts {
+                write(&dst, *p, w);
+            }
+            let all: Vec<i32> = src_parts.keys().copied().collect();
+            // a non-empty subset of the source's partitions
+            let moved: Vec<i32> = (all.iter().enumerate())
+                .filter(|(i, _)| pick >> i & 1 == 1 || *i == 0)
+                .map(|(_, p)| *p)
+                .collect();
+            let kept: Vec<i32> = all.iter().copied().filter(|p| !moved.contains(p)).collect();
+            let own: Vec<i32> = dst_parts.keys().copied().collect();
+            let (src_before, dst_before) = (of(&src, &all), of(&dst, &own));
+
+            let file = a.path().join("moved.state");
+            src.export(&moved, &file).unwrap();
+            dst.import(&file, false).unwrap();
+            src.drop_partitions(&moved).unwrap();
+
+            let mut expected: Vec<_> = (src_before.iter())
+                .filter(|(_, k, _)| moved.contains(&i32::from_be_bytes(k[..4].try_into().unwrap())))
+                .cloned()
+                .chain(dst_before.iter().cloned())
+                .collect();
+            expected.sort();
+            let mut got = of(&dst, &[moved.clone(), own.clone()].concat());
+            got.sort();
+            prop_assert_eq!(got, expected);
+            let mut left: Vec<_> = (src_before.iter())
+                .filter(|(_, k, _)| kept.contains(&i32::from_be_bytes(k[..4].try_into().unwrap())))
+                .cloned()
+                .collect();
+            left.sort();
+            let mut src_after = of(&src, &all);
+            src_after.sort();
+            prop_assert_eq!(src_after, left);
+            let held: Vec<i32> = dst.partitions().unwrap().iter().map(|h| h.partition).collect();
+            let mut want = [moved.clone(), own].concat();
+            want.sort();
+            prop_assert_eq!(held, want);
+        }
+    }
+}
