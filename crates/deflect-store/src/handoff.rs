@@ -261,17 +261,16 @@ impl Store {
         for _ in 0..count {
             partitions.push(read_u32(&mut r).map_err(&io)? as i32);
         }
-        // settings: this store's must be the file's (a new store takes the file's)
-        match self.settings()? {
-            Some(ours) if !settings.is_empty() && ours != settings => {
+        // settings: this store's must be the file's (a new store takes the file's, below)
+        let ours = self.settings()?;
+        if let Some(ours) = &ours {
+            if !settings.is_empty() && *ours != settings {
                 return Err(StoreError::ImportSettings {
                     path: self.path.clone(),
-                    ours,
+                    ours: ours.clone(),
                     file: settings,
-                })
+                });
             }
-            None if !settings.is_empty() => self.check_settings(&settings)?,
-            _ => {}
         }
         if !replace {
             let held: Vec<i32> = (self.partitions()?.iter())
@@ -285,6 +284,9 @@ impl Store {
                     partitions: held,
                 });
             }
+        }
+        if ours.is_none() && !settings.is_empty() {
+            self.check_settings(&settings)?;
         }
         // the ranges cleared and each import marked unfinished, at once
         let mut wb = WriteBatch::default();
