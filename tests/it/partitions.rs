@@ -13,6 +13,12 @@ use crate::support::*;
 /// Waits until `svc` accepted at least `n` events, then stops it (the next start resumes from
 /// its state).
 fn stop_after(svc: deflect::Service, n: f64) {
+    wait_accepted(&svc, n);
+    svc.shutdown().unwrap();
+}
+
+/// Waits until `svc` accepted at least `n` events.
+fn wait_accepted(svc: &deflect::Service, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let m = parse_metrics(&svc.render(), "deflect_events_total");
@@ -22,7 +28,6 @@ fn stop_after(svc: deflect::Service, n: f64) {
         assert!(Instant::now() < deadline, "no progress: {m:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
-    svc.shutdown().unwrap();
 }
 
 /// The partitions that series of `m` are labelled with.
@@ -161,9 +166,10 @@ fn scaling_down_moves_the_state_with_its_partitions() {
                 .unwrap()
         })
         .collect();
-    // a running instance's directory is refused
+    // a running instance's directory is refused (once it has opened it: it read something)
+    wait_accepted(&first[0], 1.0);
     let (code, _, err) = state_cmd(&["list".as_ref(), dirs[0].path().as_os_str()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("is open in another process")
             && err.contains("stop the deflect that runs on it first"),
