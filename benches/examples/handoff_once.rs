@@ -38,7 +38,7 @@ fn main() {
     let t = Instant::now();
     let held = src.partitions().expect("partitions");
     let scan = t.elapsed();
-    let journeys = held.first().map_or(0, |h| h.journeys);
+    let journeys = held.first().map_or(0, |h| h.size.journeys);
 
     let file = dir.path().join("p0.state");
     let t = Instant::now();
@@ -57,7 +57,7 @@ fn main() {
 
     println!(
         "{n} events, {journeys} journeys stored, {} keys ({} bytes), file {size} bytes",
-        moved[0].keys, moved[0].bytes
+        moved[0].size.keys, moved[0].size.bytes
     );
     println!(
         "list {:.3} s, export {:.3} s ({:.1} x list), import {:.3} s ({:.1} x list)",

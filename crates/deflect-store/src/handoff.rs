@@ -45,15 +45,32 @@ pub(crate) fn unfinished_key(p: i32) -> Vec<u8> {
     k
 }
 
+/// A value read from the store.
+type Value = Box<[u8]>;
+
+/// How much of a partition's state: what an export writes, or an import wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Size {
+    /// Stored journeys (customers, or contacts without a customer).
+    pub journeys: u64,
+    /// Every key of the partition, journeys included, and their keys' and values' bytes.
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl Size {
+    fn add(&mut self, cf: &str, k: &[u8], v: &[u8]) {
+        self.keys += 1;
+        self.bytes += (k.len() + v.len()) as u64;
+        self.journeys += u64::from(cf == crate::CF_JOURNEYS);
+    }
+}
+
 /// What an export or import moved, per partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
     pub partition: i32,
-    /// Stored journeys (customers, or contacts without a customer).
-    pub journeys: u64,
-    /// Every key of the partition, journeys included.
-    pub keys: u64,
-    pub bytes: u64,
+    pub size: Size,
 }
 
 /// A partition held by a store, as `deflect state list` shows it.
@@ -64,10 +81,7 @@ pub struct Held {
     pub next_offset: i64,
     /// Where a restart resumes reading (pending events are read again from there).
     pub resume_offset: i64,
-    pub journeys: u64,
-    /// Every key of the partition (what an export writes), and their keys' and values' bytes.
-    pub keys: u64,
-    pub bytes: u64,
+    pub size: Size,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -84,54 +98,69 @@ fn bad_file(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// The store's partitions whose import did not finish.
-fn unfinished(store: &Store) -> Result<Vec<i32>, StoreError> {
-    let mut out = Vec::new();
-    for item in store
-        .db
-        .iterator_cf(store.cf(CF_META), rocksdb::IteratorMode::Start)
-    {
-        let (k, _) = item.map_err(|e| store.err(e))?;
-        if k.len() == 4 + UNFINISHED.len() && k.ends_with(UNFINISHED) {
-            out.push(i32::from_be_bytes(k[..4].try_into().expect("4 bytes")));
-        }
-    }
-    Ok(out)
-}
-
 impl Store {
-    /// The partitions this store holds a state for, in order (every key read once).
-    pub fn partitions(&self) -> Result<Vec<Held>, StoreError> {
+    /// The partitions whose meta key is their prefix followed by `suffix`, with its value, in
+    /// order: with no suffix, those the store holds (their snapshots).
+    fn meta_of_partitions(&self, suffix: &[u8]) -> Result<Vec<(i32, Value)>, StoreError> {
         let mut out = Vec::new();
         for item in (self.db).iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            // a snapshot's key is the bare partition prefix; the store's own keys are longer
-            if k.len() != 4 {
-                continue;
+            if k.len() == 4 + suffix.len() && k.ends_with(suffix) {
+                out.push((i32::from_be_bytes(k[..4].try_into().expect("4 bytes")), v));
             }
-            let p = i32::from_be_bytes(k[..4].try_into().expect("4 bytes"));
+        }
+        Ok(out)
+    }
+
+    /// The partitions this store holds a state for, in order (no key of theirs read).
+    fn held(&self) -> Result<Vec<i32>, StoreError> {
+        Ok(self
+            .meta_of_partitions(b"")?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// Refuses partitions this store does not hold.
+    fn require_held(&self, partitions: &[i32]) -> Result<(), StoreError> {
+        let held = self.held()?;
+        let missing: Vec<i32> = (partitions.iter())
+            .filter(|p| !held.contains(p))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::NotHeld {
+            path: self.path.clone(),
+            partitions: missing,
+            held,
+        })
+    }
+
+    /// The partitions this store holds a state for, in order, with their size (every key read
+    /// once).
+    pub fn partitions(&self) -> Result<Vec<Held>, StoreError> {
+        let mut out = Vec::new();
+        for (p, v) in self.meta_of_partitions(b"")? {
             let snapshot: PartitionSnapshot =
                 codec::decode(&v).map_err(|source| StoreError::Corrupt {
                     what: "partition snapshot",
                     source,
                 })?;
-            let mut held = Held {
-                partition: p,
-                next_offset: snapshot.next_offset,
-                resume_offset: snapshot.resume_offset,
-                journeys: 0,
-                keys: 0,
-                bytes: 0,
-            };
+            let mut size = Size::default();
             for cf in CFS {
                 for item in self.scan(cf, p) {
                     let (k, v) = item.map_err(|e| self.err(e))?;
-                    held.keys += 1;
-                    held.bytes += (k.len() + v.len()) as u64;
-                    held.journeys += u64::from(cf == crate::CF_JOURNEYS);
+                    size.add(cf, &k, &v);
                 }
             }
-            out.push(held);
+            out.push(Held {
+                partition: p,
+                next_offset: snapshot.next_offset,
+                resume_offset: snapshot.resume_offset,
+                size,
+            });
         }
         Ok(out)
     }
@@ -144,8 +173,17 @@ impl Store {
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Deletes everything of these partitions, in one atomic write.
+    /// Deletes everything of these partitions (each held by this store, or left by an unfinished
+    /// import), in one atomic write.
     pub fn drop_partitions(&self, partitions: &[i32]) -> Result<(), StoreError> {
+        let unfinished: Vec<i32> = (self.meta_of_partitions(UNFINISHED)?.into_iter())
+            .map(|(p, _)| p)
+            .collect();
+        let settled: Vec<i32> = (partitions.iter())
+            .filter(|p| !unfinished.contains(p))
+            .copied()
+            .collect();
+        self.require_held(&settled)?;
         let mut wb = WriteBatch::default();
         for &p in partitions {
             self.clear_range(&mut wb, p);
@@ -171,18 +209,7 @@ impl Store {
         let mut partitions = partitions.to_vec();
         partitions.sort_unstable();
         partitions.dedup();
-        let held: Vec<i32> = self.partitions()?.iter().map(|h| h.partition).collect();
-        let missing: Vec<i32> = (partitions.iter())
-            .filter(|p| !held.contains(p))
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            return Err(StoreError::NotHeld {
-                path: self.path.clone(),
-                partitions: missing,
-                held,
-            });
-        }
+        self.require_held(&partitions)?;
         let settings = self.settings()?.unwrap_or_default();
         let io = io_err(file);
         let f = std::fs::File::create(file).map_err(&io)?;
@@ -198,13 +225,9 @@ impl Store {
         for p in &partitions {
             w.write_all(&p.to_be_bytes()).map_err(&io)?;
         }
-        let mut records = 0u64;
         let mut out = Vec::new();
         for &p in &partitions {
-            let mut moved = Moved {
-                partition: p,
-                ..Moved::default()
-            };
+            let mut size = Size::default();
             for (i, cf) in CFS.iter().enumerate() {
                 for item in self.scan(cf, p) {
                     let (k, v) = item.map_err(|e| self.err(e))?;
@@ -213,18 +236,16 @@ impl Store {
                     w.write_all(&k).map_err(&io)?;
                     w.write_all(&(v.len() as u32).to_be_bytes()).map_err(&io)?;
                     w.write_all(&v).map_err(&io)?;
-                    records += 1;
-                    moved.keys += 1;
-                    moved.bytes += (k.len() + v.len()) as u64;
-                    moved.journeys += u64::from(*cf == crate::CF_JOURNEYS);
+                    size.add(cf, &k, &v);
                 }
             }
-            out.push(moved);
+            out.push(Moved { partition: p, size });
         }
+        let records: u64 = out.iter().map(|m| m.size.keys).sum();
         w.write_all(&[END]).map_err(&io)?;
         w.write_all(&records.to_be_bytes()).map_err(&io)?;
-        let crc = w.crc.clone().finalize();
-        let mut inner = w.inner;
+        let Checked { mut inner, crc } = w;
+        let crc = crc.finalize();
         inner.write_all(&crc.to_be_bytes()).map_err(&io)?;
         let f = inner.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(&io)?;
@@ -273,9 +294,12 @@ impl Store {
             }
         }
         if !replace {
-            let held: Vec<i32> = (self.partitions()?.iter())
-                .map(|h| h.partition)
-                .chain(unfinished(self)?)
+            let held: Vec<i32> = (self.held()?.into_iter())
+                .chain(
+                    self.meta_of_partitions(UNFINISHED)?
+                        .into_iter()
+                        .map(|(p, _)| p),
+                )
                 .filter(|p| partitions.contains(p))
                 .collect();
             if !held.is_empty() {
@@ -303,7 +327,6 @@ impl Store {
             .collect();
         let mut wb = WriteBatch::default();
         let mut last = WriteBatch::default();
-        let mut records = 0u64;
         loop {
             let mut tag = [0u8];
             r.read_exact(&mut tag).map_err(&io)?;
@@ -320,10 +343,7 @@ impl Store {
                 .filter(|p| partitions.contains(p))
                 .ok_or_else(|| bad_file(file, "a key outside the listed partitions"))?;
             let m = moved.iter_mut().find(|m| m.partition == p).expect("listed");
-            m.keys += 1;
-            m.bytes += (k.len() + v.len()) as u64;
-            m.journeys += u64::from(cf == crate::CF_JOURNEYS);
-            records += 1;
+            m.size.add(cf, &k, &v);
             if cf == CF_META {
                 // snapshots and marks last: until they are written the partition is not held
                 last.put_cf(self.cf(cf), &k, &v);
@@ -335,6 +355,7 @@ impl Store {
             }
         }
         let stated = read_u64(&mut r).map_err(&io)?;
+        let records: u64 = moved.iter().map(|m| m.size.keys).sum();
         if stated != records {
             return Err(bad_file(
                 file,

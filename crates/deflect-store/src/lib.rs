@@ -686,7 +686,7 @@ impl Batch<'_> {
 }
 
 mod handoff;
-pub use handoff::{Held, Moved};
+pub use handoff::{Held, Moved, Size};
 
 #[cfg(test)]
 mod tests;

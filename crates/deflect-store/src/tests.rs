@@ -311,12 +311,14 @@ fn exported_partitions_import_key_for_key_and_drop_leaves_the_others() {
             partition: 2,
             next_offset: 102,
             resume_offset: 52,
-            journeys: 2,
-            keys: 7,
-            bytes: (before.iter())
-                .filter(|(_, k, _)| k.len() >= 4 && k[..4] == prefix(2))
-                .map(|(_, k, v)| (k.len() + v.len()) as u64)
-                .sum(),
+            size: Size {
+                journeys: 2,
+                keys: 7,
+                bytes: (before.iter())
+                    .filter(|(_, k, _)| k.len() >= 4 && k[..4] == prefix(2))
+                    .map(|(_, k, v)| (k.len() + v.len()) as u64)
+                    .sum(),
+            },
         }
     );
     let file = a.path().join("p2-p5.state");
@@ -327,7 +329,9 @@ fn exported_partitions_import_key_for_key_and_drop_leaves_the_others() {
     );
     // per partition: 2 journeys, 2 timers, 1 cohort, snapshot and mark
     assert!(
-        moved.iter().all(|m| m.journeys == 2 && m.keys == 7),
+        moved
+            .iter()
+            .all(|m| m.size.journeys == 2 && m.size.keys == 7),
         "{moved:?}"
     );
 
@@ -463,11 +467,23 @@ fn an_import_that_stopped_part_way_is_refused_until_replaced() {
         dst.load_partition(5).unwrap().unwrap().snapshot.next_offset,
         105
     );
-    // a drop clears the mark too
+    // a drop clears an unfinished import too (no snapshot yet); one of a partition neither held
+    // nor being imported is refused
     dst.db
         .put_cf(dst.cf(CF_META), handoff::unfinished_key(5), [])
         .unwrap();
+    dst.db.delete_cf(dst.cf(CF_META), prefix(5)).unwrap();
+    let err = dst.drop_partitions(&[5, 6]).unwrap_err().to_string();
+    assert!(
+        err.ends_with("holds no state of partitions [6] (it holds [])"),
+        "{err}"
+    );
     dst.drop_partitions(&[5]).unwrap();
+    assert!(dst
+        .db
+        .get_cf(dst.cf(CF_META), handoff::unfinished_key(5))
+        .unwrap()
+        .is_none());
     assert!(dst.load_partition(5).unwrap().is_none());
 }
 

@@ -53,7 +53,12 @@ pub fn run(c: &StateCommand) -> Result<String> {
                 writeln!(
                     out,
                     "{:>9}  {:>11}  {:>13}  {:>8}  {:>8}  {:>10}",
-                    h.partition, h.next_offset, h.resume_offset, h.journeys, h.keys, h.bytes
+                    h.partition,
+                    h.next_offset,
+                    h.resume_offset,
+                    h.size.journeys,
+                    h.size.keys,
+                    h.size.bytes
                 )?;
             }
             if held.is_empty() {
@@ -77,18 +82,9 @@ pub fn run(c: &StateCommand) -> Result<String> {
             summary(&mut out, "imported", &moved, file)?;
         }
         StateCommand::Drop { dir, partitions } => {
-            let store = open_existing(dir)?;
-            let held: Vec<i32> = store.partitions()?.iter().map(|h| h.partition).collect();
-            let missing: Vec<i32> = (partitions.iter())
-                .filter(|p| !held.contains(p))
-                .copied()
-                .collect();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "{} holds no state of partitions {missing:?} (it holds {held:?}); nothing dropped",
-                dir.display()
-            );
-            store.drop_partitions(partitions)?;
+            open_existing(dir)?
+                .drop_partitions(partitions)
+                .with_context(|| format!("nothing dropped from {}", dir.display()))?;
             writeln!(
                 out,
                 "dropped partitions {partitions:?} from {}",
@@ -123,7 +119,7 @@ fn summary(out: &mut String, verb: &str, moved: &[Moved], file: &Path) -> Result
         writeln!(
             out,
             "{verb} partition {}: {} journeys, {} keys, {} bytes",
-            m.partition, m.journeys, m.keys, m.bytes
+            m.partition, m.size.journeys, m.size.keys, m.size.bytes
         )?;
     }
     writeln!(out, "file {}", file.display())?;
