@@ -21,7 +21,6 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use deflect_core::codec;
 use deflect_core::engine::PartitionSnapshot;
 use rocksdb::WriteBatch;
 
@@ -143,11 +142,7 @@ impl Store {
     pub fn partitions(&self) -> Result<Vec<Held>, StoreError> {
         let mut out = Vec::new();
         for (p, v) in self.meta_of_partitions(b"")? {
-            let snapshot: PartitionSnapshot =
-                codec::decode(&v).map_err(|source| StoreError::Corrupt {
-                    what: "partition snapshot",
-                    source,
-                })?;
+            let snapshot: PartitionSnapshot = crate::decode("partition snapshot", &v)?;
             let mut size = Size::default();
             for cf in CFS {
                 for item in self.scan(cf, p) {

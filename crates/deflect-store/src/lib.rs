@@ -202,6 +202,11 @@ fn batch_bytes<'s>(parts: impl IntoIterator<Item = (&'s [u8], &'s StateChanges)>
 
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
+/// A stored value decoded, or [`StoreError::Corrupt`] naming `what` it is.
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    codec::decode(b).map_err(|source| StoreError::Corrupt { what, source })
+}
+
 /// Everything a partition needs to resume.
 pub struct RestoredPartition {
     pub snapshot: PartitionSnapshot,
@@ -421,18 +426,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        let snapshot: PartitionSnapshot =
-            codec::decode(&meta).map_err(|source| StoreError::Corrupt {
-                what: "partition snapshot",
-                source,
-            })?;
+        let snapshot: PartitionSnapshot = decode("partition snapshot", &meta)?;
         let mut cohorts = Vec::new();
         for item in self.scan(CF_COHORTS, p) {
             let (_, v) = item.map_err(|e| self.err(e))?;
-            cohorts.push(codec::decode(&v).map_err(|source| StoreError::Corrupt {
-                what: "cohort",
-                source,
-            })?);
+            cohorts.push(decode("cohort", &v)?);
         }
         let last_record = match self
             .db
@@ -553,13 +551,10 @@ impl JourneyStore for JourneyReader<'_> {
     fn load(&mut self, key: &str) -> Option<StoredJourney> {
         let k = journey_key(self.partition, key);
         match self.store.db.get_pinned_cf(self.store.cf(CF_JOURNEYS), k) {
-            Ok(Some(v)) => match codec::decode(&v) {
+            Ok(Some(v)) => match decode("journey", &v) {
                 Ok(j) => Some(j),
-                Err(source) => {
-                    self.error.get_or_insert(StoreError::Corrupt {
-                        what: "journey",
-                        source,
-                    });
+                Err(e) => {
+                    self.error.get_or_insert(e);
                     None
                 }
             },
