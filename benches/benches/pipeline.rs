@@ -1,5 +1,6 @@
 //! End to end, in one run: N events produced into the embedded broker, then read by a raw consumer
 //! and by the full pipeline; prints both rates and the ratio (`DEFLECT_BENCH_EVENTS` sets N).
+//! `DEFLECT_BENCH_FLOOR` set: also the floor, as `deflect bench --floor`.
 
 // as in the binary (`crates/deflect/src/main.rs` and `cli::main`)
 #[global_allocator]
@@ -21,6 +22,7 @@ fn main() {
         max_batch: None,
         runs: 1,
         reports_topic: "deflect-bench-reports".into(),
+        floor: std::env::var_os("DEFLECT_BENCH_FLOOR").is_some(),
     };
     if let Err(e) = deflect::bench::run(args) {
         eprintln!("bench failed: {e:#}");

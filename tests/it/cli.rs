@@ -48,3 +48,48 @@ fn check_config_prints_the_effective_configuration_or_names_the_bad_keys() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("max_bacth"), "{err}");
 }
+
+/// `deflect bench` as the README runs it, small: each measurement (the two raw consumers, the
+/// pipeline to the very end, the floor) fails the command unless it read every record produced,
+/// and each prints its line. Rates are not asserted: a benchmark, not a timed test.
+#[test]
+fn bench_reads_every_record_with_each_consumer() {
+    let args = [
+        "bench",
+        "--events",
+        "20000",
+        "--partitions",
+        "4",
+        "--runs",
+        "2",
+        "--floor",
+    ];
+    let (code, out, err) = run_deflect(&args, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for run in ["run 1 ", "run 2 "] {
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with(run)).count(),
+            1,
+            "{out}"
+        );
+    }
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("floor "))
+            .count(),
+        3,
+        "a floor line per run and the medians' one: {out}"
+    );
+    for line in [
+        "events            20000",
+        "raw consumer ",
+        "deflect pipeline ",
+        "to the very end ",
+        "cpu per record ",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "no {line:?} in {out}"
+        );
+    }
+}

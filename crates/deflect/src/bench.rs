@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// Empty: no reports, as the benchmark ran until 2026-11-28.
     #[arg(long, default_value = "deflect-bench-reports")]
     pub reports_topic: String,
+    /// Also measure the floor: what any pipeline keeping journeys in RocksDB does with a record
+    /// here at the least (read in batches, decode, one RocksDB put per journey and batch, on
+    /// the pipeline's threads), without journeys, windows, timers or intervals.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 pub struct BenchResult {
@@ -63,6 +68,8 @@ pub struct BenchResult {
     pub raw_cpu_per_record: Duration,
     pub raw_poll_cpu_per_record: Duration,
     pub pipeline_cpu_per_record: Duration,
+    /// The floor (`--floor`): records per second and CPU per record.
+    pub floor: Option<(f64, Duration)>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -83,6 +90,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 r.raw_poll_cpu_per_record.as_secs_f64() * 1e6,
                 r.pipeline_cpu_per_record.as_secs_f64() * 1e6,
             );
+            if let Some((rate, cpu)) = r.floor {
+                println!(
+                    "        floor {rate:>9.0} /s  ratio {:.3}  cpu per record {:.2} us",
+                    rate / r.raw_per_sec,
+                    cpu.as_secs_f64() * 1e6
+                );
+            }
         }
         for (label, f) in [
             (
@@ -147,6 +161,14 @@ fn print_result(r: &BenchResult) {
         us(r.pipeline_cpu_per_record),
         us(r.pipeline_cpu_per_record) / us(r.raw_cpu_per_record)
     );
+    if let Some((rate, cpu)) = r.floor {
+        println!(
+            "floor             {rate:>12.0} events/s (decode, one RocksDB put per journey and \
+             batch, nothing else): ratio {:.2}, cpu per record {:.2} us",
+            rate / r.raw_per_sec,
+            us(cpu)
+        );
+    }
 }
 
 /// The median of `v` (the mean of the middle two for an even count); 0 when empty.
@@ -187,6 +209,12 @@ impl BenchResult {
             raw_cpu_per_record: d(|r| r.raw_cpu_per_record),
             raw_poll_cpu_per_record: d(|r| r.raw_poll_cpu_per_record),
             pipeline_cpu_per_record: d(|r| r.pipeline_cpu_per_record),
+            floor: runs.iter().all(|r| r.floor.is_some()).then(|| {
+                (
+                    m(|r| r.floor.map_or(0.0, |f| f.0)),
+                    d(|r| r.floor.map_or(Duration::ZERO, |f| f.1)),
+                )
+            }),
         }
     }
 }
@@ -286,7 +314,142 @@ fn measure_once(
         pipeline_to_end_per_sec: n as f64 / full.as_secs_f64(),
         raw_cpu_per_record: raw_cpu / n as u32,
         pipeline_cpu_per_record: records_cpu / n as u32,
+        floor: match args.floor {
+            true => {
+                let max_batch = args
+                    .max_batch
+                    .unwrap_or(Config::default().pipeline.max_batch);
+                let (wall, cpu) = floor_reads(settings, &args.topic, partitions, n, max_batch)?;
+                Some((n as f64 / wall.as_secs_f64(), cpu / n as u32))
+            }
+            false => None,
+        },
     })
+}
+
+/// The floor (`--floor`): what any pipeline that keeps its journeys in RocksDB does with a
+/// record here at the least, through deflect's own reader, decoder and store with the
+/// pipeline's settings. It reads batches of up to `max_batch` records as the pipeline does;
+/// each partition's records are decoded on a pool of a thread per core (as the pipeline's
+/// partition tasks), the last payload of each journey key is kept, and a writer thread writes
+/// each batch while the next one is read and decoded: one put per journey and batch, in key
+/// order, and a snapshot per partition, in one RocksDB write. Nothing else: no pending events,
+/// journeys, timers, intervals, series or reports. Returns the time and process CPU from the
+/// first record to the last one written.
+fn floor_reads(
+    settings: &ClientSettings,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+    max_batch: usize,
+) -> Result<(Duration, Duration)> {
+    use deflect_core::engine::StateChanges;
+    use std::collections::HashMap;
+    let cfg = Config::default();
+    let format = cfg.input_format();
+    let dir = tempfile_dir()?;
+    let store = deflect_store::Store::open(
+        &dir,
+        deflect_store::StoreOptions {
+            block_cache_bytes: cfg.state.block_cache_mb << 20,
+            write_buffer_bytes: cfg.state.write_buffer_mb << 20,
+            sync_writes: cfg.state.sync_writes,
+        },
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).build()?;
+    let reader = deflect_kafka::BatchReader::new(settings, topic, partitions)?;
+    let (mut seen, mut eof, mut started) = (0u64, 0i32, None);
+    let mut records = Vec::with_capacity(max_batch);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(i32, StateChanges)>>(1);
+    let written = std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(|| -> Result<()> {
+            for parts in rx {
+                let mut b = store.batch();
+                for (p, ch) in &parts {
+                    b.partition_encoded(*p, &p.to_be_bytes(), ch);
+                }
+                b.commit()?;
+            }
+            Ok(())
+        });
+        while seen < n && eof < partitions {
+            let mut waited = false;
+            while records.len() < max_batch && eof < partitions {
+                let eof_before = eof;
+                let mut note = |s| match s {
+                    Seen::Records(_) => {
+                        started.get_or_insert_with(Stamp::now);
+                    }
+                    Seen::End(_) => eof += 1,
+                };
+                let wait = Duration::from_millis(if records.is_empty() { 5_000 } else { 0 });
+                let room = max_batch - records.len();
+                let got = reader.read(&mut records, room, wait, &mut note);
+                if got == 0 && eof == eof_before {
+                    waited = records.is_empty();
+                    break;
+                }
+            }
+            if waited {
+                // nothing for 5 s
+                break;
+            }
+            seen += records.len() as u64;
+            let mut by_partition: HashMap<i32, Vec<usize>> = HashMap::new();
+            for (i, r) in records.iter().enumerate() {
+                by_partition.entry(r.partition()).or_default().push(i);
+            }
+            let recs = &records;
+            let parts: Vec<(i32, StateChanges)> = pool.install(|| {
+                use rayon::prelude::*;
+                let parts: Vec<_> = by_partition.into_iter().collect();
+                parts
+                    .into_par_iter()
+                    .map(|(p, idx)| {
+                        let mut last: HashMap<String, &[u8]> = HashMap::new();
+                        let mut key = String::new();
+                        for i in idx {
+                            let Some(payload) = recs[i].payload() else {
+                                continue;
+                            };
+                            if let Ok(e) = deflect_proto::decode(payload, format) {
+                                key.clear();
+                                e.journey_key_into(&mut key);
+                                match last.get_mut(key.as_str()) {
+                                    Some(v) => *v = payload,
+                                    None => {
+                                        last.insert(key.clone(), payload);
+                                    }
+                                }
+                            }
+                        }
+                        let mut journeys: Vec<_> = (last.into_iter())
+                            .map(|(k, v)| (k.into(), Some(v.to_vec())))
+                            .collect();
+                        journeys.sort_unstable_by(|a: &(std::sync::Arc<str>, _), b| a.0.cmp(&b.0));
+                        let ch = StateChanges {
+                            journeys,
+                            ..Default::default()
+                        };
+                        (p, ch)
+                    })
+                    .collect()
+            });
+            records.clear();
+            tx.send(parts).context("floor writer stopped")?;
+        }
+        drop(tx);
+        writer.join().expect("floor writer panicked")
+    });
+    let end = Stamp::now();
+    drop(records);
+    drop(reader);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    written?;
+    anyhow::ensure!(seen == n, "floor saw {seen} of {n} records");
+    Ok(end.since(started.unwrap_or(end)))
 }
 
 /// The raw consumer: reads the topic in batches (`rd_kafka_consume_batch_queue`, as the
@@ -388,6 +551,7 @@ mod tests {
             raw_cpu_per_record: Duration::from_micros(1),
             raw_poll_cpu_per_record: Duration::from_micros(2),
             pipeline_cpu_per_record: Duration::from_micros(cpu_us),
+            floor: None,
         }
     }
 
