@@ -662,11 +662,13 @@ fn broker_failures(all: bool) {
     test_log();
     let topic = "outage-input";
     let reports = "outage-reports";
+    let late = "outage-late";
     let group = "outage";
     let partitions = 8;
     let cluster = MockCluster::new(3).unwrap();
     cluster.create_topic(topic, partitions, 3).unwrap();
     cluster.create_topic(reports, 3, 3).unwrap();
+    cluster.create_topic(late, 1, 3).unwrap();
     let lead = |shift: i32| {
         for p in 0..partitions {
             cluster
@@ -683,6 +685,7 @@ fn broker_failures(all: bool) {
     let settings = ClientSettings::new(cluster.bootstrap_servers());
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = reporting_config(&cluster, topic, reports, group, dir.path());
+    cfg.kafka.late_topic = late.into();
     cfg.pipeline.max_batch = 2_000;
     let props = &mut cfg.kafka.properties;
     props.insert("session.timeout.ms".into(), "3000".into());
@@ -711,8 +714,18 @@ fn broker_failures(all: bool) {
     };
     let started = Instant::now();
 
+    // events counted late, if any: where they are in their partitions' logs
+    let grace = cfg.watermark.grace;
+    let explain = || explain_late(&settings, topic, late, partitions, grace);
+
     chunk(&mut events, 0);
-    caught_up(&svc, partitions, events.len(), "the first records");
+    caught_up(
+        &svc,
+        partitions,
+        events.len(),
+        "the first records",
+        &explain,
+    );
     chunk(&mut events, 1);
     // every leader moves to another broker (fetches, produce requests answered NOT_LEADER)
     lead(1);
@@ -755,7 +768,7 @@ fn broker_failures(all: bool) {
         chunk(&mut events, 5);
     }
     lead(2);
-    let at_catch_up = caught_up(&svc, partitions, events.len(), "the failures");
+    let at_catch_up = caught_up(&svc, partitions, events.len(), "the failures", &explain);
     // the event counters are exported by the workers that advanced the last batch, the reports
     // counted by the loop once it sent them (after waiting for any earlier revision of theirs to
     // be delivered, leaders moving): the figures are compared once the pipeline is quiet
@@ -818,6 +831,7 @@ fn caught_up(
     partitions: i32,
     events: usize,
     after: &str,
+    explain: &dyn Fn(),
 ) -> std::collections::BTreeMap<String, f64> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -843,6 +857,7 @@ fn caught_up(
             }) {
                 eprintln!("{after}: {k} {v}");
             }
+            explain();
         }
         assert!(
             Instant::now() < deadline && !svc.pipeline_finished(),
@@ -850,6 +865,77 @@ fn caught_up(
              {assigned} partitions assigned"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints, for each partition with events counted late (forwarded to `late`), its first late
+/// record against the largest event time at a lower offset of its log: more than the grace period
+/// later means the log itself holds them out of order (a producer's retry landing a batch behind a
+/// later one, for example); less means that the partition's watermark passed them without such an
+/// event before them (idleness, or a fault of the pipeline).
+fn explain_late(
+    settings: &ClientSettings,
+    topic: &str,
+    late: &str,
+    partitions: i32,
+    grace: Duration,
+) {
+    use rdkafka::Message;
+    let forwarded = read_all_from(settings, late, 1);
+    eprintln!("{} events forwarded as late", forwarded.len());
+    let mut first: std::collections::BTreeMap<i32, (i64, String, usize)> = Default::default();
+    for (_, _, h) in &forwarded {
+        let (Some(p), Some(o)) = (
+            h.get("deflect.source.partition")
+                .and_then(|v| v.parse().ok()),
+            h.get("deflect.source.offset")
+                .and_then(|v| v.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        let closed = h
+            .get("deflect.closed_until_ms")
+            .cloned()
+            .unwrap_or_default();
+        let e = first.entry(p).or_insert((o, closed.clone(), 0));
+        if o < e.0 {
+            (e.0, e.1) = (o, closed);
+        }
+        e.2 += 1;
+    }
+    for (p, (offset, closed_until, n)) in first {
+        let reader = deflect_kafka::reader(settings, topic, partitions).unwrap();
+        let (mut max_before, mut at, mut time) = (i64::MIN, -1, None);
+        let mut ended = 0;
+        while ended < partitions && time.is_none() {
+            match reader.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) if m.partition() == p => {
+                    let bytes = m.payload().unwrap_or_default();
+                    let t = deflect_proto::decode(bytes, deflect_proto::Format::Protobuf)
+                        .map_or(i64::MIN, |e| e.occurred_at);
+                    if m.offset() == offset {
+                        time = Some(t);
+                    } else if t > max_before {
+                        (max_before, at) = (t, m.offset());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+                _ => break,
+            }
+        }
+        let ahead = time.map(|t| max_before - t);
+        eprintln!(
+            "partition {p}: {n} late, the first at offset {offset} (event time {time:?}, closed \
+             until {closed_until}); the latest event before it in the log: {max_before} at offset \
+             {at}, {ahead:?} ms later than it (grace {} ms): {}",
+            grace.as_millis(),
+            match ahead {
+                Some(a) if a > grace.as_millis() as i64 => "the log is out of order",
+                Some(_) => "no event before it explains it (idleness, or a fault)",
+                None => "not found in the log",
+            }
+        );
     }
 }
 
@@ -917,7 +1003,7 @@ fn a_shutdown_does_not_wait_for_undeliverable_reports() {
     let mut events = g.until(params.start_ms + 6 * 3_600_000);
     send_all(&settings, topic, &events);
     let svc = deflect::Service::start(cfg.clone(), RunOptions { exit_at_eof: false }).unwrap();
-    let m = caught_up(&svc, partitions, events.len(), "the first records");
+    let m = caught_up(&svc, partitions, events.len(), "the first records", &|| ());
     assert!(sum(&m, "deflect_reports_total", &[]) > 0.0);
 
     // the reports' leader goes away; the next closings' reports cannot be delivered

@@ -207,10 +207,33 @@ fn late_events_go_to_the_late_topic_and_are_counted() {
         .unwrap();
     p.flush().unwrap();
 
+    // in one poll (and one chunk) with the records before it, and alone in its batch: late the
+    // same way, against the same bound (10:55 minus the grace period falls in 10:45–11:00)
+    for max_batch in [deflect::Config::default().pipeline.max_batch, 1] {
+        late_survey(
+            &broker,
+            input,
+            late,
+            max_batch,
+            t0,
+            &ev("c", t0 + 60_000, survey),
+        );
+    }
+}
+
+fn late_survey(
+    broker: &EmbeddedBroker,
+    input: &str,
+    late: &str,
+    max_batch: usize,
+    t0: i64,
+    survey: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(broker.bootstrap_servers(), input, dir.path(), "late");
+    let group = format!("late-{max_batch}");
+    let mut cfg = config(broker.bootstrap_servers(), input, dir.path(), &group);
     cfg.kafka.late_topic = late.into();
-    cfg.pipeline.max_batch = 1; // one record per batch: the watermark moves before the survey
+    cfg.pipeline.max_batch = max_batch;
     let m = run_to_eof(cfg);
 
     assert_eq!(
@@ -224,15 +247,15 @@ fn late_events_go_to_the_late_topic_and_are_counted() {
     assert_eq!(sum(&m, "deflect_late_events_total", &[]), 1.0);
     assert_eq!(sum(&m, "deflect_events_total", &[("result", "late")]), 1.0);
     assert_eq!(sum(&m, "deflect_csat_responses_total", &[]), 0.0);
-    let recs = read_all(&broker, late);
-    assert_eq!(recs.len(), 1);
-    let (key, payload, headers) = &recs[0];
+    let recs = read_all(broker, late);
+    // the late topic holds this run's record after the earlier runs'
+    let (key, payload, headers) = recs.last().unwrap();
     assert_eq!(key, "u1");
-    assert_eq!(payload.as_slice(), ev("c", t0 + 60_000, survey).as_bytes());
+    assert_eq!(payload.as_slice(), survey.as_bytes());
     assert_eq!(headers["deflect.reason"], "late");
     assert_eq!(headers["deflect.event_type"], "survey_response");
     assert_eq!(headers["deflect.source.topic"], input);
     assert_eq!(headers["deflect.source.offset"], "2");
     let closed: i64 = headers["deflect.closed_until_ms"].parse().unwrap();
-    assert!(closed > t0 + 60_000);
+    assert_eq!(closed, t0 + 6_300_000, "max_batch {max_batch}");
 }

@@ -732,8 +732,10 @@ impl PartitionEngine {
         self.writes_cached
     }
 
-    /// Instants before this are closed: events there are late.
-    fn closed_before(&mut self) -> Option<Millis> {
+    /// The instant before which an event of this partition is late: the start of the interval
+    /// the watermark minus the grace period falls in (every record before counts, whatever the
+    /// batches), or the closed frontier if it is further.
+    pub fn closed_before(&mut self) -> Option<Millis> {
         let grace = self.cfg.grace_ms;
         let by_wm =
             (self.snap.watermark.value).map(|wm| self.interval_of(wm.saturating_sub(grace)).start);

@@ -437,7 +437,10 @@ fn floor_reads(
                     .collect()
             });
             records.clear();
-            tx.send(parts).context("floor writer stopped")?;
+            if tx.send(parts).is_err() {
+                // the writer failed: its error is returned below
+                break;
+            }
         }
         drop(tx);
         writer.join().expect("floor writer panicked")

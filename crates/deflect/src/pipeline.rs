@@ -1050,7 +1050,8 @@ struct Input<'a, 'm> {
 
 /// A consumed record that was not applied and must be forwarded.
 enum Dropped {
-    /// Its interval had closed (`closed_until`: the partition's frontier then).
+    /// Its interval had closed (`closed_until`: the instant before which the partition's events
+    /// were late then, [`PartitionEngine::closed_before`]).
     Late {
         kind: &'static str,
         closed_until: Millis,
@@ -1550,7 +1551,9 @@ fn ingest(e: &mut PartitionEngine, records: &[usize], input: &Input<'_, '_>, out
                     Ingest::AlreadyApplied => *skipped += 1,
                     Ingest::Replayed => *replayed += 1,
                     Ingest::Late => {
-                        let closed_until = e.frontier().unwrap_or(0);
+                        // the bound it was late against (the intervals before it close with the
+                        // partition's next advance, if they have not yet)
+                        let closed_until = e.closed_before().unwrap_or(0);
                         dropped.push((i, Dropped::Late { kind, closed_until }));
                     }
                     Ingest::Accepted | Ingest::Duplicate => {}
