@@ -1054,3 +1054,73 @@ fn reporting_config(
     cfg.kafka.output_topic = reports.into();
     cfg
 }
+
+/// A partition whose leader is down is not idle: its records wait in Kafka (or in producers), so
+/// its intervals stay open however long the outage lasts, and the events written during it are
+/// counted when the leader is back, not late. One partition led by a broker that goes down for
+/// 12 s, with a 2 s idle timeout and no grace period: an event at 09:14:50, the outage, then an
+/// event at 09:14:55. Before 2026-11-28's sixteenth session the silence counted as idleness: the
+/// watermark moved 12 s on with the wall clock, closed 09:00–09:15, and the second event was late.
+#[test]
+fn a_partition_whose_leader_is_down_is_not_idle() {
+    use deflect::produce::{EventProducer, WireFormat};
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    test_log();
+    let (topic, group) = ("leaderless-input", "leaderless");
+    let cluster = MockCluster::new(2).unwrap();
+    cluster.create_topic(topic, 1, 2).unwrap();
+    cluster.partition_leader(topic, 0, Some(2)).unwrap();
+    cluster
+        .coordinator(MockCoordinator::Group(group.into()), 1)
+        .unwrap();
+    let settings = ClientSettings::new(cluster.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster.bootstrap_servers(), topic, dir.path(), group);
+    cfg.watermark.idle_timeout = Duration::from_secs(2);
+    cfg.watermark.grace = Duration::ZERO;
+    // the consumer's statistics, which say whether a leader is up, every half second (5 s by
+    // default, against the default idle timeout of a minute)
+    (cfg.kafka.properties).insert("statistics.interval.ms".into(), "500".into());
+    let t0: i64 = 1_704_704_400_000; // 2024-01-08T09:00Z
+    let start = r#""contact_started":{"direction":"inbound","initiation":"customer"}"#;
+    let send = |id: &str, t: i64| {
+        let mut p = EventProducer::new(&settings, topic, WireFormat::Json).unwrap();
+        let e = json_event(id, &format!("c-{id}"), t, start);
+        p.send_record(Some(b"u1"), e.as_bytes()).unwrap();
+        p.flush().unwrap();
+    };
+    let svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: false }).unwrap();
+    let events = |svc: &deflect::Service, result: &str| {
+        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+        sum(&m, "deflect_events_total", &[("result", result)])
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within a minute");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    send("a", t0 + 890_000);
+    wait_for("the first event accepted", &|| {
+        events(&svc, "accepted") == 1.0
+    });
+    cluster.broker_down(2).unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    cluster.broker_up(2).unwrap();
+    send("b", t0 + 895_000);
+    wait_for("the second event read", &|| {
+        events(&svc, "accepted") + events(&svc, "late") == 2.0
+    });
+    assert_eq!(
+        events(&svc, "late"),
+        0.0,
+        "the second event was counted late"
+    );
+    // once the leader is up and the partition silent, idleness closes 09:00–09:15 with both
+    wait_for("both contacts counted as potential calls", &|| {
+        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+        sum(&m, "deflect_potential_calls_total", &[]) == 2.0
+    });
+    svc.shutdown().unwrap();
+}

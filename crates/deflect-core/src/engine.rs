@@ -831,6 +831,12 @@ impl PartitionEngine {
         self.pending.push(Pending::new(event, batch));
     }
 
+    /// The partition cannot be read now (its leader is unreachable): its silence until now is
+    /// not idleness ([`Watermark::unreadable`]).
+    pub fn unreadable(&mut self, now_wall: Millis) {
+        self.snap.watermark.unreadable(now_wall);
+    }
+
     /// Advances the watermark (idleness included) and closes every interval it allows.
     pub fn advance(
         &mut self,

@@ -31,6 +31,13 @@ impl Watermark {
         self.last_activity_wall = Some(now_wall);
     }
 
+    /// The partition cannot be read now (its leader is unreachable): its silence is not
+    /// idleness, since its records may be waiting in Kafka (or in producers until the leader is
+    /// back). Counts as activity, so the watermark does not advance with the wall clock meanwhile.
+    pub fn unreadable(&mut self, now_wall: Millis) {
+        self.last_activity_wall = Some(now_wall);
+    }
+
     /// Whether the partition has been silent for at least `idle_timeout`.
     pub fn is_idle(&self, now_wall: Millis, idle_timeout: Millis) -> bool {
         match self.last_activity_wall {
@@ -73,6 +80,28 @@ pub fn instance_watermark<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partition that cannot be read is not idle: its watermark stays at its last event time
+    /// however long that lasts, and advances with the wall clock only after `idle_timeout` of
+    /// silence once it can be read again.
+    #[test]
+    fn an_unreadable_partition_does_not_advance_for_idleness() {
+        let mut w = Watermark::default();
+        w.observe(1_000_000, 0);
+        for now in (0..=600_000).step_by(5_000) {
+            w.unreadable(now);
+            assert_eq!(w.tick(now, 60_000), Some(1_000_000), "at {now}");
+            assert!(!w.is_idle(now, 60_000));
+        }
+        // readable again at 600 s, silent: idle after 60 s more, then advancing with the clock
+        assert_eq!(w.tick(659_999, 60_000), Some(1_000_000));
+        assert_eq!(w.tick(660_000, 60_000), Some(1_060_000));
+        assert!(w.is_idle(660_000, 60_000));
+        // without the outage noted, the same silence had advanced it by ten minutes
+        let mut v = Watermark::default();
+        v.observe(1_000_000, 0);
+        assert_eq!(v.tick(600_000, 60_000), Some(1_600_000));
+    }
 
     #[test]
     fn follows_max_event_time_and_never_regresses() {

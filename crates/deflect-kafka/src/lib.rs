@@ -9,7 +9,7 @@
 //! - [`EmbeddedBroker`]: librdkafka's mock cluster hosted on its own thread, listening on loopback
 //!   so other processes can connect (the demo and the tests).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -95,6 +95,8 @@ pub struct GroupContext {
     /// Whether `events` is non-empty: read after every read, without the lock.
     has_events: AtomicBool,
     end_offsets: Mutex<HashMap<i32, i64>>,
+    /// Partitions whose leader was not reachable at the last statistics report.
+    unreachable: Mutex<BTreeSet<i32>>,
     /// The queue of each assigned partition, split off the consumer's queue before the partition
     /// is assigned, so that its records are read in batches ([`GroupConsumer::read`]).
     queues: Mutex<BTreeMap<i32, Split>>,
@@ -239,6 +241,7 @@ impl ClientContext for GroupContext {
 
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
+            *self.unreachable.lock().expect("unreachable lock") = unreachable(&stats, t);
             let mut ends = self.end_offsets.lock().expect("end offsets lock");
             for (p, s) in &t.partitions {
                 // the last stable offset (what a read_committed consumer can reach), else the
@@ -254,6 +257,20 @@ impl ClientContext for GroupContext {
             }
         }
     }
+}
+
+/// The partitions of `topic` (this consumer's, in `stats`) whose leader is unknown or whose
+/// leader's connection is not up: their records cannot be fetched, so their silence says nothing
+/// of whether anything was produced.
+fn unreachable(stats: &Statistics, topic: &rdkafka::statistics::Topic) -> BTreeSet<i32> {
+    let up: BTreeSet<i32> = (stats.brokers.values())
+        .filter(|b| b.nodeid >= 0 && b.state == "UP")
+        .map(|b| b.nodeid)
+        .collect();
+    (topic.partitions.iter())
+        .filter(|(p, s)| **p >= 0 && !up.contains(&s.leader))
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 impl ConsumerContext for GroupContext {
@@ -662,6 +679,14 @@ impl GroupConsumer {
     /// Whether a rebalance happened since the last `take_assignments`.
     pub fn has_assignments(&self) -> bool {
         (self.consumer.context().has_events).load(Ordering::Acquire)
+    }
+
+    /// The partitions whose leader was not reachable at the last statistics report (every 5 s):
+    /// unknown, or its connection not up (a broker down, a network partition).
+    pub fn unreachable_partitions(&self) -> BTreeSet<i32> {
+        (self.consumer.context().unreachable.lock())
+            .expect("unreachable lock")
+            .clone()
     }
 
     /// Each partition's end offset from the last statistics report (every 5 s). librdkafka's

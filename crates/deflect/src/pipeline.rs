@@ -218,6 +218,9 @@ struct Loop<'a> {
     key_warned: bool,
     /// The partitions whose log was checked against their stored state.
     logs_checked: BTreeSet<i32>,
+    /// The partitions whose leader was unreachable at the consumer's last statistics report:
+    /// their silence is not idleness.
+    unreachable: BTreeSet<i32>,
 }
 
 /// Where the loop's time goes (logged when the pipeline stops).
@@ -360,6 +363,7 @@ fn run_loop(
         check_keys: input_partitions > 1,
         key_warned: false,
         logs_checked: BTreeSet::new(),
+        unreachable: BTreeSet::new(),
         workers: rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("deflect-work-{i}"))
             .build()
@@ -605,9 +609,25 @@ impl Loop<'_> {
                 check_start(self.poller.consumer, *p, first, start, engine.next_offset())?;
             }
         }
+        let unreachable = self.poller.consumer.unreachable_partitions();
+        if unreachable != self.unreachable {
+            let owned = |set: &BTreeSet<i32>| -> Vec<i32> {
+                set.intersection(&self.assigned).copied().collect()
+            };
+            let (now_out, back) = (owned(&unreachable), owned(&self.unreachable));
+            if now_out != back {
+                tracing::info!(
+                    partitions = ?now_out,
+                    "partitions whose leader is unreachable: their silence is not idleness, \
+                     their intervals stay open"
+                );
+            }
+            self.unreachable = unreachable;
+        }
         let input = Input {
             msgs: &msgs,
             by_partition,
+            unreachable: &self.unreachable,
             limits: &self.cfg.limits,
             format,
             now,
@@ -1037,6 +1057,8 @@ struct Input<'a, 'm> {
     msgs: &'a [Record<'m>],
     /// Indexes into `msgs` of each partition's records.
     by_partition: BTreeMap<i32, Vec<usize>>,
+    /// Partitions whose leader is unreachable (not idle however silent).
+    unreachable: &'a BTreeSet<i32>,
     limits: &'a crate::config::LimitsConfig,
     format: deflect_proto::Format,
     now: Millis,
@@ -1421,6 +1443,9 @@ fn work(
 ) -> Result<(Ingested, Advanced, [Duration; 3])> {
     let records = input.by_partition.get(&p).map_or(&[][..], Vec::as_slice);
     let e = &mut part.engine;
+    if input.unreachable.contains(&p) {
+        e.unreadable(input.now);
+    }
     let mut ingested = Ingested {
         partition: p,
         skipped: 0,
