@@ -263,8 +263,10 @@ impl ClientContext for GroupContext {
 /// leader's connection is not up: their records cannot be fetched, so their silence says nothing
 /// of whether anything was produced.
 fn unreachable(stats: &Statistics, topic: &rdkafka::statistics::Topic) -> BTreeSet<i32> {
+    // librdkafka's states of a connected broker (UPDATE: up, its state being broadcast;
+    // REAUTH: up, authenticating again)
     let up: BTreeSet<i32> = (stats.brokers.values())
-        .filter(|b| b.nodeid >= 0 && b.state == "UP")
+        .filter(|b| b.nodeid >= 0 && ["UP", "UPDATE", "REAUTH"].contains(&b.state.as_str()))
         .map(|b| b.nodeid)
         .collect();
     (topic.partitions.iter())
