@@ -1106,8 +1106,18 @@ fn a_partition_whose_leader_is_down_is_not_idle() {
         events(&svc, "accepted") == 1.0
     });
     cluster.broker_down(2).unwrap();
+    let unreachable = |svc: &deflect::Service| {
+        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
+        sum(&m, "deflect_unreachable_partitions", &[])
+    };
+    wait_for("the partition shown unreachable", &|| {
+        unreachable(&svc) == 1.0
+    });
     std::thread::sleep(Duration::from_secs(12));
     cluster.broker_up(2).unwrap();
+    wait_for("the partition shown reachable", &|| {
+        unreachable(&svc) == 0.0
+    });
     send("b", t0 + 895_000);
     wait_for("the second event read", &|| {
         events(&svc, "accepted") + events(&svc, "late") == 2.0

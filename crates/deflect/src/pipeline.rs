@@ -611,16 +611,14 @@ impl Loop<'_> {
         }
         let unreachable = self.poller.consumer.unreachable_partitions();
         if unreachable != self.unreachable {
-            let owned = |set: &BTreeSet<i32>| -> Vec<i32> {
-                set.intersection(&self.assigned).copied().collect()
-            };
-            let (now_out, back) = (owned(&unreachable), owned(&self.unreachable));
-            if now_out != back {
+            let (now_out, before) = (self.owned(&unreachable), self.owned(&self.unreachable));
+            if now_out != before {
                 tracing::info!(
                     partitions = ?now_out,
                     "partitions whose leader is unreachable: their silence is not idleness, \
                      their intervals stay open"
                 );
+                telemetry::unreachable(now_out.len());
             }
             self.unreachable = unreachable;
         }
@@ -825,8 +823,14 @@ impl Loop<'_> {
         Ok(finished)
     }
 
+    /// The partitions of `set` this instance owns.
+    fn owned(&self, set: &BTreeSet<i32>) -> Vec<i32> {
+        set.intersection(&self.assigned).copied().collect()
+    }
+
     fn refresh(&mut self) {
         let t0 = Instant::now();
+        telemetry::unreachable(self.owned(&self.unreachable).len());
         for (p, e) in &self.engines {
             telemetry::full_refresh(*p, &e.engine);
         }

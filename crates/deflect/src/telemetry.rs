@@ -29,6 +29,7 @@ pub const CONSUMER_LAG: &str = "deflect_consumer_lag";
 pub const PENDING_EVENTS: &str = "deflect_pending_events";
 pub const TIMERS: &str = "deflect_timers";
 pub const ASSIGNED_PARTITIONS: &str = "deflect_assigned_partitions";
+pub const UNREACHABLE_PARTITIONS: &str = "deflect_unreachable_partitions";
 pub const BATCH_SECONDS: &str = "deflect_batch_duration_seconds";
 pub const BATCH_RECORDS: &str = "deflect_batch_records";
 pub const STATE_BYTES: &str = "deflect_state_live_bytes";
@@ -184,6 +185,10 @@ pub fn describe() {
     describe_gauge!(
         ASSIGNED_PARTITIONS,
         "Input partitions owned by this instance."
+    );
+    describe_gauge!(
+        UNREACHABLE_PARTITIONS,
+        "Owned input partitions whose leader is unreachable: their silence is not idleness, their intervals stay open."
     );
     describe_histogram!(
         BATCH_SECONDS,
@@ -552,6 +557,11 @@ pub fn rocksdb_stalls(stopped: u64, delayed_rate: u64) {
 /// Partitions assigned to this instance (also set by [`instance`] at every refresh).
 pub fn assigned(n: usize) {
     gauge!(ASSIGNED_PARTITIONS).set(n as f64);
+}
+
+/// Owned partitions whose leader is unreachable.
+pub fn unreachable(n: usize) {
+    gauge!(UNREACHABLE_PARTITIONS).set(n as f64);
 }
 
 pub fn instance(assigned: usize, watermark: Option<i64>, state_bytes: u64) {
