@@ -1090,10 +1090,15 @@ fn a_partition_whose_leader_is_down_is_not_idle() {
         p.flush().unwrap();
     };
     let svc = deflect::Service::start(cfg, RunOptions { exit_at_eof: false }).unwrap();
-    let events = |svc: &deflect::Service, result: &str| {
-        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
-        sum(&m, "deflect_events_total", &[("result", result)])
+    // a series' sum over `/metrics`, as Prometheus would scrape it
+    let series = |name: &str, labels: &[(&str, &str)]| {
+        sum(
+            &parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_"),
+            name,
+            labels,
+        )
     };
+    let events = |result: &str| series("deflect_events_total", &[("result", result)]);
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !done() {
@@ -1102,35 +1107,21 @@ fn a_partition_whose_leader_is_down_is_not_idle() {
         }
     };
     send("a", t0 + 890_000);
-    wait_for("the first event accepted", &|| {
-        events(&svc, "accepted") == 1.0
-    });
+    wait_for("the first event accepted", &|| events("accepted") == 1.0);
     cluster.broker_down(2).unwrap();
-    let unreachable = |svc: &deflect::Service| {
-        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
-        sum(&m, "deflect_unreachable_partitions", &[])
-    };
-    wait_for("the partition shown unreachable", &|| {
-        unreachable(&svc) == 1.0
-    });
+    let unreachable = || series("deflect_unreachable_partitions", &[]);
+    wait_for("the partition shown unreachable", &|| unreachable() == 1.0);
     std::thread::sleep(Duration::from_secs(12));
     cluster.broker_up(2).unwrap();
-    wait_for("the partition shown reachable", &|| {
-        unreachable(&svc) == 0.0
-    });
+    wait_for("the partition shown reachable", &|| unreachable() == 0.0);
     send("b", t0 + 895_000);
     wait_for("the second event read", &|| {
-        events(&svc, "accepted") + events(&svc, "late") == 2.0
+        events("accepted") + events("late") == 2.0
     });
-    assert_eq!(
-        events(&svc, "late"),
-        0.0,
-        "the second event was counted late"
-    );
+    assert_eq!(events("late"), 0.0, "the second event was counted late");
     // once the leader is up and the partition silent, idleness closes 09:00–09:15 with both
     wait_for("both contacts counted as potential calls", &|| {
-        let m = parse_metrics(&http_get(svc.addr(), "/metrics").1, "deflect_");
-        sum(&m, "deflect_potential_calls_total", &[]) == 2.0
+        series("deflect_potential_calls_total", &[]) == 2.0
     });
     svc.shutdown().unwrap();
 }

@@ -111,13 +111,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The partitions with a meta key of `suffix` ([`Store::meta_of_partitions`]), in order.
+    fn partitions_with(&self, suffix: &[u8]) -> Result<Vec<i32>, StoreError> {
+        let metas = self.meta_of_partitions(suffix)?;
+        Ok(metas.into_iter().map(|(p, _)| p).collect())
+    }
+
     /// The partitions this store holds a state for, in order (no key of theirs read).
     fn held(&self) -> Result<Vec<i32>, StoreError> {
-        Ok(self
-            .meta_of_partitions(b"")?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect())
+        self.partitions_with(b"")
+    }
+
+    /// The partitions whose import did not finish, in order.
+    fn unfinished(&self) -> Result<Vec<i32>, StoreError> {
+        self.partitions_with(UNFINISHED)
     }
 
     /// Refuses partitions this store does not hold.
@@ -171,9 +178,7 @@ impl Store {
     /// Deletes everything of these partitions (each held by this store, or left by an unfinished
     /// import), in one atomic write.
     pub fn drop_partitions(&self, partitions: &[i32]) -> Result<(), StoreError> {
-        let unfinished: Vec<i32> = (self.meta_of_partitions(UNFINISHED)?.into_iter())
-            .map(|(p, _)| p)
-            .collect();
+        let unfinished = self.unfinished()?;
         let settled: Vec<i32> = (partitions.iter())
             .filter(|p| !unfinished.contains(p))
             .copied()
@@ -290,11 +295,7 @@ impl Store {
         }
         if !replace {
             let held: Vec<i32> = (self.held()?.into_iter())
-                .chain(
-                    self.meta_of_partitions(UNFINISHED)?
-                        .into_iter()
-                        .map(|(p, _)| p),
-                )
+                .chain(self.unfinished()?)
                 .filter(|p| partitions.contains(p))
                 .collect();
             if !held.is_empty() {

@@ -348,14 +348,7 @@ fn floor_reads(
     let cfg = Config::default();
     let format = cfg.input_format();
     let dir = tempfile_dir()?;
-    let store = deflect_store::Store::open(
-        &dir,
-        deflect_store::StoreOptions {
-            block_cache_bytes: cfg.state.block_cache_mb << 20,
-            write_buffer_bytes: cfg.state.write_buffer_mb << 20,
-            sync_writes: cfg.state.sync_writes,
-        },
-    )?;
+    let store = deflect_store::Store::open(&dir, cfg.store_options())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).build()?;
     let reader = deflect_kafka::BatchReader::new(settings, topic, partitions)?;

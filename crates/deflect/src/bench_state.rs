@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use deflect_core::engine::PartitionEngine;
 use deflect_core::event::{Channel, Direction, Event, EventKind, Initiation, IvrExitReason};
-use deflect_store::{Store, StoreOptions};
+use deflect_store::Store;
 
 use crate::config::Config;
 
@@ -133,15 +133,9 @@ pub fn run(args: BenchStateArgs) -> Result<()> {
     cfg.state.write_buffer_mb = args.write_buffer_mb;
     let engine_cfg = Arc::new(cfg.engine());
     let dir = std::env::temp_dir().join(format!("deflect-bench-state-{}", std::process::id()));
-    let store = Store::open(
-        &dir,
-        StoreOptions {
-            block_cache_bytes: cfg.state.block_cache_mb << 20,
-            write_buffer_bytes: cfg.state.write_buffer_mb << 20,
-            sync_writes: false,
-        },
-    )
-    .context("cannot open the benchmark state store")?;
+    // `state.sync_writes` is off by default, as `deflect run`'s
+    let store =
+        Store::open(&dir, cfg.store_options()).context("cannot open the benchmark state store")?;
     let (_, rss_start) = rss();
     let parts = args.partitions.max(1);
     let mut engines: BTreeMap<i32, PartitionEngine> = (0..parts as i32)

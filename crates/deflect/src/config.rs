@@ -639,6 +639,15 @@ impl Config {
         deflect_proto::Format::parse(&self.kafka.input_format).expect("validated")
     }
 
+    /// How the state store is opened: the RocksDB budget and write durability of `[state]`.
+    pub fn store_options(&self) -> deflect_store::StoreOptions {
+        deflect_store::StoreOptions {
+            block_cache_bytes: self.state.block_cache_mb << 20,
+            write_buffer_bytes: self.state.write_buffer_mb << 20,
+            sync_writes: self.state.sync_writes,
+        }
+    }
+
     pub fn client_settings(&self) -> deflect_kafka::ClientSettings {
         deflect_kafka::ClientSettings {
             bootstrap_servers: self.kafka.bootstrap_servers.clone(),

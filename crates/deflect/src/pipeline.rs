@@ -20,7 +20,7 @@ use deflect_core::watermark::instance_watermark;
 use deflect_kafka::{
     Assignment, At, GroupConsumer, Header, OutputProducer, OwnedHeaders, Record, Seen,
 };
-use deflect_store::{RecordMark, Store, StoreOptions};
+use deflect_store::{RecordMark, Store};
 
 use crate::config::Config;
 use crate::os::process_cpu;
@@ -266,15 +266,8 @@ fn run_loop(
     telemetry::describe();
     std::fs::create_dir_all(&cfg.state.dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state.dir.display()))?;
-    let store = Store::open(
-        &cfg.state.dir,
-        StoreOptions {
-            block_cache_bytes: cfg.state.block_cache_mb << 20,
-            write_buffer_bytes: cfg.state.write_buffer_mb << 20,
-            sync_writes: cfg.state.sync_writes,
-        },
-    )
-    .context("cannot open state store")?;
+    let store =
+        Store::open(&cfg.state.dir, cfg.store_options()).context("cannot open state store")?;
     store.check_settings(&cfg.state_settings())?;
     let store = Arc::new(store);
     let settings = cfg.client_settings();
