@@ -138,14 +138,18 @@ fn missed(svc: &deflect::Service) -> f64 {
 /// Two instances taking turns in one group, each with its own state directory (state hand-off is
 /// not implemented): each start counts exactly the records its state needed and the group's
 /// committed offsets skipped, as Kafka reports them.
+///
+/// The input is produced in three parts and each turn reads one part to its end, so a turn's
+/// reading is bounded by what exists (until 2026-11-28 each turn was stopped once it had read a
+/// third of one production: under load the first could read nearly everything before it was
+/// stopped, and the second turn then waited in vain for a third).
 #[test]
 fn records_the_state_missed_are_counted() {
     let topic = "turns";
     let parts = 4;
     let broker = EmbeddedBroker::start(&[(topic, parts)]).unwrap();
     let events = traffic(9, 400, 9);
-    send_all(&broker.settings(), topic, &events);
-    let n = events.len() as f64;
+    let third = events.len() / 3;
     let bootstrap = broker.bootstrap_servers();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = |dir: &std::path::Path| {
@@ -153,15 +157,37 @@ fn records_the_state_missed_are_counted() {
         c.pipeline.max_batch = 200;
         c
     };
+    // runs `svc` until it has read every record in the log from where it started, then stops it
+    let read_to_end = |svc: deflect::Service, from: &[i64], who: &str| {
+        let ends = log_ends(bootstrap, topic, parts);
+        let want: i64 = ends.iter().zip(from).map(|(e, f)| e - f).sum();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let read = sum(
+                &parse_metrics(&svc.render(), "deflect_events_total"),
+                "deflect_events_total",
+                &[],
+            );
+            if read >= want as f64 {
+                assert_eq!(read, want as f64, "{who} read more than the log held");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{who} read {read} of {want}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        svc.shutdown().unwrap();
+    };
 
-    // A reads the first third; the log starts at 0 (nothing deleted)
+    // A reads the first part; the log starts at 0 (nothing deleted)
+    send_all(&broker.settings(), topic, &events[..third]);
     let a = deflect::Service::start(config(a_dir.path()), RunOptions::default()).unwrap();
-    stop_after(a, n / 3.0);
+    read_to_end(a, &[0; 4], "A");
     let after_a = committed_offsets(bootstrap, topic, "turns", parts);
     assert!(after_a.iter().all(|&o| o > 0), "{after_a:?}");
 
     // B, a new state directory in the same group, starts at A's committed offsets: the records
     // before them are in A's state only
+    send_all(&broker.settings(), topic, &events[third..2 * third]);
     let b = deflect::Service::start(config(b_dir.path()), RunOptions::default()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while missed(&b) < after_a.iter().sum::<i64>() as f64 {
@@ -169,10 +195,11 @@ fn records_the_state_missed_are_counted() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(missed(&b), after_a.iter().sum::<i64>() as f64);
-    stop_after(b, n / 3.0);
+    read_to_end(b, &after_a, "B");
     let after_b = committed_offsets(bootstrap, topic, "turns", parts);
 
     // A again, on its own state: the group's offsets are B's, past A's state
+    send_all(&broker.settings(), topic, &events[2 * third..]);
     let mut a2 =
         deflect::Service::start(config(a_dir.path()), RunOptions { exit_at_eof: true }).unwrap();
     a2.wait_pipeline().unwrap();
