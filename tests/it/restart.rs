@@ -113,20 +113,6 @@ fn restart_mid_stream_gives_identical_figures() {
     assert_eq!(got, expected);
 }
 
-/// Runs `svc` until it has counted `at_least` more events, then stops it.
-fn stop_after(svc: deflect::Service, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while parse_metrics(&svc.render(), "deflect_events_total")
-        .values()
-        .sum::<f64>()
-        < at_least
-    {
-        assert!(Instant::now() < deadline, "pipeline made no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    svc.shutdown().unwrap();
-}
-
 fn missed(svc: &deflect::Service) -> f64 {
     sum(
         &parse_metrics(&svc.render(), "deflect_records_missed_total"),
