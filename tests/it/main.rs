@@ -17,4 +17,5 @@ mod partitions;
 mod reports;
 mod restart;
 mod scenario;
+mod schema_registry;
 mod tls;

@@ -118,20 +118,104 @@ impl Format {
     }
 }
 
-/// Decodes one record.
+/// Decodes one record. A record framed by a Confluent Schema Registry serializer (first byte 0,
+/// which no protobuf message and no JSON text starts with) is decoded without its frame, in any
+/// format: see [`decode_framed`].
 pub fn decode(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::new(
+    match bytes.first() {
+        None => Err(DecodeError::new(
             RejectReason::EmptyRecord,
             "record has no value",
-        ));
+        )),
+        Some(&SCHEMA_REGISTRY_MAGIC) => decode_framed(bytes, format),
+        Some(_) => decode_unframed(bytes, format),
     }
+}
+
+/// The first byte of a record framed by a Confluent Schema Registry serializer.
+pub const SCHEMA_REGISTRY_MAGIC: u8 = 0;
+
+/// Decodes a record in Confluent Schema Registry's wire format: the magic byte 0, the schema id
+/// (4 bytes, big-endian), then for protobuf the message-index path (a zigzag varint count and as
+/// many zigzag varint indexes; the single byte 0 for the first message of the file, which
+/// `ContactEvent` is in `events.proto`) and the message, for JSON Schema the JSON text. The
+/// schema id and the path are not looked up: the topic's records must be `ContactEvent`s, and
+/// one that is not fails to decode like any other. A JSON body is told by its `{` (a message-index
+/// count never starts with it: its zigzag value would be negative).
+pub fn decode_framed(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
+    let &[SCHEMA_REGISTRY_MAGIC, a, b, c, d, ref body @ ..] = bytes else {
+        return Err(DecodeError::new(
+            match format {
+                Format::Json => RejectReason::InvalidJson,
+                Format::Protobuf => RejectReason::InvalidProtobuf,
+                Format::Auto => RejectReason::NotProtobufOrJson,
+            },
+            format!(
+                "a Schema Registry frame (first byte 0) needs 5 bytes of header, the record has {}",
+                bytes.len()
+            ),
+        ));
+    };
+    let schema = u32::from_be_bytes([a, b, c, d]);
+    let json = match format {
+        Format::Json => true,
+        Format::Protobuf => false,
+        Format::Auto => starts_like_json(body),
+    };
+    let decoded = if json {
+        decode_json(body)
+    } else {
+        skip_message_indexes(body).and_then(decode_protobuf)
+    };
+    decoded.map_err(|e| {
+        let reason = match (format, e.reason) {
+            (Format::Auto, RejectReason::InvalidProtobuf) => RejectReason::NotProtobufOrJson,
+            (_, r) => r,
+        };
+        DecodeError::new(
+            reason,
+            format!("Schema Registry schema id {schema}: {}", e.detail),
+        )
+    })
+}
+
+/// The protobuf message after a Schema Registry frame's message-index path.
+fn skip_message_indexes(body: &[u8]) -> Result<&[u8], DecodeError> {
+    let bad = |what: &str| {
+        DecodeError::new(
+            RejectReason::InvalidProtobuf,
+            format!("bad message-index path after the Schema Registry header: {what}"),
+        )
+    };
+    let mut rest = body;
+    let mut next = || -> Result<i64, DecodeError> {
+        let v = prost::encoding::decode_varint(&mut rest).map_err(|_| bad("truncated varint"))?;
+        // zigzag
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    };
+    let count = next()?;
+    // 0 is the short form of the path [0]; protobuf nests messages only so deep
+    if !(0..=100).contains(&count) {
+        return Err(bad(&format!("{count} indexes")));
+    }
+    for _ in 0..count {
+        if next()? < 0 {
+            return Err(bad("a negative index"));
+        }
+    }
+    Ok(rest)
+}
+
+fn starts_like_json(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn decode_unframed(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
     match format {
         Format::Protobuf => decode_protobuf(bytes),
         Format::Json => decode_json(bytes),
         Format::Auto => {
-            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-            if first == Some(&b'{') {
+            if starts_like_json(bytes) {
                 decode_json(bytes)
             } else {
                 decode_protobuf(bytes).map_err(|e| match e.reason {

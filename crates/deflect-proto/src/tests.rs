@@ -163,6 +163,99 @@ proptest! {
     }
 }
 
+/// A record as a Confluent Schema Registry serializer frames it: magic byte 0, the schema id
+/// (big-endian), the message-index path as written (`[0]` for JSON Schema: nothing), the body.
+fn framed(schema: u32, path: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0];
+    v.extend(schema.to_be_bytes());
+    v.extend(path);
+    v.extend(body);
+    v
+}
+
+proptest! {
+    /// A framed record decodes to the event its body holds, in every format that fits it:
+    /// protobuf with the path's short form (`[0]` as the byte 0), its long form (count 1 and
+    /// index 0, zigzag: 2, 0) and a nested path ([0, 3]: 4, 0, 6); JSON Schema's JSON text.
+    #[test]
+    fn schema_registry_frames_are_decoded(e in arb_event(), schema in any::<u32>()) {
+        let pb = encode_protobuf(&e);
+        for path in [&[0u8][..], &[2, 0], &[4, 0, 6]] {
+            let f = framed(schema, path, &pb);
+            prop_assert_eq!(decode(&f, Format::Auto).unwrap(), e.clone());
+            prop_assert_eq!(decode(&f, Format::Protobuf).unwrap(), e.clone());
+        }
+        let f = framed(schema, b"", &encode_json(&e));
+        prop_assert_eq!(decode(&f, Format::Auto).unwrap(), e.clone());
+        prop_assert_eq!(decode(&f, Format::Json).unwrap(), e);
+    }
+
+    #[test]
+    fn arbitrary_framed_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..256)) {
+        let f = framed(7, b"", &b);
+        for format in [Format::Auto, Format::Protobuf, Format::Json] {
+            let _ = decode(&f, format);
+            let _ = decode(&f[..f.len().min(4)], format);
+        }
+    }
+}
+
+/// What a broken frame is rejected as, in each format, with the schema id in the detail when the
+/// header is whole.
+#[test]
+fn broken_schema_registry_frames_are_rejected_with_reasons() {
+    let e = decode(
+        br#"{"event_id": "e1", "tenant": "acme", "contact_id": "c1", "customer_id": "u1",
+            "channel": "voice", "occurred_at": 1704704400000,
+            "contact_started": {"direction": "inbound", "initiation": "customer"}}"#,
+        Format::Json,
+    )
+    .unwrap();
+    let pb = encode_protobuf(&e);
+    let err = |bytes: &[u8], format| decode(bytes, format).unwrap_err();
+    // the header cut short
+    for (format, want) in [
+        (Format::Auto, RejectReason::NotProtobufOrJson),
+        (Format::Protobuf, RejectReason::InvalidProtobuf),
+        (Format::Json, RejectReason::InvalidJson),
+    ] {
+        let got = err(&[0, 0, 1], format);
+        assert_eq!(got.reason, want, "{got}");
+        assert!(got.detail.contains("5 bytes of header"), "{got}");
+    }
+    // a negative count (zigzag 1 = -1), a negative index, a varint that never ends
+    for path in [&[1u8][..], &[2, 1], &[0x80]] {
+        let f = framed(42, path, if path == [0x80] { b"" } else { &pb });
+        let got = err(&f, Format::Auto);
+        assert_eq!(got.reason, RejectReason::NotProtobufOrJson, "{got}");
+        assert!(
+            got.detail
+                .starts_with("Schema Registry schema id 42: bad message-index path"),
+            "{got}"
+        );
+        assert_eq!(
+            err(&f, Format::Protobuf).reason,
+            RejectReason::InvalidProtobuf
+        );
+    }
+    // protobuf in a JSON topic, JSON in a protobuf topic
+    assert_eq!(
+        err(&framed(1, &[0], &pb), Format::Json).reason,
+        RejectReason::InvalidJson
+    );
+    assert_eq!(
+        err(&framed(1, b"", &encode_json(&e)), Format::Protobuf).reason,
+        RejectReason::InvalidProtobuf
+    );
+    // a body that decodes but is not an event (an empty message): the event's own reason
+    let got = err(&framed(9, &[0], &[]), Format::Auto);
+    assert_eq!(got.reason, RejectReason::UnknownEventType, "{got}");
+    assert!(
+        got.detail.starts_with("Schema Registry schema id 9: "),
+        "{got}"
+    );
+}
+
 fn reason(bytes: &[u8]) -> RejectReason {
     decode(bytes, Format::Auto).unwrap_err().reason
 }
