@@ -1,6 +1,6 @@
 //! `deflect generate` as a user runs it, in its own process against a broker (the mock cluster,
 //! over TCP): the topic holds exactly the events of the seeded generator, in order, keyed by
-//! customer (or contact), in protobuf or JSON as asked.
+//! customer (or contact), in protobuf or JSON as asked, framed for a Schema Registry if asked.
 
 use std::process::{Command, Stdio};
 
@@ -12,7 +12,25 @@ use crate::support::*;
 
 #[test]
 fn generate_writes_the_seeded_traffic_to_the_topic() {
-    let broker = EmbeddedBroker::start(&[("gen-pb", 1), ("gen-json", 1)]).unwrap();
+    let topics = [
+        ("gen-pb", "protobuf", Format::Protobuf, &[][..]),
+        ("gen-json", "json", Format::Json, &[]),
+        // framed as Schema Registry serializers frame them: magic byte, schema id 42, and for
+        // protobuf the message-index path of the schema's first message
+        (
+            "gen-sr-pb",
+            "registry-protobuf",
+            Format::Protobuf,
+            &[0, 0, 0, 0, 42, 0],
+        ),
+        (
+            "gen-sr-json",
+            "registry-json",
+            Format::Json,
+            &[0, 0, 0, 0, 42, b'{'],
+        ),
+    ];
+    let broker = EmbeddedBroker::start(&topics.map(|(topic, ..)| (topic, 1))).unwrap();
     let start = "2024-03-04T06:00:00Z";
     // what the command should write: the same generator, in this process
     let expected = Generator::new(GenParams {
@@ -27,7 +45,7 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
     .until(start.parse::<jiff::Timestamp>().unwrap().as_millisecond() + 3 * 3_600_000);
     assert!(expected.len() > 3_000, "{} events", expected.len());
 
-    for (topic, format) in [("gen-pb", Format::Protobuf), ("gen-json", Format::Json)] {
+    for (topic, arg, format, prefix) in topics {
         let status = Command::new(deflect_bin())
             .args([
                 "generate",
@@ -45,14 +63,7 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
                 "--time-zone",
                 "Europe/London",
             ])
-            .args([
-                "--format",
-                if format == Format::Json {
-                    "json"
-                } else {
-                    "protobuf"
-                },
-            ])
+            .args(["--format", arg, "--schema-id", "42"])
             // a producer property (`-X`), as for a secured cluster
             .args(["-X", "compression.type=zstd"])
             .stdin(Stdio::null())
@@ -62,12 +73,13 @@ fn generate_writes_the_seeded_traffic_to_the_topic() {
             .unwrap();
         assert!(
             status.success(),
-            "deflect generate --format {format:?}: {status}"
+            "deflect generate --format {arg}: {status}"
         );
         let records = read_all(&broker, topic);
         assert_eq!(records.len(), expected.len(), "{topic}");
         for (i, ((key, payload, _), e)) in records.iter().zip(&expected).enumerate() {
             assert_eq!(key, e.partition_key(), "{topic} record {i}");
+            assert!(payload.starts_with(prefix), "{topic} record {i}");
             let got = deflect_proto::decode(payload, format).unwrap();
             assert_eq!(&got, e, "{topic} record {i}");
         }

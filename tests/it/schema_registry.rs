@@ -2,39 +2,18 @@
 //! the schema id and (protobuf) the message-index path are read as the events they frame, mixed
 //! with unframed ones in one topic; broken frames are dead-lettered with their reason.
 
-use std::collections::BTreeMap;
-
-use deflect::generate::{GenParams, Generator};
 use deflect::RunOptions;
 use deflect_core::metrics::Metric;
 use deflect_kafka::EmbeddedBroker;
-use rdkafka::error::KafkaError;
-use rdkafka::Message;
+use deflect_proto::schema_registry_frame as framed;
 
 use crate::support::*;
-
-/// `body` framed as a Schema Registry serializer frames it (`path`: the message-index bytes).
-fn framed(schema: u32, path: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut v = vec![0];
-    v.extend(schema.to_be_bytes());
-    v.extend(path);
-    v.extend(body);
-    v
-}
 
 #[test]
 fn schema_registry_framed_records_are_read() {
     let (topic, dlq) = ("sr-input", "sr-dead");
     let broker = EmbeddedBroker::start(&[(topic, 3), (dlq, 1)]).unwrap();
-    let params = GenParams {
-        contacts_per_hour: 300.0,
-        customers: 2_000,
-        seed: 17,
-        ..Default::default()
-    };
-    let events = Generator::new(params.clone())
-        .unwrap()
-        .until(params.start_ms + 12 * 3_600_000);
+    let events = traffic(300.0, 2_000, 17, 12 * 3_600_000);
     let oracle = batch_oracle(&events);
     assert!(oracle.total(Metric::PotentialCalls) > 1_000);
 
@@ -99,36 +78,14 @@ fn schema_registry_framed_records_are_read() {
 
     // the broken ones in the dead-letter topic, bytes as they came, the schema id in the detail
     // when the header is whole
-    let reader = deflect_kafka::reader(&broker.settings(), dlq, 1).unwrap();
-    let mut got: Vec<(Vec<u8>, BTreeMap<String, String>)> = Vec::new();
-    loop {
-        match reader.poll(std::time::Duration::from_secs(10)) {
-            Some(Ok(msg)) => {
-                let h = msg
-                    .headers()
-                    .map(|hs| {
-                        use rdkafka::message::Headers;
-                        hs.iter()
-                            .map(|h| {
-                                let v = String::from_utf8_lossy(h.value.unwrap_or_default());
-                                (h.key.to_string(), v.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                got.push((msg.payload().unwrap_or_default().to_vec(), h));
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => break,
-            Some(Err(e)) => panic!("{e}"),
-        }
-    }
+    let got = read_all(&broker, dlq);
     assert_eq!(got.len(), broken.len());
-    for ((payload, reason), (dl, headers)) in broken.iter().zip(&got) {
+    for ((payload, reason), (_, dl, headers)) in broken.iter().zip(&got) {
         assert_eq!(dl, payload);
         assert_eq!(&headers["deflect.reason"], reason);
     }
-    assert!(got[0].1["deflect.detail"].contains("5 bytes of header"));
-    for (_, headers) in &got[1..] {
+    assert!(got[0].2["deflect.detail"].contains("5 bytes of header"));
+    for (_, _, headers) in &got[1..] {
         assert!(
             headers["deflect.detail"].starts_with("Schema Registry schema id 7: "),
             "{headers:?}"

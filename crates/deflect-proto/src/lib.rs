@@ -179,6 +179,18 @@ pub fn decode_framed(bytes: &[u8], format: Format) -> Result<Event, DecodeError>
     })
 }
 
+/// `body` framed as a Confluent Schema Registry serializer frames it: the magic byte,
+/// `schema_id` (big-endian), `message_indexes` as written (from the protobuf serializer the
+/// message's path, `[0]` for `ContactEvent`; from the JSON Schema serializer nothing), the body.
+pub fn schema_registry_frame(schema_id: u32, message_indexes: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + message_indexes.len() + body.len());
+    v.push(SCHEMA_REGISTRY_MAGIC);
+    v.extend(schema_id.to_be_bytes());
+    v.extend(message_indexes);
+    v.extend(body);
+    v
+}
+
 /// The protobuf message after a Schema Registry frame's message-index path.
 fn skip_message_indexes(body: &[u8]) -> Result<&[u8], DecodeError> {
     let bad = |what: &str| {

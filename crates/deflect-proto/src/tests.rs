@@ -163,15 +163,7 @@ proptest! {
     }
 }
 
-/// A record as a Confluent Schema Registry serializer frames it: magic byte 0, the schema id
-/// (big-endian), the message-index path as written (`[0]` for JSON Schema: nothing), the body.
-fn framed(schema: u32, path: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut v = vec![0];
-    v.extend(schema.to_be_bytes());
-    v.extend(path);
-    v.extend(body);
-    v
-}
+use super::schema_registry_frame as framed;
 
 proptest! {
     /// A framed record decodes to the event its body holds, in every format that fits it:

@@ -40,13 +40,19 @@ enum LogFormat {
 enum FormatArg {
     Protobuf,
     Json,
+    /// Protobuf framed as Confluent's Schema Registry serializer frames it (`--schema-id`).
+    RegistryProtobuf,
+    /// JSON framed as Confluent's JSON Schema serializer frames it (`--schema-id`).
+    RegistryJson,
 }
 
-impl From<FormatArg> for WireFormat {
-    fn from(f: FormatArg) -> Self {
-        match f {
+impl FormatArg {
+    fn wire(self, schema_id: u32) -> WireFormat {
+        match self {
             FormatArg::Protobuf => WireFormat::Protobuf,
             FormatArg::Json => WireFormat::Json,
+            FormatArg::RegistryProtobuf => WireFormat::RegistryProtobuf(schema_id),
+            FormatArg::RegistryJson => WireFormat::RegistryJson(schema_id),
         }
     }
 }
@@ -94,6 +100,10 @@ enum Command {
         time_zone: String,
         #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
         format: FormatArg,
+        /// The schema id in each record's frame, with `--format registry-protobuf` or
+        /// `registry-json` (the id the subject's schema has in your registry).
+        #[arg(long, default_value_t = 1)]
+        schema_id: u32,
         /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
         /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
         #[arg(short = 'X', long = "property", value_parser = parse_property)]
@@ -139,6 +149,10 @@ enum Command {
         topic: String,
         #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
         format: FormatArg,
+        /// The schema id in each record's frame, with `--format registry-protobuf` or
+        /// `registry-json` (the id the subject's schema has in your registry).
+        #[arg(long, default_value_t = 1)]
+        schema_id: u32,
         /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
         /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
         #[arg(short = 'X', long = "property", value_parser = parse_property)]
@@ -218,6 +232,7 @@ fn dispatch(c: Command) -> Result<()> {
             seed,
             time_zone,
             format,
+            schema_id,
             properties,
         } => {
             let dur = duration.as_millis() as i64;
@@ -231,7 +246,7 @@ fn dispatch(c: Command) -> Result<()> {
                 ..Default::default()
             })?;
             let settings = client_settings(brokers, properties);
-            let mut p = EventProducer::new(&settings, &topic, format.into())?;
+            let mut p = EventProducer::new(&settings, &topic, format.wire(schema_id))?;
             let t0 = Instant::now();
             let mut t = start_ms;
             while t < start_ms + dur {
@@ -268,13 +283,14 @@ fn dispatch(c: Command) -> Result<()> {
             brokers,
             topic,
             format,
+            schema_id,
             properties,
         } => replay(
             &source,
             &files,
             client_settings(brokers, properties),
             &topic,
-            format.into(),
+            format.wire(schema_id),
         ),
     }
 }

@@ -10,13 +10,21 @@ use deflect_kafka::{ClientSettings, OutputProducer};
 pub enum WireFormat {
     Protobuf,
     Json,
+    /// Protobuf framed as Confluent's Schema Registry serializer frames it, with this schema id.
+    RegistryProtobuf(u32),
+    /// JSON framed as Confluent's JSON Schema serializer frames it, with this schema id.
+    RegistryJson(u32),
 }
 
 impl WireFormat {
     pub fn encode(self, e: &Event) -> Vec<u8> {
+        use deflect_proto::{encode_json, encode_protobuf, schema_registry_frame as frame};
         match self {
-            WireFormat::Protobuf => deflect_proto::encode_protobuf(e),
-            WireFormat::Json => deflect_proto::encode_json(e),
+            WireFormat::Protobuf => encode_protobuf(e),
+            WireFormat::Json => encode_json(e),
+            // `ContactEvent` is the first message of events.proto: the path [0], one byte 0
+            WireFormat::RegistryProtobuf(id) => frame(id, &[0], &encode_protobuf(e)),
+            WireFormat::RegistryJson(id) => frame(id, &[], &encode_json(e)),
         }
     }
 }
