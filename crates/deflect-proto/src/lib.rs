@@ -120,7 +120,7 @@ impl Format {
 
 /// Decodes one record. A record framed by a Confluent Schema Registry serializer (first byte 0,
 /// which no protobuf message and no JSON text starts with) is decoded without its frame, in any
-/// format: see [`decode_framed`].
+/// format (`decode_framed`).
 pub fn decode(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
     match bytes.first() {
         None => Err(DecodeError::new(
@@ -142,14 +142,18 @@ pub const SCHEMA_REGISTRY_MAGIC: u8 = 0;
 /// schema id and the path are not looked up: the topic's records must be `ContactEvent`s, and
 /// one that is not fails to decode like any other. A JSON body is told by its `{` (a message-index
 /// count never starts with it: its zigzag value would be negative).
-pub fn decode_framed(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
+fn decode_framed(bytes: &[u8], format: Format) -> Result<Event, DecodeError> {
+    // in `auto`, a body that is not protobuf (and did not start like JSON) is neither
+    let reason = |r| match (format, r) {
+        (Format::Auto, RejectReason::InvalidProtobuf) => RejectReason::NotProtobufOrJson,
+        (_, r) => r,
+    };
     let &[SCHEMA_REGISTRY_MAGIC, a, b, c, d, ref body @ ..] = bytes else {
         return Err(DecodeError::new(
-            match format {
+            reason(match format {
                 Format::Json => RejectReason::InvalidJson,
-                Format::Protobuf => RejectReason::InvalidProtobuf,
-                Format::Auto => RejectReason::NotProtobufOrJson,
-            },
+                _ => RejectReason::InvalidProtobuf,
+            }),
             format!(
                 "a Schema Registry frame (first byte 0) needs 5 bytes of header, the record has {}",
                 bytes.len()
@@ -168,12 +172,8 @@ pub fn decode_framed(bytes: &[u8], format: Format) -> Result<Event, DecodeError>
         skip_message_indexes(body).and_then(decode_protobuf)
     };
     decoded.map_err(|e| {
-        let reason = match (format, e.reason) {
-            (Format::Auto, RejectReason::InvalidProtobuf) => RejectReason::NotProtobufOrJson,
-            (_, r) => r,
-        };
         DecodeError::new(
-            reason,
+            reason(e.reason),
             format!("Schema Registry schema id {schema}: {}", e.detail),
         )
     })

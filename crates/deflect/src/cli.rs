@@ -46,13 +46,24 @@ enum FormatArg {
     RegistryJson,
 }
 
-impl FormatArg {
-    fn wire(self, schema_id: u32) -> WireFormat {
-        match self {
+/// How `generate` and `replay` encode the records they write.
+#[derive(clap::Args, Debug)]
+struct OutputFormat {
+    #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
+    format: FormatArg,
+    /// The schema id in each record's frame, with `--format registry-protobuf` or
+    /// `registry-json` (the id the subject's schema has in your registry).
+    #[arg(long, default_value_t = 1)]
+    schema_id: u32,
+}
+
+impl OutputFormat {
+    fn wire(&self) -> WireFormat {
+        match self.format {
             FormatArg::Protobuf => WireFormat::Protobuf,
             FormatArg::Json => WireFormat::Json,
-            FormatArg::RegistryProtobuf => WireFormat::RegistryProtobuf(schema_id),
-            FormatArg::RegistryJson => WireFormat::RegistryJson(schema_id),
+            FormatArg::RegistryProtobuf => WireFormat::RegistryProtobuf(self.schema_id),
+            FormatArg::RegistryJson => WireFormat::RegistryJson(self.schema_id),
         }
     }
 }
@@ -98,12 +109,8 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "UTC")]
         time_zone: String,
-        #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
-        format: FormatArg,
-        /// The schema id in each record's frame, with `--format registry-protobuf` or
-        /// `registry-json` (the id the subject's schema has in your registry).
-        #[arg(long, default_value_t = 1)]
-        schema_id: u32,
+        #[command(flatten)]
+        format: OutputFormat,
         /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
         /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
         #[arg(short = 'X', long = "property", value_parser = parse_property)]
@@ -147,12 +154,8 @@ enum Command {
         brokers: String,
         #[arg(long, default_value = "contact-events")]
         topic: String,
-        #[arg(long, value_enum, default_value_t = FormatArg::Protobuf)]
-        format: FormatArg,
-        /// The schema id in each record's frame, with `--format registry-protobuf` or
-        /// `registry-json` (the id the subject's schema has in your registry).
-        #[arg(long, default_value_t = 1)]
-        schema_id: u32,
+        #[command(flatten)]
+        format: OutputFormat,
         /// A librdkafka property of the producer, `KEY=VALUE` (repeatable): `security.protocol`,
         /// `sasl.*`, `ssl.*`, `compression.type`… as in `kafka.properties`.
         #[arg(short = 'X', long = "property", value_parser = parse_property)]
@@ -232,7 +235,6 @@ fn dispatch(c: Command) -> Result<()> {
             seed,
             time_zone,
             format,
-            schema_id,
             properties,
         } => {
             let dur = duration.as_millis() as i64;
@@ -246,7 +248,7 @@ fn dispatch(c: Command) -> Result<()> {
                 ..Default::default()
             })?;
             let settings = client_settings(brokers, properties);
-            let mut p = EventProducer::new(&settings, &topic, format.wire(schema_id))?;
+            let mut p = EventProducer::new(&settings, &topic, format.wire())?;
             let t0 = Instant::now();
             let mut t = start_ms;
             while t < start_ms + dur {
@@ -283,14 +285,13 @@ fn dispatch(c: Command) -> Result<()> {
             brokers,
             topic,
             format,
-            schema_id,
             properties,
         } => replay(
             &source,
             &files,
             client_settings(brokers, properties),
             &topic,
-            format.wire(schema_id),
+            format.wire(),
         ),
     }
 }
